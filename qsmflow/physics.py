@@ -1,0 +1,270 @@
+"""QSM physics in one place: constants, units, B0 direction, dipole and SMV kernels, forward model.
+
+Conventions (see ARCHITECTURE.md):
+
+- phase in rad, field maps in Hz, local field and susceptibility in ppm;
+- positive frequency offset = paramagnetic = positive chi;
+- k-space axes are built per *array* axis from ``fft.fftfreq(n, d)`` with that axis' voxel
+  size, ``indexing="ij"``, so anisotropic voxels and odd sizes are handled;
+- the B0 direction is a unit vector in *voxel axes* (array axes 0, 1, 2).
+
+Nobody else in the package redefines a constant or a kernel: import them from here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.fft as sfft
+
+#: gyromagnetic ratio of 1H divided by 2π, in Hz/T
+GAMMA_BAR_HZ_PER_T = 42.57747892e6
+#: the same in MHz/T
+GAMMA_BAR_MHZ_PER_T = 42.57747892
+
+#: plausible echo times in seconds (anything >= this looks like milliseconds)
+_MAX_PLAUSIBLE_TE_S = 0.2
+
+
+def fft_workers() -> int:
+    """Threads for scipy.fft: ``QSMFLOW_NUM_THREADS`` if set, else ``OMP_NUM_THREADS``, else all
+    cores. Pass the result as ``workers=`` to every scipy.fft call."""
+    for var in ("QSMFLOW_NUM_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+def check_voxel_size(voxel_size) -> tuple[float, float, float]:
+    """Return the voxel size (mm) as three positive floats or raise a ``ValueError``."""
+    vs = np.asarray(voxel_size, dtype=float).ravel()
+    if vs.size != 3:
+        raise ValueError(f"voxel_size must have 3 entries (mm per array axis), got {vs.size}: "
+                         "pass e.g. (1.0, 1.0, 1.0)")
+    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"voxel_size must be positive and finite (mm), got {tuple(vs)}: "
+                         "check the NIfTI pixdim / zooms")
+    return tuple(float(v) for v in vs)
+
+
+def check_b0_dir(b0_dir) -> np.ndarray:
+    """Return the B0 direction as a unit 3-vector (voxel axes) or raise a ``ValueError``."""
+    b = np.asarray(b0_dir, dtype=float).ravel()
+    if b.size != 3 or not np.all(np.isfinite(b)):
+        raise ValueError(f"b0_dir must be a finite 3-vector in voxel axes, got {b0_dir!r}")
+    n = np.linalg.norm(b)
+    if n < 1e-8:
+        raise ValueError("b0_dir has zero length: pass the main field direction, e.g. (0, 0, 1)")
+    return b / n
+
+
+def check_echo_times(te) -> np.ndarray:
+    """Return echo times in seconds as a 1D float array; refuse ms, non-positive or unsorted."""
+    t = np.atleast_1d(np.asarray(te, dtype=float)).ravel()
+    if t.size == 0:
+        raise ValueError("no echo times given: pass EchoTime in seconds, e.g. [0.004, 0.008]")
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise ValueError(f"echo times must be positive seconds, got {t.tolist()}")
+    if np.any(t >= _MAX_PLAUSIBLE_TE_S):
+        raise ValueError(f"echo times {t.tolist()} look like milliseconds: EchoTime must be in "
+                         "seconds (e.g. 0.004 for 4 ms); divide by 1000")
+    if t.size > 1 and np.any(np.diff(t) <= 0):
+        raise ValueError(f"echo times must be strictly increasing, got {t.tolist()}: "
+                         "order the echoes by EchoTime")
+    return t
+
+
+def check_field_strength(b0_tesla) -> float:
+    """Return B0 in tesla as a positive float, refusing implausible values."""
+    b = float(b0_tesla)
+    if not np.isfinite(b) or b <= 0 or b > 20:
+        raise ValueError(f"MagneticFieldStrength must be in tesla (0 < B0 <= 20), got {b0_tesla!r}")
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# unit conversions
+# --------------------------------------------------------------------------------------------
+def rad_to_hz(phase_rad, te_s):
+    """Phase (rad) accumulated at echo time ``te_s`` (s) → frequency offset (Hz)."""
+    return np.asarray(phase_rad) / (2.0 * np.pi * te_s)
+
+
+def hz_to_rad(freq_hz, te_s):
+    """Frequency offset (Hz) → phase (rad) at echo time ``te_s`` (s), unwrapped."""
+    return 2.0 * np.pi * np.asarray(freq_hz) * te_s
+
+
+def hz_to_ppm(freq_hz, b0_tesla):
+    """Frequency offset (Hz) → field perturbation (ppm of B0) at field strength ``b0_tesla`` (T)."""
+    return np.asarray(freq_hz) / (GAMMA_BAR_HZ_PER_T * check_field_strength(b0_tesla)) * 1e6
+
+
+def ppm_to_hz(field_ppm, b0_tesla):
+    """Field perturbation (ppm) → frequency offset (Hz) at ``b0_tesla`` (T)."""
+    return np.asarray(field_ppm) * 1e-6 * GAMMA_BAR_HZ_PER_T * check_field_strength(b0_tesla)
+
+
+def rad_to_ppm(phase_rad, te_s, b0_tesla):
+    """Phase (rad) at ``te_s`` (s) → ppm at ``b0_tesla`` (T)."""
+    return hz_to_ppm(rad_to_hz(phase_rad, te_s), b0_tesla)
+
+
+def ppm_to_rad(field_ppm, te_s, b0_tesla):
+    """ppm → phase (rad) at ``te_s`` (s) and ``b0_tesla`` (T), unwrapped."""
+    return hz_to_rad(ppm_to_hz(field_ppm, b0_tesla), te_s)
+
+
+def wrap(phase):
+    """Wrap phase to (−π, π]."""
+    return np.angle(np.exp(1j * np.asarray(phase)))
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------------
+def b0_direction_from_affine(affine, sidecar_b0_dir=None) -> np.ndarray:
+    """Unit B0 direction in voxel axes from a NIfTI affine (RAS+ world, B0 = world z).
+
+    The columns of ``affine[:3, :3]`` are normalised to a rotation-like matrix R (a qfac = −1
+    flip is just a negative column and needs no special case); then b̂ = Rᵀ·(0, 0, 1). For
+    non-orthogonal (sheared) affines the exact solution R⁻¹·ẑ is used and renormalised.
+    A sidecar ``B0_dir`` (already in voxel axes) wins when given.
+    """
+    if sidecar_b0_dir is not None:
+        return check_b0_dir(sidecar_b0_dir)
+    a = np.asarray(affine, dtype=float)
+    if a.shape not in ((4, 4), (3, 3)):
+        raise ValueError(f"affine must be 4x4 or 3x3, got shape {a.shape}")
+    m = a[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms < 1e-12):
+        raise ValueError("affine has a zero-length column: the NIfTI header is broken")
+    r = m / norms
+    b = np.linalg.solve(r, np.array([0.0, 0.0, 1.0]))
+    return b / np.linalg.norm(b)
+
+
+def voxel_size_from_affine(affine) -> tuple[float, float, float]:
+    """Voxel size (mm) per array axis = column norms of ``affine[:3, :3]``."""
+    return check_voxel_size(np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
+
+
+# --------------------------------------------------------------------------------------------
+# padding
+# --------------------------------------------------------------------------------------------
+def padded_shape(shape, pad=None) -> tuple[int, int, int]:
+    """Fast FFT shape ≥ ``shape + pad`` per axis (default pad: the array size, i.e. doubling,
+    which makes a linear convolution of two arrays of this size wrap-free)."""
+    shape = tuple(int(s) for s in shape)
+    if pad is None:
+        pad = shape
+    pad = np.broadcast_to(np.asarray(pad, int), (len(shape),))
+    return tuple(sfft.next_fast_len(int(s + p), real=True) for s, p in zip(shape, pad))
+
+
+def pad_array(x, shape):
+    """Zero-pad ``x`` at the end of each axis to ``shape`` (the origin stays at index 0)."""
+    x = np.asarray(x)
+    widths = [(0, int(t) - s) for s, t in zip(x.shape, shape)]
+    if any(w[1] < 0 for w in widths):
+        raise ValueError(f"cannot pad shape {x.shape} to smaller {tuple(shape)}")
+    return np.pad(x, widths)
+
+
+def crop_array(x, shape):
+    """Inverse of :func:`pad_array`."""
+    return np.asarray(x)[tuple(slice(0, int(s)) for s in shape)]
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+def kspace_grid(shape, voxel_size):
+    """Spatial frequencies (1/mm) per array axis, ``indexing="ij"``, each of ``shape``."""
+    vs = check_voxel_size(voxel_size)
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be three positive sizes, got {shape!r}")
+    axes = [sfft.fftfreq(int(n), d=d) for n, d in zip(shape, vs)]
+    return np.meshgrid(*axes, indexing="ij", sparse=True)
+
+
+def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float64) -> np.ndarray:
+    """Dipole kernel D(k) = 1/3 − (k·b̂)²/|k|² on the FFT grid of ``shape``; D(0) = 0.
+
+    ``voxel_size`` in mm per array axis; ``b0_dir`` in voxel axes (normalised here).
+    Field (ppm) = ifft(D · fft(χ (ppm))).
+    """
+    b = check_b0_dir(b0_dir)
+    kx, ky, kz = kspace_grid(shape, voxel_size)
+    k2 = kx**2 + ky**2 + kz**2
+    kb = kx * b[0] + ky * b[1] + kz * b[2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = 1.0 / 3.0 - kb**2 / k2
+    d[0, 0, 0] = 0.0
+    return d.astype(dtype, copy=False)
+
+
+def sphere_mask(shape, voxel_size, radius_mm, center=None) -> np.ndarray:
+    """Boolean ball of radius ``radius_mm`` (mm) centred at ``center`` (voxel index, default the
+    array centre) on an anisotropic grid."""
+    vs = check_voxel_size(voxel_size)
+    if center is None:
+        center = [(n - 1) / 2.0 for n in shape]
+    grids = np.meshgrid(*[(np.arange(n) - c) * d for n, c, d in zip(shape, center, vs)],
+                        indexing="ij", sparse=True)
+    return (grids[0] ** 2 + grids[1] ** 2 + grids[2] ** 2) <= radius_mm**2
+
+
+def smv_kernel(shape, voxel_size, radius_mm) -> np.ndarray:
+    """k-space spherical mean value kernel S(k) (real) of radius ``radius_mm`` (mm).
+
+    The normalised ball (sum 1) is centred at index 0 with wrap-around coordinates, so
+    ``ifft(S·fft(x))`` is the mean of ``x`` over the ball around each voxel. S(0) = 1.
+    """
+    vs = check_voxel_size(voxel_size)
+    if not radius_mm > 0:
+        raise ValueError(f"SMV radius must be positive (mm), got {radius_mm!r}")
+    coords = [sfft.fftfreq(int(n), d=1.0 / int(n)) * d for n, d in zip(shape, vs)]
+    g = np.meshgrid(*coords, indexing="ij", sparse=True)
+    ball = ((g[0] ** 2 + g[1] ** 2 + g[2] ** 2) <= radius_mm**2).astype(float)
+    if ball.sum() < 1:
+        raise ValueError(f"SMV radius {radius_mm} mm is smaller than a voxel {vs}")
+    ball /= ball.sum()
+    return sfft.fftn(ball).real
+
+
+# --------------------------------------------------------------------------------------------
+# forward model
+# --------------------------------------------------------------------------------------------
+def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=None) -> np.ndarray:
+    """Field perturbation (ppm, relative to B0) of a susceptibility map ``chi`` (ppm).
+
+    The array is zero-padded to a fast FFT size ≥ 2× its size (or ``shape + pad``) so the
+    convolution does not wrap around, then cropped back. ``voxel_size`` in mm per array axis,
+    ``b0_dir`` a unit vector in voxel axes.
+    """
+    chi = np.asarray(chi, dtype=float)
+    if chi.ndim != 3:
+        raise ValueError(f"chi must be a 3D array, got shape {chi.shape}")
+    if not np.all(np.isfinite(chi)):
+        raise ValueError("chi contains NaN or Inf: replace them (e.g. np.nan_to_num) first")
+    workers = workers or fft_workers()
+    pshape = padded_shape(chi.shape, pad)
+    d = dipole_kernel(pshape, voxel_size, b0_dir)
+    # real FFT: keep the half-spectrum of D
+    d = d[..., : pshape[2] // 2 + 1]
+    f = sfft.irfftn(sfft.rfftn(pad_array(chi, pshape), workers=workers) * d, s=pshape,
+                    workers=workers)
+    return crop_array(f, chi.shape)
+
+
+def convolve_kspace(x, kernel_k, workers=None) -> np.ndarray:
+    """Circular convolution of ``x`` with a kernel given in k-space on the same grid."""
+    workers = workers or fft_workers()
+    return sfft.ifftn(sfft.fftn(x, workers=workers) * kernel_k, workers=workers).real
