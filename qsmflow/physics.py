@@ -122,7 +122,8 @@ def ppm_to_rad(field_ppm, te_s, b0_tesla):
 
 def wrap(phase):
     """Wrap phase to (−π, π]."""
-    return np.angle(np.exp(1j * np.asarray(phase)))
+    w = np.angle(np.exp(1j * np.asarray(phase)))
+    return w + 2.0 * np.pi * (w <= -np.pi)  # np.angle gives −π for −π: keep the interval half-open
 
 
 # --------------------------------------------------------------------------------------------

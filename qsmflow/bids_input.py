@@ -1,0 +1,240 @@
+"""The input side: find multi-echo GRE acquisitions in a BIDS dataset with pybids.
+
+One :class:`Acquisition` per ``sub``/``ses``/``acq``/``rec``/``run``/suffix group of ``MEGRE`` or
+``T2starw`` phase images, with its phase and magnitude files ordered by ``EchoTime`` (never by
+file name), echo times in seconds and the field strength in tesla. Echoes may be one file each
+(``echo-<n>``) or one 4D file with a list ``EchoTime``.
+
+Every problem found here raises :class:`InputError` with one line that names the file and the
+fix; this runs before any workflow is built, so a bad dataset writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .derivatives import check_label, entity_prefix
+from .physics import check_echo_times, check_field_strength
+
+LOG = logging.getLogger("qsmflow")
+
+#: BIDS suffixes of multi-echo / single-echo GRE that qsmflow reads
+SUFFIXES = ("MEGRE", "T2starw")
+_EXT = [".nii", ".nii.gz"]
+
+
+class InputError(ValueError):
+    """Bad input: the message is one line that names the file and the fix."""
+
+
+@dataclass
+class Acquisition:
+    """One GRE acquisition: echoes of phase (and magnitude) of one run."""
+
+    entities: dict                      # sub, ses, acq, rec, run (None when absent)
+    suffix: str                         # MEGRE | T2starw
+    phase: list[str]                    # files, ordered by echo time
+    magnitude: list[str] | None         # same order, or None (no magnitude)
+    echo_times: list[float]             # seconds, increasing
+    b0_tesla: float                     # tesla
+    shape: tuple[int, ...]              # 3D shape of one echo
+    voxel_size: tuple[float, float, float]
+    metadata: dict = field(default_factory=dict)  # sidecar of the first phase echo
+    phase_metadata: list = field(default_factory=list)  # sidecar (inherited) of each phase file
+
+    @property
+    def subject(self) -> str:
+        return self.entities["sub"]
+
+    @property
+    def session(self) -> str | None:
+        return self.entities.get("ses")
+
+    @property
+    def name(self) -> str:
+        """``sub-01_ses-1_run-1``: the acquisition's name prefix in outputs and workflows."""
+        return entity_prefix(self.entities)
+
+    @property
+    def n_echoes(self) -> int:
+        return len(self.echo_times)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def make_layout(bids_dir):
+    """A pybids layout of the raw dataset (derivatives not indexed, no pybids validation:
+    qsmflow runs the official validator itself)."""
+    from bids import BIDSLayout
+
+    return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+
+
+def _group_key(f) -> tuple:
+    e = f.get_entities()
+    return (e.get("subject"), e.get("session"), e.get("acquisition"),
+            e.get("reconstruction"), e.get("run"), e.get("suffix"))
+
+
+def _echo_times(path: str, meta: dict, n_vols: int) -> list[float]:
+    te = meta.get("EchoTime")
+    if te is None:
+        raise InputError(f"{path}: no EchoTime in its JSON sidecar; add \"EchoTime\" in seconds "
+                         "(e.g. 0.004) to the sidecar")
+    te = list(np.atleast_1d(np.asarray(te, dtype=float)))
+    if len(te) != n_vols:
+        raise InputError(f"{path}: {n_vols} echoes in the image but {len(te)} EchoTime values in "
+                         "the sidecar; give one EchoTime (seconds) per echo")
+    try:
+        check_echo_times(sorted(te))
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return te
+
+
+def _header(path: str):
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise InputError(f"{path}: cannot read this NIfTI file ({exc.__class__.__name__}); "
+                         "re-export or replace it") from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) not in (3, 4) or min(shape[:3]) < 2:
+        raise InputError(f"{path}: image of shape {shape} is not a 3D volume (or 4D echoes); "
+                         "QSM needs 3D data")
+    return img, shape
+
+
+def _collect_files(layout, group, subject, session) -> tuple[list, list, list, dict]:
+    """Ordered (phase files, mag files or [], echo times, first sidecar) of one group."""
+    from bids.layout import Query
+
+    entries = []  # (te, phase_path, meta, n_vols, shape3d, zooms)
+    for f in group:
+        path = f.path
+        meta = layout.get_metadata(path)
+        img, shape = _header(path)
+        n_vols = shape[3] if len(shape) == 4 else 1
+        tes = _echo_times(path, meta, n_vols)
+        entries.append((tes, path, meta, shape[:3], tuple(float(z) for z in img.header.get_zooms()[:3]),
+                        f.get_entities().get("echo")))
+    entries.sort(key=lambda e: e[0][0])
+    shapes = {e[3] for e in entries}
+    if len(shapes) > 1:
+        odd = next(e for e in entries if e[3] != entries[0][3])
+        raise InputError(f"{odd[1]}: echo of shape {odd[3]} differs from {entries[0][1]} "
+                         f"{entries[0][3]}; all echoes of one run must have the same matrix")
+    if len(entries) > 1 and any(len(e[0]) > 1 for e in entries):
+        raise InputError(f"{entries[0][1]}: mixes 4D multi-echo files with single-echo files; "
+                         "give one 4D file or one file per echo")
+    phase = [e[1] for e in entries]
+    tes = [t for e in entries for t in e[0]]
+    try:
+        check_echo_times(tes)
+    except ValueError as exc:
+        raise InputError(f"{phase[0]}: {exc}; check the EchoTime of each echo's sidecar") from None
+    # magnitude: same entities with part-mag
+    mags = []
+    for e in entries:
+        q = dict(subject=subject, session=session if session is not None else Query.NONE, suffix=group[0].get_entities()["suffix"],
+                 part="mag", extension=_EXT, return_type="filename")
+        ents = group[0].get_entities()
+        for key in ("acquisition", "reconstruction", "run"):
+            q[key] = ents[key] if ents.get(key) is not None else Query.NONE
+        q["echo"] = e[5] if e[5] is not None else Query.NONE
+        hits = layout.get(**q)
+        if len(hits) > 1:
+            raise InputError(f"{e[1]}: {len(hits)} matching magnitude files {hits}; "
+                             "keep one part-mag file per echo")
+        mags.append(hits[0] if hits else None)
+    if all(m is None for m in mags):
+        mags = []
+    elif any(m is None for m in mags):
+        missing = entries[mags.index(None)][1]
+        raise InputError(f"{missing}: has no matching part-mag file while other echoes do; "
+                         "add the magnitude of every echo or none")
+    for m, e in zip(mags, entries):
+        _, mshape = _header(m)
+        want = e[3] + ((len(e[0]),) if len(e[0]) > 1 else ())
+        if tuple(mshape) != tuple(want):
+            raise InputError(f"{m}: magnitude of shape {tuple(mshape)} does not match its phase "
+                             f"{e[1]} {want}; magnitude and phase must have the same matrix "
+                             "and echo count")
+    return phase, mags, tes, [e[2] for e in entries], entries[0][3], entries[0][4]
+
+
+def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
+                         layout=None) -> dict[str, list[Acquisition]]:
+    """All usable acquisitions per subject label, checked; raises :class:`InputError`.
+
+    ``participant_label``/``session_label``: lists of labels (with or without ``sub-``/``ses-``)
+    or None for all. Labels that are not in the dataset are refused.
+    """
+    bids_dir = Path(bids_dir)
+    layout = layout or make_layout(bids_dir)
+    all_subjects = sorted(layout.get_subjects())
+    if participant_label:
+        subjects = [check_label(p, "participant label") for p in participant_label]
+        unknown = [s for s in subjects if s not in all_subjects]
+        if unknown:
+            raise InputError(f"{bids_dir}: no participant {', '.join('sub-' + u for u in unknown)} "
+                             f"in this dataset; choose from {', '.join(all_subjects) or 'none'}")
+    else:
+        subjects = all_subjects
+    if not subjects:
+        raise InputError(f"{bids_dir}: no sub-* folders found; is this the BIDS root folder?")
+    sessions = None
+    if session_label:
+        sessions = [check_label(s, "session label") for s in session_label]
+        have = set(layout.get_sessions(subject=subjects))
+        unknown = [s for s in sessions if s not in have]
+        if unknown:
+            raise InputError(f"{bids_dir}: no session {', '.join('ses-' + u for u in unknown)} for "
+                             f"participant(s) {', '.join(subjects)}; choose from "
+                             f"{', '.join(sorted(have)) or 'none (dataset has no sessions)'}")
+    out: dict[str, list[Acquisition]] = {}
+    for sub in subjects:
+        q = dict(subject=sub, suffix=list(SUFFIXES), part="phase", extension=_EXT)
+        if sessions:
+            q["session"] = sessions
+        files = layout.get(**q)
+        groups: dict[tuple, list] = {}
+        for f in files:
+            groups.setdefault(_group_key(f), []).append(f)
+        acqs = []
+        for key, group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+            _, ses, acq, rec, run, suffix = key
+            phase, mags, tes, metas, shape, zooms = _collect_files(layout, group, sub, ses)
+            meta = metas[0]
+            b0 = meta.get("MagneticFieldStrength")
+            if b0 is None:
+                raise InputError(f"{phase[0]}: no MagneticFieldStrength in its sidecar (or in a "
+                                 "top-level one); add \"MagneticFieldStrength\" in tesla, e.g. 3")
+            try:
+                b0 = check_field_strength(b0)
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{phase[0]}: {exc}") from None
+            ents = {"sub": sub, "ses": ses, "acq": acq, "rec": rec,
+                    "run": None if run is None else str(run)}
+            acqs.append(Acquisition(entities=ents, suffix=suffix, phase=phase,
+                                    magnitude=mags or None, echo_times=[float(t) for t in tes],
+                                    b0_tesla=b0, shape=tuple(shape), voxel_size=tuple(zooms),
+                                    metadata=dict(meta),
+                                    phase_metadata=[dict(m) for m in metas]))
+        if not acqs:
+            LOG.warning("sub-%s: no part-phase MEGRE/T2starw images found; skipping", sub)
+            continue
+        out[sub] = acqs
+    if not out:
+        raise InputError(f"{bids_dir}: no *_part-phase_MEGRE / *_part-phase_T2starw images for "
+                         f"participant(s) {', '.join(subjects)}; QSM needs GRE phase images")
+    return out

@@ -1,0 +1,324 @@
+"""The BIDS App: ``qsmflow bids_dir output_dir participant [options]``.
+
+Finds the multi-echo GRE acquisitions of the requested participants, checks everything up
+front (one clear line and exit code 2 on bad input, nothing written), runs the Nipype graph
+(MultiProc by default, Linear, or a cluster plugin from ``--use-plugin``), writes a BIDS
+derivatives dataset with one HTML report per subject, and prints what failed (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
+
+from .. import __version__  # noqa: E402
+from ..bids_input import InputError  # noqa: E402
+from ..config import (DEFAULT_BGREMOVAL, DEFAULT_INVERSIONS, DEFAULT_MASKING,  # noqa: E402
+                      DEFAULT_UNWRAPPING, ConfigError, RunConfig, build_config)
+
+LOG = logging.getLogger("qsmflow")
+
+#: exit codes
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qsmflow",
+        description="qsmflow: quantitative susceptibility mapping (QSM) from multi-echo GRE, "
+                    "as a BIDS App. Sub-commands: 'qsmflow demo OUTDIR', 'qsmflow dicom2bids', "
+                    "'qsmflow train', 'qsmflow bench-nn'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
+    p.add_argument("output_dir", type=Path,
+                   help="derivatives folder to write (must not be inside bids_dir)")
+    p.add_argument("analysis_level", choices=["participant"],
+                   help="processing level (only 'participant')")
+    g = p.add_argument_group("selection")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="participants to process (label without 'sub-'); default: all")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL",
+                   help="sessions to process (label without 'ses-'); default: all")
+    g = p.add_argument_group("methods")
+    g.add_argument("--inversion", nargs="+", metavar="METHOD",
+                   help="dipole inversions, one χ map (ppm) each: tkd tikhonov ilsqr medi fansi "
+                        f"tv metaqsm mesaqsm qsminvnet (default: {' '.join(DEFAULT_INVERSIONS)})")
+    g.add_argument("--bgremoval", choices=["resharp", "vsharp", "pdf"],
+                   help=f"background field removal (default: {DEFAULT_BGREMOVAL}; kernel radius "
+                        "in mm via [params.<method>] radius_mm in --config)")
+    g.add_argument("--unwrapping", choices=["romeo", "laplacian"],
+                   help=f"spatial phase unwrapping (default: {DEFAULT_UNWRAPPING})")
+    g.add_argument("--masking", choices=["magnitude", "phase-quality", "combined"],
+                   help=f"brain mask source (default: {DEFAULT_MASKING}; phase-quality when "
+                        "there is no magnitude)")
+    g.add_argument("--config", type=Path, metavar="RUN.TOML",
+                   help="TOML file with any of these settings and per-method parameters "
+                        "([params.medi] lambda = 1000); command-line options win")
+    g = p.add_argument_group("execution")
+    g.add_argument("-w", "--work-dir", type=Path, metavar="WORK_DIR",
+                   help="Nipype working folder; rerunning with the same one recomputes nothing "
+                        "that finished (default: ./work)")
+    g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N",
+                   help="processes for MultiProc (default: 0 = all cores)")
+    g.add_argument("--omp-nthreads", type=int, metavar="N", default=1,
+                   help="FFT threads per node (n_procs of the FFT-heavy nodes)")
+    g.add_argument("--mem-gb", type=float, metavar="GB",
+                   help="memory limit in GB for MultiProc scheduling (default: 90%% of RAM)")
+    g.add_argument("--use-plugin", type=Path, metavar="PLUGIN.YML",
+                   help="Nipype plugin YAML ('plugin: SLURM' + 'plugin_args: {...}'); node "
+                        "mem_gb/n_procs become --mem/--cpus-per-task (SLURM), h_vmem/-pe (SGE), "
+                        "mem/ppn (PBS)")
+    g.add_argument("--linear", action="store_true",
+                   help="run serially with Nipype's Linear plugin (debugging)")
+    g.add_argument("--stop-on-first-crash", action="store_true", default=None,
+                   help="stop at the first failed step instead of finishing other subjects")
+    g.add_argument("--skip-bids-validation", action="store_true", default=None,
+                   help="do not run the BIDS validator on the input")
+    g.add_argument("--dicom-out", type=Path, metavar="DIR",
+                   help="also export every χ map as DICOM (for PACS) into DIR")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-v: steps, -vv: Nipype debug)")
+    p.add_argument("--version", action="version", version=f"qsmflow {__version__}")
+    return p
+
+
+def _cli_settings(opts) -> dict:
+    d = {
+        "inversion": [m.lower() for m in opts.inversion] if opts.inversion else None,
+        "bgremoval": opts.bgremoval, "unwrapping": opts.unwrapping, "masking": opts.masking,
+        "nprocs": opts.nprocs, "mem_gb": opts.mem_gb,
+        "work_dir": str(opts.work_dir) if opts.work_dir else None,
+        "stop_on_first_crash": opts.stop_on_first_crash,
+        "skip_bids_validation": opts.skip_bids_validation,
+        "participant_label": opts.participant_label, "session_label": opts.session_label,
+        "dicom_out": str(opts.dicom_out) if opts.dicom_out else None,
+        "use_plugin": str(opts.use_plugin) if opts.use_plugin else None,
+    }
+    if opts.linear:
+        d["plugin"] = "Linear"
+    return d
+
+
+def _setup_logging(verbose: int) -> None:
+    from nipype import config as ncfg
+    from nipype import logging as nlog
+
+    level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    ncfg.update_config({"logging": {"workflow_level": "INFO" if verbose >= 2 else "WARNING",
+                                    "interface_level": level, "utils_level": "WARNING",
+                                    "log_to_file": False},
+                        "monitoring": {"enabled": False}})
+    nlog.update_logging(ncfg)
+    logging.basicConfig(format="%(message)s", stream=sys.stdout)
+    LOG.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+
+
+class Progress:
+    """Nipype ``status_callback``: one line per finished or failed step."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
+        self.t0 = time.time()
+        self.start: dict[str, float] = {}
+
+    def __call__(self, node, status):
+        key = node.fullname
+        if status == "start":
+            self.start[key] = time.time()
+            return
+        if status not in ("end", "exception"):
+            return
+        self.done += 1
+        self.failed += status == "exception"
+        dt = time.time() - self.start.pop(key, time.time())
+        if not self.quiet:
+            sub = re.search(r"single_subject_([A-Za-z0-9]+)_wf", key)
+            who = f"sub-{sub.group(1)} " if sub else ""
+            mark = "FAILED" if status == "exception" else "done"
+            print(f"[{self.done:3d}/{self.total}] {who}{node.name} {mark} ({dt:.1f} s; "
+                  f"{time.time() - self.t0:.0f} s elapsed)", flush=True)
+
+
+def _crash_summary(crash_dir: Path) -> list[str]:
+    """One line per crash file: node and the exception's last line."""
+    lines = []
+    for f in sorted(crash_dir.glob("crash-*")):
+        text = f.read_text(errors="replace") if f.suffix == ".txt" else ""
+        node = re.search(r"^Node: (\S+)", text, re.M)
+        errs = re.findall(r"^(?:[\w.]+(?:Error|Exception)|RuntimeError|AssertionError)\b: ?(.+)$",
+                          text, re.M)
+        msg = errs[-1].strip() if errs else "see the crash file"
+        lines.append(f"{node.group(1).split('.')[-1] if node else f.name}: {msg} [{f}]")
+    return lines
+
+
+def _plugin_args(cfg: RunConfig, progress: Progress) -> tuple[str, dict]:
+    args = dict(cfg.plugin_args)
+    if cfg.plugin in ("MultiProc", "LegacyMultiProc"):
+        args.setdefault("n_procs", cfg.resolved_nprocs())
+        args.setdefault("memory_gb", cfg.resolved_mem_gb())
+        args.setdefault("raise_insufficient", False)
+    if cfg.plugin in ("MultiProc", "LegacyMultiProc", "Linear", "SLURM", "SGE", "PBS"):
+        args["status_callback"] = progress
+    return cfg.plugin, args
+
+
+def prepare_output(plan, run_uuid: str) -> Path:
+    """dataset_description.json, .bidsignore and the effective config; returns the log dir."""
+    from ..derivatives import dataset_description
+    from ..io import write_json
+
+    out = plan.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "dataset_description.json",
+               dataset_description(plan.bids_dir, plan.bids_dir.name))
+    ignore = out / ".bidsignore"
+    if not ignore.exists():
+        ignore.write_text("logs/\n*.html\n**/figures\n")
+    log_dir = out / "logs"
+    log_dir.mkdir(exist_ok=True)
+    (log_dir / f"config-{run_uuid}.toml").write_text(
+        f"# qsmflow {__version__} effective configuration of run {run_uuid}\n"
+        f"# input: {plan.bids_dir}\n" + plan.config.to_toml())
+    return log_dir
+
+
+def write_reports(plan, workflow, failed: set[str], work_root: Path) -> dict[str, Path]:
+    """One HTML page per successful subject."""
+    from ..derivatives import derivative_relpath
+    from ..report import collect_timings, write_subject_report
+
+    cfg = plan.config
+    settings = {"inversion": ", ".join(cfg.inversion), "bgremoval": cfg.bgremoval,
+                "unwrapping": cfg.unwrapping, "masking": cfg.masking,
+                **{f"params.{k}": v for k, v in cfg.params.items()},
+                "plugin": cfg.plugin, "nprocs": cfg.resolved_nprocs()}
+    reports = {}
+    for sub, acqs in plan.subjects.items():
+        if sub in failed:
+            continue
+        items = []
+        for acq in acqs:
+            fig = Path(f"sub-{sub}") / "figures"
+            outputs = [derivative_relpath(acq.entities, "chimap", desc=m) for m in cfg.inversion]
+            outputs += [derivative_relpath(acq.entities, k) for k in ("mask", "total_field",
+                                                                    "local_field")]
+            items.append({"name": acq.name,
+                          "figures": {k: str(fig / f"{acq.name}_{k}.png")
+                                      for k in ("mask", "field", "chi")},
+                          "outputs": [str(o) for o in outputs if (plan.output_dir / o).exists()]})
+        ssw = workflow.get_node(f"single_subject_{sub}_wf")
+        timings = collect_timings(work_root / f"single_subject_{sub}_wf")
+        reports[sub] = write_subject_report(plan.output_dir, sub, items, settings=settings,
+                                            timings=timings, methods=ssw.__desc__ or "")
+    return reports
+
+
+def export_dicom(plan, failed: set[str]) -> list[str]:
+    """χ maps → DICOM into ``--dicom-out`` (needs qsmflow.interfaces.dicom)."""
+    try:
+        from ..interfaces.dicom import DicomExport
+    except ImportError as exc:
+        return [f"--dicom-out: DICOM export is not available ({exc})"]
+    from ..derivatives import derivative_relpath
+
+    errors = []
+    for sub, acqs in plan.subjects.items():
+        if sub in failed:
+            continue
+        for acq in acqs:
+            for m in plan.config.inversion:
+                chi = plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m)
+                try:
+                    DicomExport(in_file=str(chi), out_dir=str(Path(plan.config.dicom_out)),
+                                series_description=f"QSM {m} {acq.name}").run()
+                except Exception as exc:  # report and go on with the other maps
+                    errors.append(f"{chi.name}: DICOM export failed ({exc})")
+    return errors
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    opts = parser.parse_args(argv)
+    _setup_logging(opts.verbose)
+    from ..validation import plan_run
+
+    try:
+        cfg = build_config(_cli_settings(opts), opts.config)
+        work_dir = Path(cfg.work_dir) if cfg.work_dir else Path.cwd() / "work"
+        plan = plan_run(opts.bids_dir, opts.output_dir, work_dir, cfg)
+    except (InputError, ConfigError) as exc:
+        print(f"qsmflow: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose)
+
+
+def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
+    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`."""
+    from ..config import apply_resources
+    from ..workflows import init_qsmflow_wf
+
+    cfg = plan.config
+    run_uuid = time.strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:8]
+    t0 = time.time()
+    nsub = len(plan.subjects)
+    print(f"qsmflow {__version__}: {nsub} participant(s), {plan.n_acquisitions} acquisition(s); "
+          f"inversions {', '.join(cfg.inversion)}; background removal {cfg.bgremoval}; "
+          f"plugin {cfg.plugin}", flush=True)
+    log_dir = prepare_output(plan, run_uuid)
+    plan.work_dir.mkdir(parents=True, exist_ok=True)
+    wf = init_qsmflow_wf(subjects=plan.subjects, bids_dir=plan.bids_dir,
+                         output_dir=plan.output_dir, work_dir=plan.work_dir, log_dir=log_dir,
+                         run_uuid=run_uuid, inversions=cfg.inversion, bgremoval=cfg.bgremoval,
+                         unwrapping=cfg.unwrapping, masking=cfg.masking, params=cfg.params,
+                         omp_nthreads=max(1, int(omp_nthreads)))
+    wf.config["execution"].update({"crashfile_format": "txt",
+                                   "stop_on_first_crash": bool(cfg.stop_on_first_crash),
+                                   "remove_unnecessary_outputs": False,
+                                   "hash_method": "timestamp",
+                                   "check_version": False})
+    apply_resources(wf, cfg.plugin, cfg.resolved_mem_gb(), cfg.resolved_nprocs())
+    progress = Progress(total=len(list(wf._get_all_nodes())), quiet=False)
+    plugin, plugin_args = _plugin_args(cfg, progress)
+    crashed = False
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except Exception as exc:  # Nipype raises after the other subjects finished
+        crashed = True
+        LOG.debug("workflow error: %s", exc)
+    failed_lines: dict[str, list[str]] = {}
+    for sub in plan.subjects:
+        lines = _crash_summary(log_dir / f"sub-{sub}" / run_uuid)
+        if lines:
+            failed_lines[sub] = lines
+    if crashed and not failed_lines:
+        failed_lines["?"] = [f"the workflow stopped with an error; rerun with -v and see "
+                             f"{log_dir}"]
+    reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name)
+    dicom_errors = export_dicom(plan, set(failed_lines)) if cfg.dicom_out else []
+    dt = time.time() - t0
+    ok = [s for s in plan.subjects if s not in failed_lines]
+    print(f"\nqsmflow finished in {dt:.0f} s: {len(ok)}/{nsub} participant(s) succeeded.")
+    for sub in ok:
+        print(f"  sub-{sub}: derivatives in {plan.output_dir / f'sub-{sub}'}, "
+              f"report {reports.get(sub)}")
+    for sub, lines in failed_lines.items():
+        print(f"  sub-{sub}: FAILED, no derivatives written for the failed acquisition(s):",
+              file=sys.stderr)
+        for line in lines:
+            print(f"    {line}", file=sys.stderr)
+    for line in dicom_errors:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_FAILED if failed_lines or dicom_errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

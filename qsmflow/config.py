@@ -1,0 +1,244 @@
+"""The run's configuration: defaults < ``--config run.toml`` < command-line options.
+
+Only the top level (``qsmflow.cli.run``) reads it; workflow factories get plain keyword
+arguments. The effective configuration is written next to the outputs
+(``<out>/logs/config-<run id>.toml``) and can be passed back with ``--config`` to reproduce a run.
+
+``run.toml`` (every key optional)::
+
+    inversion = ["tkd", "medi"]       # dipole inversions, one χ map each
+    bgremoval = "resharp"             # resharp | vsharp | pdf
+    unwrapping = "romeo"              # spatial phase unwrapping
+    masking = "magnitude"             # brain mask source
+    [params.medi]                     # per-method parameters (units in the method's docs)
+    lambda = 1000
+    [params.resharp]
+    radius_mm = 6
+    [execution]
+    nprocs = 2
+    mem_gb = 8
+    plugin = "MultiProc"              # or a plugin YAML: use_plugin = "slurm.yml"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+#: defaults of the science settings
+DEFAULT_INVERSIONS = ("tkd", "medi")
+DEFAULT_BGREMOVAL = "resharp"
+DEFAULT_UNWRAPPING = "romeo"
+DEFAULT_MASKING = "magnitude"
+
+#: plugins qsmflow knows how to hand resources to
+BATCH_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph")
+LOCAL_PLUGINS = ("MultiProc", "Linear", "LegacyMultiProc")
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the file/option and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs, after merging defaults, the TOML file and the CLI."""
+
+    inversion: list[str] = field(default_factory=lambda: list(DEFAULT_INVERSIONS))
+    bgremoval: str = DEFAULT_BGREMOVAL
+    unwrapping: str = DEFAULT_UNWRAPPING
+    masking: str = DEFAULT_MASKING
+    params: dict = field(default_factory=dict)          # method name -> {param: value}
+    nprocs: int = 0                                      # 0: all cores
+    mem_gb: float = 0.0                                  # 0: 90 % of the machine's memory
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    work_dir: str | None = None
+    stop_on_first_crash: bool = False
+    skip_bids_validation: bool = False
+    participant_label: list[str] | None = None
+    session_label: list[str] | None = None
+    dicom_out: str | None = None
+
+    def resolved_nprocs(self) -> int:
+        return int(self.nprocs) if self.nprocs and self.nprocs > 0 else (os.cpu_count() or 1)
+
+    def resolved_mem_gb(self) -> float:
+        if self.mem_gb and self.mem_gb > 0:
+            return float(self.mem_gb)
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+        except (ValueError, OSError):
+            total = 8.0
+        return round(0.9 * total, 1)
+
+    def method_params(self, method: str) -> dict:
+        return dict(self.params.get(method, {}))
+
+    def to_toml(self) -> str:
+        d = asdict(self)
+        execution = {k: d.pop(k) for k in ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir",
+                                           "stop_on_first_crash", "skip_bids_validation")}
+        execution["nprocs"] = self.resolved_nprocs()
+        execution["mem_gb"] = self.resolved_mem_gb()
+        d["execution"] = execution
+        return _to_toml(d)
+
+
+_TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
+        "session_label", "dicom_out")
+_EXEC = ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir", "stop_on_first_crash",
+         "skip_bids_validation", "use_plugin")
+
+
+def load_toml(path) -> dict:
+    """Read ``run.toml`` into a flat dict of :class:`RunConfig` fields (unknown keys refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing run.toml to --config")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
+    out = {}
+    for k, v in raw.items():
+        if k == "execution":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{path}: [execution] must be a table")
+            for ek, ev in v.items():
+                if ek not in _EXEC:
+                    raise ConfigError(f"{path}: unknown key execution.{ek}; known: {', '.join(_EXEC)}")
+                out[ek] = ev
+        elif k in _TOP:
+            out[k] = v
+        else:
+            raise ConfigError(f"{path}: unknown key {k!r}; known: {', '.join(_TOP + ('execution',))}")
+    if "use_plugin" in out:
+        out.update(load_plugin_yaml(path.parent / out.pop("use_plugin")))
+    if isinstance(out.get("inversion"), str):
+        out["inversion"] = [out["inversion"]]
+    return out
+
+
+def load_plugin_yaml(path) -> dict:
+    """``plugin.yml`` with ``plugin:`` and ``plugin_args:`` → ``{"plugin", "plugin_args"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: plugin file not found; pass an existing YAML to --use-plugin")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(data, dict) or "plugin" not in data:
+        raise ConfigError(f"{path}: needs a 'plugin:' key (e.g. plugin: SLURM) and optional "
+                          "'plugin_args:' mapping")
+    args = data.get("plugin_args") or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{path}: 'plugin_args:' must be a mapping")
+    unknown = set(data) - {"plugin", "plugin_args"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; only plugin and plugin_args")
+    return {"plugin": str(data["plugin"]), "plugin_args": dict(args)}
+
+
+def build_config(cli: dict, toml_path=None) -> RunConfig:
+    """Merge: defaults < TOML file < CLI values that are not None."""
+    merged = load_toml(toml_path) if toml_path else {}
+    if cli.get("use_plugin"):
+        merged.update(load_plugin_yaml(cli["use_plugin"]))
+    for k, v in cli.items():
+        if k == "use_plugin" or v is None:
+            continue
+        if k == "params":
+            for m, p in v.items():
+                merged.setdefault("params", {}).setdefault(m, {}).update(p)
+            continue
+        merged[k] = v
+    known = set(RunConfig.__dataclass_fields__)
+    cfg = RunConfig(**{k: v for k, v in merged.items() if k in known})
+    if isinstance(cfg.inversion, str):
+        cfg.inversion = [cfg.inversion]
+    cfg.inversion = list(dict.fromkeys(m.lower() for m in cfg.inversion))  # keep order, no dupes
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# node resources → scheduler arguments
+# --------------------------------------------------------------------------------------------
+def scheduler_args(plugin: str, mem_gb: float, n_procs: int) -> dict | None:
+    """Per-node ``plugin_args`` that hand a node's ``mem_gb``/``n_procs`` to a batch scheduler.
+
+    SLURM: ``sbatch_args="--mem=<G>G --cpus-per-task=<n>"``; SGE: ``qsub_args="-l h_vmem=<G>G
+    -pe smp <n>"``; PBS: ``qsub_args="-l mem=<G>gb,nodes=1:ppn=<n>"``. Appended to the global
+    arguments of the plugin YAML (``overwrite: False``). None for local plugins.
+    """
+    g = max(1, int(-(-float(mem_gb) // 1)))  # ceil, at least 1 GB
+    n = max(1, int(n_procs))
+    base = plugin.replace("Graph", "")
+    if base == "SLURM":
+        return {"sbatch_args": f"--mem={g}G --cpus-per-task={n}", "overwrite": False}
+    if base == "SGE":
+        return {"qsub_args": f"-l h_vmem={g}G -pe smp {n}", "overwrite": False}
+    if base == "PBS":
+        return {"qsub_args": f"-l mem={g}gb,nodes=1:ppn={n}", "overwrite": False}
+    return None
+
+
+def apply_resources(workflow, plugin: str, max_mem_gb: float, max_procs: int) -> int:
+    """Clamp every node's ``mem_gb``/``n_procs`` to what the run may use, and for batch plugins
+    turn them into the node's scheduler arguments. Returns the number of nodes touched."""
+    n = 0
+    for node in workflow._get_all_nodes():
+        mem = min(float(node.mem_gb), float(max_mem_gb))
+        procs = min(int(node.n_procs), int(max_procs))
+        node._mem_gb = mem
+        node._n_procs = procs
+        args = scheduler_args(plugin, mem, procs)
+        if args is not None:
+            node.plugin_args = args
+        n += 1
+    return n
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def _toml_key(k) -> str:
+    k = str(k)
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def _to_toml(d: dict) -> str:
+    """A minimal TOML writer for the config (scalars, lists, one level of tables)."""
+    lines, tables = [], []
+    for k, v in d.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for name, t in tables:
+        sub_tables = [(k, v) for k, v in t.items() if isinstance(v, dict) and name == "params"]
+        scalars = {k: v for k, v in t.items() if (k, v) not in sub_tables and v is not None}
+        if scalars or not sub_tables:
+            lines += ["", f"[{name}]"] + [f"{_toml_key(k)} = {_toml_value(v)}"
+                                        for k, v in scalars.items()]
+        for k, v in sub_tables:
+            lines += ["", f"[{name}.{_toml_key(k)}]"] + [f"{_toml_key(a)} = {_toml_value(b)}"
+                                                      for a, b in v.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Data shipped with qsmflow (see README.md)."""

@@ -1,0 +1,202 @@
+"""χ map (NIfTI, ppm) → a new classic MR DICOM series derived from its source series.
+
+Same patient, study and frame of reference as the source; new series and instance UIDs;
+``ImageType DERIVED\\SECONDARY\\QSM``; int16 pixels with ``RescaleSlope`` so that
+ppm = stored value × slope (precision: slope / 2); a window of ±the 99th percentile of |χ|.
+The source is the ``DicomSource`` block that ``dicom2bids`` writes into the raw sidecars (or
+the sidecar/dict itself, or a folder of the source DICOM files).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from .. import __version__
+from ..io import load_json, load_nifti
+from . import geometry
+
+INT16_MAX = 32000  # headroom below 32767
+
+
+def _format_ds(x: float) -> str:
+    """Decimal string (VR DS, at most 16 characters) for ``x``."""
+    x = float(x) + 0.0  # no "-0"
+    for digits in (8, 7, 6, 5):
+        s = f"{x:.{digits}g}"
+        if len(s) <= 16:
+            return s
+    raise ValueError(f"cannot write {x!r} as a DICOM decimal string")
+
+
+def quantize_ppm(chi) -> tuple[np.ndarray, float]:
+    """χ (ppm, float) → ``(int16 values, RescaleSlope)`` with ppm = value × slope."""
+    chi = np.nan_to_num(np.asarray(chi, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    m = float(np.max(np.abs(chi))) if chi.size else 0.0
+    slope = float(_format_ds(m / INT16_MAX if m > 0 else 1e-5))
+    q = np.clip(np.rint(chi / slope), -32768, 32767).astype(np.int16)
+    return q, slope
+
+
+def resolve_source(source) -> dict:
+    """The DICOM source record from a dict/sidecar path (``DicomSource``) or a DICOM folder/file."""
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.suffix == ".json":
+            source = load_json(p)
+            if not source:
+                raise ValueError(f"{p}: sidecar not found; pass the raw echo sidecar written by dicom2bids")
+        elif p.exists():
+            from .convert import dicom_source, find_acquisitions
+            from .scan import read_header, scan_folder
+            if p.is_dir():
+                images, _ = scan_folder(p, progress=False)
+                acqs, _ = find_acquisitions(images) if images else ([], [])
+                im = acqs[0].series[0][0] if acqs else (images[0] if images else None)
+            else:
+                im = read_header(p)
+            if im is None:
+                raise ValueError(f"{p}: no DICOM image found to take patient/study information from")
+            return dicom_source(im.ds, patient=True)
+        else:
+            raise ValueError(f"{p}: source not found; pass the source DICOM folder or a raw sidecar (.json)")
+    if not isinstance(source, dict):
+        raise ValueError("source must be a sidecar dict/.json path or a DICOM folder")
+    rec = source.get("DicomSource", source)
+    missing = [k for k in ("StudyInstanceUID", "FrameOfReferenceUID") if not rec.get(k)]
+    if missing:
+        raise ValueError(f"source has no {', '.join(missing)}: convert with qsmflow dicom2bids (it records "
+                         "DicomSource in the sidecars) or pass the source DICOM folder")
+    if not rec.get("PatientID"):
+        raise ValueError("source has no PatientID (converted with --no-patient-info?): the series would not "
+                         "file under its patient; pass the source DICOM folder as source")
+    return rec
+
+
+def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: int | None = None,
+                  series_description: str | None = None) -> list[Path]:
+    """Write the χ map ``chimap_nifti`` (ppm) as a new DICOM series into ``out_dir``.
+
+    ``out_dir`` must not exist or be empty; the series is built in a temporary folder next
+    to it and moved into place, so a failure leaves nothing behind. → the written file paths.
+    """
+    src = resolve_source(source)
+    data, affine, _ = load_nifti(chimap_nifti)
+    data = np.squeeze(data) if data.ndim > 3 else data
+    if data.ndim != 3:
+        raise ValueError(f"{chimap_nifti}: χ map must be 3D, got shape {data.shape}")
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir}: folder is not empty; choose a new folder for the DICOM series")
+    orientation, positions, spacing = geometry.dicom_slices_from_affine(affine, data.shape)
+    q, slope = quantize_ppm(data)
+    nz = np.abs(data[np.isfinite(data) & (data != 0)])
+    width = float(_format_ds(max(2 * np.percentile(nz, 99), 0.01) if nz.size else 0.2))
+    normal = geometry.slice_normal(orientation)
+    zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    src_number = int(src.get("SeriesNumber", 0) or 0)
+    number = int(series_number if series_number is not None else 1000 + src_number)
+    desc = series_description or f"QSM {method} (ppm)"
+    series_uid = generate_uid()
+    now = _dt.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    written = []
+    try:
+        for k in range(data.shape[2]):
+            ds = _slice_dataset(src, series_uid, number, desc, method, date, time)
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [_format_ds(float(v)) for v in positions[k]]
+            ds.ImageOrientationPatient = [_format_ds(float(v)) for v in orientation]
+            ds.PixelSpacing = [_format_ds(spacing[0]), _format_ds(spacing[1])]
+            ds.SliceThickness = _format_ds(float(zooms[2]))
+            ds.SpacingBetweenSlices = _format_ds(float(zooms[2]))
+            ds.SliceLocation = _format_ds(float(positions[k] @ normal))
+            pix = geometry.nifti_to_pixels(q[:, :, k])
+            ds.Rows, ds.Columns = pix.shape
+            ds.RescaleSlope = _format_ds(slope)
+            ds.RescaleIntercept = "0"
+            ds.RescaleType = "PPM"
+            ds.WindowCenter = "0"
+            ds.WindowWidth = _format_ds(width)
+            ds.PixelData = pix.astype("<i2").tobytes()
+            f = tmp / f"QSM_{number:04d}_{k + 1:04d}.dcm"
+            ds.save_as(str(f), enforce_file_format=True)
+            written.append(out_dir / f.name)
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset:
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY", "QSM"]
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.Modality = "MR"
+    ds.Manufacturer = "qsmflow"
+    ds.SoftwareVersions = f"qsmflow {__version__}"
+    ds.PatientName = src.get("PatientName", "")
+    ds.PatientID = src.get("PatientID", "")
+    ds.PatientBirthDate = src.get("PatientBirthDate", "")
+    ds.PatientSex = src.get("PatientSex", "")
+    ds.StudyInstanceUID = src["StudyInstanceUID"]
+    ds.StudyDate = src.get("StudyDate", "")
+    ds.StudyTime = src.get("StudyTime", "")
+    ds.StudyID = src.get("StudyID", "")
+    ds.AccessionNumber = src.get("AccessionNumber", "")
+    ds.ReferringPhysicianName = ""
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = number
+    ds.SeriesDescription = desc[:64]
+    ds.DerivationDescription = (f"Quantitative susceptibility map (ppm) computed by qsmflow {__version__} "
+                                f"with method {method}; ppm = stored value x RescaleSlope")[:1024]
+    ds.FrameOfReferenceUID = src["FrameOfReferenceUID"]
+    ds.PositionReferenceIndicator = ""
+    if src.get("PatientPosition"):
+        ds.PatientPosition = src["PatientPosition"]
+    ds.ScanningSequence = src.get("ScanningSequence", "GR").split("\\")
+    ds.SequenceVariant = src.get("SequenceVariant", "NONE").split("\\")
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = src.get("MRAcquisitionType", "")
+    ds.EchoTime = ""
+    ds.RepetitionTime = ""
+    ds.EchoTrainLength = ""
+    if src.get("SeriesInstanceUID"):
+        ref = Dataset()
+        ref.SeriesInstanceUID = src["SeriesInstanceUID"]
+        ds.ReferencedSeriesSequence = Sequence([ref])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    return ds

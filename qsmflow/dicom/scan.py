@@ -1,0 +1,220 @@
+"""Walk a folder of DICOM files, read headers and classify each image.
+
+Pure header logic, no pixel data: :func:`scan_folder` returns one :class:`DicomImage` per
+classic (single-frame) image file and a list of skipped files; :func:`group_series` groups
+them by ``SeriesInstanceUID``. Classification of the image *part* (magnitude, phase, real,
+imaginary) follows, in order of precedence: ``ComplexImageComponent`` (0008,9208), GE's private
+image type (0043,102F: 0 mag, 1 phase, 2 real, 3 imaginary), Philips' private image type
+(2005,1011: M/P/R/I), then the ``ImageType`` tokens (Siemens ``M``/``P``/``R``/``I``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+PARTS = ("mag", "phase", "real", "imag")
+
+_TOKENS = {
+    "phase": {"P", "PHASE", "PHASE MAP", "P_FFE", "P_SE", "P_IR"},
+    "real": {"R", "REAL", "R_FFE", "R_SE"},
+    "imag": {"I", "IMAGINARY", "I_FFE", "I_SE"},
+    "mag": {"M", "MAGNITUDE", "M_FFE", "M_SE"},
+}
+_CIC = {"MAGNITUDE": "mag", "PHASE": "phase", "REAL": "real", "IMAGINARY": "imag"}
+_GE_TYPE = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
+_PHILIPS_TYPE = {"M": "mag", "P": "phase", "R": "real", "I": "imag"}
+
+GE_IMAGE_TYPE_TAG = (0x0043, 0x102F)
+GE_NUMBER_OF_ECHOES_TAG = (0x0019, 0x10A9)
+GE_RAW_RUN_NUMBER_TAG = (0x0019, 0x10A2)
+PHILIPS_IMAGE_TYPE_TAG = (0x2005, 0x1011)
+PHILIPS_SCALE_SLOPE_TAG = (0x2005, 0x100E)
+
+
+@dataclass
+class DicomImage:
+    """Header of one classic DICOM image (geometry in DICOM LPS mm, times in ms as stored)."""
+
+    path: Path
+    series_uid: str
+    series_number: int
+    series_description: str
+    protocol_name: str
+    vendor: str                 # "siemens" | "ge" | "philips" | "other"
+    manufacturer: str           # as stored
+    part: str                   # one of PARTS
+    part_source: str            # which tag decided the part
+    echo_number: int | None
+    echo_time_ms: float | None
+    position: np.ndarray        # ImagePositionPatient (LPS mm)
+    orientation: np.ndarray     # ImageOrientationPatient (6,)
+    rows: int
+    columns: int
+    pixel_spacing: tuple        # (row spacing, column spacing) mm
+    instance_number: int
+    order_key: tuple            # tie-breaker for echoes that share EchoNumbers/EchoTime
+    is_gre: bool
+    is_derived: bool
+    n_frames: int
+    ds: pydicom.Dataset = field(repr=False)   # header only (no pixel data)
+
+    @property
+    def label(self) -> str:
+        return f"series {self.series_number} '{self.series_description}'"
+
+
+def _private(ds, tag):
+    """Value of a private tag, decoding raw bytes of implicit-VR files."""
+    el = ds.get(tag)
+    if el is None:
+        return None
+    v = el.value
+    if isinstance(v, bytes):
+        if len(v) in (2, 4) and tag == GE_IMAGE_TYPE_TAG:
+            return int.from_bytes(v[:len(v)], "little", signed=True)
+        try:
+            return v.decode("ascii", "ignore").strip("\x00 ")
+        except Exception:  # pragma: no cover - undecodable private bytes
+            return None
+    return v
+
+
+def vendor_of(manufacturer: str) -> str:
+    m = (manufacturer or "").lower()
+    if "siemens" in m:
+        return "siemens"
+    if m.startswith("ge") or "general electric" in m:
+        return "ge"
+    if "philips" in m:
+        return "philips"
+    return "other"
+
+
+def classify_part(ds) -> tuple[str, str]:
+    """→ ``(part, source)``: part in :data:`PARTS`, source names the tag that decided it."""
+    cic = str(ds.get("ComplexImageComponent", "") or "").upper()
+    if cic in _CIC:
+        return _CIC[cic], "ComplexImageComponent"
+    ge = _private(ds, GE_IMAGE_TYPE_TAG)
+    if ge is not None:
+        try:
+            return _GE_TYPE[int(str(ge).split("\\")[0])], "GE (0043,102F)"
+        except (KeyError, ValueError):
+            pass
+    ph = _private(ds, PHILIPS_IMAGE_TYPE_TAG)
+    if ph is not None and str(ph).strip().upper() in _PHILIPS_TYPE:
+        return _PHILIPS_TYPE[str(ph).strip().upper()], "Philips (2005,1011)"
+    tokens = [str(t).strip().upper() for t in (ds.get("ImageType") or [])]
+    for part in ("phase", "real", "imag"):
+        if any(t in _TOKENS[part] for t in tokens[2:] or tokens):
+            return part, "ImageType"
+    return "mag", "ImageType"
+
+
+def _is_gre(ds) -> bool:
+    seq = ds.get("ScanningSequence") or ""
+    seq = [str(s).upper() for s in (seq if isinstance(seq, (list, pydicom.multival.MultiValue)) else [seq])]
+    seq = {t for s in seq for t in str(s).split("\\")}
+    return "GR" in seq and "EP" not in seq and "IR" not in seq
+
+
+def _float_or_none(v):
+    try:
+        return None if v in (None, "") else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _order_key(ds) -> tuple:
+    """Acquisition order for images that share EchoNumbers/EchoTime (GE research exports):
+    GE raw data run number, then the SOPInstanceUID's numeric components, then InstanceNumber."""
+    run = _private(ds, GE_RAW_RUN_NUMBER_TAG)
+    try:
+        run = float(run) if run is not None else 0.0
+    except (TypeError, ValueError):
+        run = 0.0
+    uid = str(ds.get("SOPInstanceUID", ""))
+    uid_key = tuple(int(p) for p in uid.split(".") if p.isdigit())
+    return (run, uid_key, int(ds.get("InstanceNumber", 0) or 0))
+
+
+def read_header(path) -> DicomImage | None:
+    """Header of one file → :class:`DicomImage`; ``None`` for a non-image or non-DICOM file."""
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError):
+        return None
+    if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+        return None  # DICOMDIR, structured reports, presentation states ...
+    part, source = classify_part(ds)
+    manufacturer = str(ds.get("Manufacturer", "") or "")
+    en = ds.get("EchoNumbers")
+    if isinstance(en, (list, pydicom.multival.MultiValue)):
+        en = en[0] if len(en) else None
+    pos = ds.get("ImagePositionPatient")
+    ori = ds.get("ImageOrientationPatient")
+    ps = ds.get("PixelSpacing")
+    image_type = [str(t).upper() for t in (ds.get("ImageType") or [])]
+    return DicomImage(
+        path=path,
+        series_uid=str(ds.SeriesInstanceUID),
+        series_number=int(ds.get("SeriesNumber", 0) or 0),
+        series_description=str(ds.get("SeriesDescription", "") or ""),
+        protocol_name=str(ds.get("ProtocolName", "") or ""),
+        vendor=vendor_of(manufacturer),
+        manufacturer=manufacturer,
+        part=part,
+        part_source=source,
+        echo_number=int(en) if en not in (None, "") else None,
+        echo_time_ms=_float_or_none(ds.get("EchoTime")),
+        position=np.array([float(v) for v in pos]) if pos else np.full(3, np.nan),
+        orientation=np.array([float(v) for v in ori]) if ori else np.full(6, np.nan),
+        rows=int(ds.Rows),
+        columns=int(ds.get("Columns", 0)),
+        pixel_spacing=tuple(float(v) for v in ps) if ps else (np.nan, np.nan),
+        instance_number=int(ds.get("InstanceNumber", 0) or 0),
+        order_key=_order_key(ds),
+        is_gre=_is_gre(ds),
+        is_derived=bool(image_type) and image_type[0] == "DERIVED",
+        n_frames=int(ds.get("NumberOfFrames", 1) or 1),
+        ds=ds,
+    )
+
+
+def list_files(folder) -> list[Path]:
+    """All regular files below ``folder`` (recursively, sorted, hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder; pass the folder that holds the DICOM files")
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    return out
+
+
+def scan_folder(folder, progress: bool = True) -> tuple[list[DicomImage], list[Path]]:
+    """Read every file's header below ``folder`` → ``(images, skipped_files)`` (read-only)."""
+    from tqdm.auto import tqdm
+
+    files = list_files(folder)
+    images, skipped = [], []
+    for f in tqdm(files, desc="reading DICOM headers", unit="file", disable=not progress):
+        img = read_header(f)
+        (images.append(img) if img is not None else skipped.append(f))
+    return images, skipped
+
+
+def group_series(images) -> dict[str, list[DicomImage]]:
+    """Images grouped by SeriesInstanceUID, groups ordered by series number."""
+    groups: dict[str, list[DicomImage]] = {}
+    for im in images:
+        groups.setdefault(im.series_uid, []).append(im)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[1][0].series_number, kv[0])))

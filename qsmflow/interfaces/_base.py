@@ -1,0 +1,65 @@
+"""Shared helpers of the interfaces: output names, geometry, threads, memory estimates."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import isdefined
+
+from ..physics import b0_direction_from_affine, voxel_size_from_affine
+
+#: bytes of one float64 voxel
+_F8 = 8
+
+
+def estimate_mem_gb(n_voxels: int, n_arrays: float, floor_gb: float = 0.25) -> float:
+    """Memory (GB) of a step that holds ``n_arrays`` float64 copies of an ``n_voxels`` volume
+    (padded FFT grids count as ~8 copies), plus a Python/NumPy floor."""
+    return round(floor_gb + n_voxels * _F8 * float(n_arrays) / 1024**3, 2)
+
+
+def out_file(name: str) -> str:
+    """Absolute path of an output in the node's working directory (the cwd while it runs)."""
+    return str(Path(os.getcwd()) / name)
+
+
+def geometry(affine, b0_dir=None):
+    """(voxel size mm, B0 direction in voxel axes) of an image; a sidecar ``B0_dir`` wins."""
+    b = b0_dir if (b0_dir is not None and isdefined(b0_dir) and len(b0_dir)) else None
+    return voxel_size_from_affine(affine), b0_direction_from_affine(affine, b)
+
+
+def opt(value):
+    """Nipype's Undefined → None."""
+    return value if isdefined(value) else None
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Let the core's FFTs use ``n`` threads (``QSMFLOW_NUM_THREADS``) inside one node."""
+    old = os.environ.get("QSMFLOW_NUM_THREADS")
+    os.environ["QSMFLOW_NUM_THREADS"] = str(max(1, int(n)))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("QSMFLOW_NUM_THREADS", None)
+        else:
+            os.environ["QSMFLOW_NUM_THREADS"] = old
+
+
+def jsonable(d: dict) -> dict:
+    """Parameters for a sidecar: numpy scalars → Python, arrays → their shape."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.ndarray):
+            v = f"array{list(v.shape)}"
+        elif isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out

@@ -1,0 +1,51 @@
+"""``BackgroundRemoval``: total field (Hz) → local field (Hz) + the eroded mask it is valid in."""
+
+from __future__ import annotations
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec,
+                                    traits)
+
+from .. import bgremoval
+from ..io import load_nifti, save_nifti
+from ._base import geometry, jsonable, opt, out_file, threads
+
+#: background-removal methods offered by the app
+BG_METHODS = tuple(bgremoval.METHODS)
+
+
+class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
+    in_field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+    method = traits.Enum(*BG_METHODS, usedefault=True, desc="background-removal method")
+    params = traits.Dict(desc="method parameters (radius_mm, ...)")
+    b0_dir = traits.List(traits.Float, desc="B0 direction in voxel axes (sidecar B0_dir)")
+    num_threads = traits.Int(1, usedefault=True, desc="FFT threads")
+
+
+class _BackgroundRemovalOutputSpec(TraitedSpec):
+    out_field = File(desc="local field (Hz)")
+    out_mask = File(desc="eroded brain mask the local field is valid in")
+    out_meta = traits.Dict(desc="method and parameters for the sidecar")
+
+
+class BackgroundRemoval(SimpleInterface):
+    """Remove the background field with RESHARP, V-SHARP or PDF (units in = units out)."""
+
+    input_spec = _BackgroundRemovalInputSpec
+    output_spec = _BackgroundRemovalOutputSpec
+
+    def _run_interface(self, runtime):
+        field, affine, _ = load_nifti(self.inputs.in_field)
+        mask = load_nifti(self.inputs.mask)[0] > 0
+        vs, b0_dir = geometry(affine, opt(self.inputs.b0_dir))
+        params = dict(self.inputs.params or {})
+        with threads(self.inputs.num_threads):
+            local, eroded = bgremoval.remove_background(self.inputs.method, field, mask, vs,
+                                                        b0_dir, **params)
+        self._results["out_field"] = str(save_nifti(out_file("local_field_hz.nii.gz"), local,
+                                                    affine))
+        self._results["out_mask"] = str(save_nifti(out_file("mask_eroded.nii.gz"), eroded > 0,
+                                                   affine))
+        self._results["out_meta"] = {"BackgroundRemoval": self.inputs.method,
+                                     "BackgroundRemovalParameters": jsonable(params)}
+        return runtime

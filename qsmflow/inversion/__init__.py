@@ -1,0 +1,118 @@
+"""Dipole inversion: local field (ppm) → susceptibility χ (ppm).
+
+Every method is a pure function with one signature::
+
+    fn(field_ppm, mask, voxel_size, b0_dir=(0, 0, 1), *, magnitude=None, noise=None, **params)
+        -> chi (ppm, float32, unreferenced, 0 outside the mask)
+
+``METHODS`` maps method names to ``"module:function"`` (imported lazily, so the network methods
+pull in torch only when used). :func:`invert` validates the input, runs one method and applies
+the reference (:mod:`qsmflow.inversion.reference`) exactly once. :func:`method_parameters`
+lists a method's parameters with defaults and units (for sidecars).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import numpy as np
+
+from qsmflow.inversion import _ops
+from qsmflow.inversion.reference import MODES as REFERENCE_MODES
+from qsmflow.inversion.reference import reference
+
+METHODS: dict[str, str] = {
+    "tkd": "qsmflow.inversion.tkd:tkd",
+    "tikhonov": "qsmflow.inversion.tikhonov:tikhonov",
+    "ilsqr": "qsmflow.inversion.ilsqr:ilsqr",
+    "medi": "qsmflow.inversion.medi:medi",
+    "fansi": "qsmflow.inversion.fansi:fansi",
+    "tv": "qsmflow.inversion.tv:tv_admm",
+    "metaqsm": "qsmflow.nn.inference:metaqsm",
+    "mesaqsm": "qsmflow.nn.inference:mesaqsm",
+    "qsminvnet": "qsmflow.nn.inference:qsminvnet",
+}
+
+#: the non-learned methods (no torch, no weights)
+CONVENTIONAL = ("tkd", "tikhonov", "ilsqr", "medi", "fansi", "tv")
+
+_COMMON = ("field_ppm", "mask", "voxel_size", "b0_dir", "magnitude", "noise")
+
+__all__ = ["METHODS", "CONVENTIONAL", "REFERENCE_MODES", "get_method", "invert",
+           "method_parameters", "resolved_parameters", "reference"]
+
+
+def get_method(method: str):
+    """The inversion function registered under ``method`` (imported on first use)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}: choose one of "
+                         f"{', '.join(sorted(METHODS))}")
+    modname, fname = METHODS[method].split(":")
+    try:
+        mod = importlib.import_module(modname)
+    except ImportError as exc:
+        raise ValueError(f"inversion method {method!r} is not available ({exc}): install its "
+                         "dependencies or pick a conventional method") from exc
+    try:
+        return getattr(mod, fname)
+    except AttributeError:
+        raise ValueError(f"inversion method {method!r} is registered as {METHODS[method]} but "
+                         f"{modname} has no {fname}: update qsmflow.inversion.METHODS") from None
+
+
+def method_parameters(method: str) -> dict[str, dict]:
+    """Tunable parameters of ``method``: ``{name: {"default": value, "units": text}}``."""
+    fn = get_method(method)
+    units = getattr(inspect.getmodule(fn), "UNITS", {})
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in _COMMON or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out[name] = {"default": default, "units": units.get(name, "")}
+    return out
+
+
+def resolved_parameters(method: str, **params) -> dict:
+    """The parameter values a run of ``method`` with ``params`` uses (defaults filled in);
+    ``ValueError`` for a parameter the method does not have. JSON-friendly for sidecars."""
+    known = method_parameters(method)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for inversion method "
+                         f"{method!r}: valid are {', '.join(known) or 'none'}")
+    out = {}
+    for k, spec in known.items():
+        v = params.get(k, spec["default"])
+        if isinstance(v, np.ndarray):
+            v = f"array{list(v.shape)}"
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
+           noise=None, reference_mode="mean", csf_mask=None, **params):
+    """Run inversion ``method`` on a local field (ppm) and reference the result once.
+
+    ``reference_mode``: "mean" (mean χ in ``mask`` = 0, default), "csf" (needs ``csf_mask``) or
+    "none". Other keyword arguments are the method's parameters (:func:`method_parameters`).
+    Returns χ in ppm (float32, 0 outside the mask).
+    """
+    if reference_mode not in REFERENCE_MODES:
+        raise ValueError(f"unknown reference_mode {reference_mode!r}: use one of "
+                         f"{', '.join(REFERENCE_MODES)}")
+    fn = get_method(method)
+    resolved_parameters(method, **params)  # unknown-parameter check
+    if "csf_mask" in method_parameters(method) and "csf_mask" not in params and csf_mask is not None:
+        params["csf_mask"] = csf_mask  # MEDI+0 uses the CSF mask when one is given
+    f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
+                                              noise)
+    chi = fn(f, m, vs, b, magnitude=mag, noise=noi, **params)
+    chi = np.asarray(chi)
+    if chi.shape != m.shape:
+        raise ValueError(f"method {method!r} returned shape {chi.shape} for input {m.shape}: "
+                         "the method is broken")
+    return reference(chi, m, reference_mode, csf_mask)

@@ -1,0 +1,214 @@
+"""Shared operators of the dipole inversions (private): input checks, the padded dipole operator
+on a real-FFT grid, finite-difference gradients and the small solvers every method reuses.
+
+Conventions: every array is float32 (complex64 in k-space); the volume is zero-padded at the end
+of each axis by ``pad`` voxels to a fast FFT size (:func:`qsmflow.physics.padded_shape`), all
+operators are periodic on that padded grid (so the k-space and image-space forms agree exactly),
+and gradients are forward differences in 1/mm (divided by each axis' voxel size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+
+from qsmflow import physics
+
+#: default zero padding (voxels per axis) before the FFT: the dipole field decays as 1/r³, so a
+#: few voxels of air around the mask remove nearly all wrap-around at a fraction of 2× padding
+DEFAULT_PAD = 8
+
+#: rad per ppm at which the nonlinear (complex exponential) data terms of MEDI and FANSI wrap the
+#: field: the phase at TE = 20 ms and 3 T, 2π·γ̄·B0·TE·1e-6 ≈ 16.0 rad/ppm. It sets only where
+#: the model's nonlinearity acts; the regularisation weights are defined on the field in ppm.
+DEFAULT_RAD_PER_PPM = 2.0 * np.pi * physics.GAMMA_BAR_HZ_PER_T * 3.0 * 0.020 * 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude=None, noise=None):
+    """Validate the common inversion inputs; return ``(field32, mask_bool, vs, b0, mag, noise)``.
+
+    Raises a one-line ``ValueError`` naming the problem and the fix.
+    """
+    f = np.asarray(field_ppm)
+    if f.ndim != 3:
+        raise ValueError(f"field_ppm must be a 3D array, got shape {f.shape}: pass one local field "
+                         "volume (combine echoes first)")
+    m = np.asarray(mask)
+    if m.shape != f.shape:
+        raise ValueError(f"mask shape {m.shape} differs from field shape {f.shape}: resample the "
+                         "mask onto the field grid")
+    m = m.astype(bool)
+    if not m.any():
+        raise ValueError("mask is empty: pass a brain mask with at least one voxel")
+    if not np.all(np.isfinite(f[m])):
+        raise ValueError("field_ppm contains NaN/Inf inside the mask: remove them from the mask or "
+                         "replace them (np.nan_to_num)")
+    vs = physics.check_voxel_size(voxel_size)
+    b = physics.check_b0_dir(b0_dir)
+    f = np.where(m, f, 0.0).astype(np.float32)
+    out = [f, m, vs, b]
+    for name, a in (("magnitude", magnitude), ("noise", noise)):
+        if a is None:
+            out.append(None)
+            continue
+        a = np.asarray(a, dtype=float)
+        if a.shape != f.shape:
+            raise ValueError(f"{name} shape {a.shape} differs from field shape {f.shape}: pass a "
+                             f"3D {name} on the field grid")
+        if not np.all(np.isfinite(a[m])):
+            raise ValueError(f"{name} contains NaN/Inf inside the mask: clean it (np.nan_to_num)")
+        if name == "noise" and np.any(a[m] <= 0):
+            raise ValueError("noise must be a positive per-voxel std inside the mask: clip it, "
+                             "e.g. np.maximum(noise, 1e-6)")
+        out.append(a.astype(np.float32))
+    return tuple(out)
+
+
+def check_positive(**params):
+    """Raise a ``ValueError`` unless every given parameter is a positive finite number."""
+    for k, v in params.items():
+        if not (np.isscalar(v) and np.isfinite(v) and v > 0):
+            raise ValueError(f"parameter {k} must be a positive number, got {v!r}")
+
+
+def data_weight(mask, noise=None, magnitude=None):
+    """Data-term weight inside ``mask``: 1/noise (else magnitude, else 1), mean 1 in the mask."""
+    if noise is not None:
+        w = np.where(mask, 1.0 / noise, 0.0)
+    elif magnitude is not None:
+        w = np.where(mask, np.abs(magnitude), 0.0)
+    else:
+        return mask.astype(np.float32)
+    mean = w[mask].mean()
+    if not mean > 0:
+        raise ValueError("data weight is zero in the whole mask: check magnitude / noise")
+    return (w / mean).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# padded dipole operator on the real-FFT grid
+# --------------------------------------------------------------------------------------------
+class DipoleOp:
+    """Dipole convolution and FFTs on a zero-padded grid (float32 / complex64, ``rfftn``).
+
+    ``D`` holds the half-spectrum of the dipole kernel, ``E2`` the half-spectrum of the
+    forward-difference Laplacian symbol Σ_j |e^{2πi k_j/N_j} − 1|²/d_j² (1/mm²).
+    """
+
+    def __init__(self, shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=DEFAULT_PAD):
+        if not (np.isscalar(pad) and pad >= 0):
+            raise ValueError(f"pad must be a non-negative number of voxels, got {pad!r}")
+        self.shape = tuple(int(s) for s in shape)
+        self.vs = physics.check_voxel_size(voxel_size)
+        self.pshape = physics.padded_shape(self.shape, int(pad))
+        self.workers = physics.fft_workers()
+        self.nh = self.pshape[2] // 2 + 1
+        d = physics.dipole_kernel(self.pshape, self.vs, b0_dir, dtype=np.float32)
+        self.D = np.ascontiguousarray(d[..., : self.nh])
+        self._e2 = None
+
+    @property
+    def E2(self):
+        if self._e2 is None:
+            parts = []
+            for ax, (n, d) in enumerate(zip(self.pshape, self.vs)):
+                k = sfft.rfftfreq(n) if ax == 2 else sfft.fftfreq(n)
+                shp = [1, 1, 1]
+                shp[ax] = k.size
+                parts.append(((2.0 - 2.0 * np.cos(2 * np.pi * k)) / d**2).reshape(shp))
+            self._e2 = (parts[0] + parts[1] + parts[2]).astype(np.float32)
+        return self._e2
+
+    def pad(self, x):
+        return physics.pad_array(np.asarray(x, dtype=np.float32), self.pshape)
+
+    def crop(self, x):
+        return np.ascontiguousarray(physics.crop_array(x, self.shape))
+
+    def fft(self, x):
+        return sfft.rfftn(x, workers=self.workers)
+
+    def ifft(self, xk):
+        return sfft.irfftn(xk, s=self.pshape, workers=self.workers)
+
+    def conv(self, x, kernel=None):
+        """Circular convolution of a padded image with a half-spectrum kernel (default D)."""
+        xk = self.fft(x)
+        xk *= self.D if kernel is None else kernel
+        return self.ifft(xk)
+
+
+# --------------------------------------------------------------------------------------------
+# finite differences (periodic, 1/mm)
+# --------------------------------------------------------------------------------------------
+def grad(x, voxel_size, out=None):
+    """Forward differences of a 3D array along each axis (per mm), periodic; shape (3,)+x.shape."""
+    if out is None:
+        out = np.empty((3,) + x.shape, dtype=np.float32)
+    for ax, d in enumerate(voxel_size):
+        g = out[ax]
+        sl_lo = [slice(None)] * 3
+        sl_hi = [slice(None)] * 3
+        sl_lo[ax], sl_hi[ax] = slice(0, -1), slice(1, None)
+        np.subtract(x[tuple(sl_hi)], x[tuple(sl_lo)], out=g[tuple(sl_lo)])
+        first = [slice(None)] * 3
+        last = [slice(None)] * 3
+        first[ax], last[ax] = slice(0, 1), slice(-1, None)
+        np.subtract(x[tuple(first)], x[tuple(last)], out=g[tuple(last)])
+        g *= 1.0 / d
+    return out
+
+
+def grad_adj(g, voxel_size):
+    """Adjoint of :func:`grad` (= minus the backward-difference divergence), per mm."""
+    out = np.zeros(g.shape[1:], dtype=np.float32)
+    for ax, d in enumerate(voxel_size):
+        gi = g[ax] * np.float32(1.0 / d)
+        out -= gi
+        out += np.roll(gi, 1, axis=ax)
+    return out
+
+
+def shrink(x, t):
+    """Soft thresholding (the proximal map of t·‖·‖₁), elementwise, in place."""
+    mag = np.abs(x)
+    np.maximum(mag - t, 0, out=mag)
+    np.sign(x, out=x)
+    x *= mag
+    return x
+
+
+def cg(apply_a, b, x0=None, tol=1e-2, max_iter=100):
+    """Conjugate gradients for a symmetric positive (semi)definite operator on float32 arrays.
+
+    Stops when ‖r‖ ≤ tol·‖b‖ or after ``max_iter`` iterations; returns ``(x, n_iter)``.
+    """
+    x = np.zeros_like(b) if x0 is None else x0.copy()
+    r = b - apply_a(x) if x0 is not None else b.copy()
+    p = r.copy()
+    rs = float(np.vdot(r, r))
+    bnorm = float(np.linalg.norm(b)) or 1.0
+    it = 0
+    for it in range(1, max_iter + 1):
+        if np.sqrt(rs) <= tol * bnorm:
+            it -= 1
+            break
+        ap = apply_a(p)
+        alpha = rs / float(np.vdot(p, ap))
+        x += np.float32(alpha) * p
+        r -= np.float32(alpha) * ap
+        rs_new = float(np.vdot(r, r))
+        p *= np.float32(rs_new / rs)
+        p += r
+        rs = rs_new
+    return x, it
+
+
+def finish(chi_padded, op, mask):
+    """Crop a padded solution back to the input grid and zero it outside the mask (float32)."""
+    chi = op.crop(chi_padded)
+    chi[~mask] = 0.0
+    return chi.astype(np.float32, copy=False)

@@ -1,0 +1,183 @@
+"""Evaluation of the networks against conventional inversions (the papers' tables).
+
+- :func:`held_out_volume` — held-out synthetic 256×256×64 volumes, made like the training data but
+  from a disjoint seed stream (:data:`EVAL_SEED`), whole field of view (no crop margin needed:
+  the field is the wrap-free dipole field of the whole synthetic χ), optional fixed voxel size;
+- :func:`run_method` — any method of :data:`qsmflow.inversion.METHODS`, plus
+  ``mesaqsm_<voxel>`` for one specific shipped Mesa-QSM model; χ referenced to mean 0 in the mask
+  (:func:`qsmflow.inversion.invert`), the truth likewise;
+- :func:`evaluate` — RMSE (%), HFEN (%), SSIM per method over ``n`` volumes, with an optional
+  on-disk cache of conventional results (they do not change when the networks are retrained);
+- :func:`challenge` — the 2016 challenge local field against χ33 (and COSMOS).
+
+The bases are the same COSMOS head the shipped models were trained on (as in the papers): the
+test volumes differ by deformation, pose, contrast, shapes, voxel size and noise, not anatomy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+
+#: data seed of the evaluation stream (training configs use small data seeds)
+EVAL_SEED = 987_654_321
+#: the paper's test matrix
+TEST_SHAPE = (256, 256, 64)
+NETWORKS = ("metaqsm", "mesaqsm", "qsminvnet")
+
+
+def _synth(shape, sources, shared):
+    from .synthesis import Synthesizer
+
+    key = (tuple(shape), tuple(sources), str(shared))
+    if key not in _SYNTH:
+        _SYNTH[key] = Synthesizer({"crop": list(shape), "margin": 1.0, "fft_pad": 1.0,
+                                   "sources": list(sources), "shared_data": shared or ""})
+    return _SYNTH[key]
+
+
+_SYNTH: dict = {}
+
+
+def held_out_volume(index: int, voxel_size=None, shape=TEST_SHAPE, sources=("cosmos",), shared=None,
+                stream: int = 0) -> dict:
+    """Held-out volume ``index`` of evaluation stream ``stream``: field/chi (ppm), mask (bool),
+    voxel_size (mm) as numpy; the truth χ is referenced to mean 0 inside the mask."""
+    from .synthesis import sample_seed
+
+    s = _synth(shape, sources, shared).sample(sample_seed(EVAL_SEED + stream, index), voxel_size)
+    m = s["mask"][0].numpy() > 0
+    chi = s["chi"][0].double().numpy()
+    chi = np.where(m, chi - chi[m].mean(), 0.0)
+    return {"field": s["field"][0].double().numpy(), "chi": chi, "mask": m,
+            "voxel_size": s["voxel_size"]}
+
+
+def run_method(method: str, vol: dict, **params) -> np.ndarray:
+    """χ (ppm, mean 0 in the mask) of ``method`` on ``vol``; ``mesaqsm_<voxel>`` selects a
+    specific shipped Mesa-QSM model."""
+    from ..inversion import invert
+
+    if method.startswith("mesaqsm_"):
+        params = {"model": method, **params}
+        method = "mesaqsm"
+    return invert(method, vol["field"], vol["mask"], vol["voxel_size"], (0.0, 0.0, 1.0), **params)
+
+
+def score(chi, truth, mask) -> dict:
+    """RMSE (%), HFEN (%), SSIM of ``chi`` against ``truth`` inside ``mask``."""
+    return {"rmse": metrics.rmse_percent(chi, truth, mask), "hfen": metrics.hfen(chi, truth, mask),
+            "ssim": metrics.ssim(chi, truth, mask)}
+
+
+def _cache_file(cache_dir, method, index, voxel_size, shape, stream):
+    tag = hashlib.sha1(repr((method, index, voxel_size, tuple(shape), stream)).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{method}_{tag}.json"
+
+
+def evaluate(methods, n: int, voxel_size=None, shape=TEST_SHAPE, cache_dir=None, stream: int = 0,
+             sources=("cosmos",), shared=None, log=print, keep_first=False) -> dict:
+    """Score ``methods`` on ``n`` held-out volumes. Returns ``{method: {"rows": [...],
+    "seconds": [...]}}`` (+ ``"_first"``: the first volume and each method's χ if
+    ``keep_first``). Conventional methods' scores are cached in ``cache_dir`` when given."""
+    import json
+
+    res = {m: {"rows": [], "seconds": []} for m in methods}
+    first = {}
+    for i in range(int(n)):
+        vol = None
+        for m in methods:
+            cf = _cache_file(cache_dir, m, i, voxel_size, shape, stream) if cache_dir else None
+            cacheable = cf is not None and not any(m.startswith(k) for k in NETWORKS)
+            if cacheable and cf.exists() and not (keep_first and i == 0):
+                d = json.loads(cf.read_text())
+                res[m]["rows"].append(d["scores"])
+                res[m]["seconds"].append(d["seconds"])
+                continue
+            if vol is None:
+                vol = held_out_volume(i, voxel_size, shape, sources, shared, stream)
+                if keep_first and i == 0:
+                    first["truth"], first["mask"], first["field"] = vol["chi"], vol["mask"], vol["field"]
+                    first["voxel_size"] = vol["voxel_size"]
+            t0 = time.perf_counter()
+            chi = run_method(m, vol)
+            dt = time.perf_counter() - t0
+            sc = score(chi, vol["chi"], vol["mask"])
+            res[m]["rows"].append(sc)
+            res[m]["seconds"].append(dt)
+            if keep_first and i == 0:
+                first[m] = chi
+            if cacheable:
+                cf.parent.mkdir(parents=True, exist_ok=True)
+                cf.write_text(json.dumps({"scores": sc, "seconds": dt}))
+            log(f"  vol {i} {m}: RMSE {sc['rmse']:.1f} % HFEN {sc['hfen']:.1f} % SSIM {sc['ssim']:.3f} ({dt:.1f} s)")
+    if keep_first:
+        res["_first"] = first
+    return res
+
+
+def challenge(methods, shared=None, log=print) -> dict:
+    """2016 challenge: local field (ppm, 1.06 mm, B0 axis 2) → χ, scored against χ33 and COSMOS
+    (both referenced to mean 0 in the mask). Returns ``{method: {"chi33": {...}, "cosmos": {...}}}``."""
+    import nibabel as nib
+
+    from .synthesis import COSMOS_VOXEL_MM, shared_data_dir
+
+    d = shared_data_dir(shared) / "qsm2016"
+    ld = lambda f: nib.load(d / f).get_fdata(dtype=np.float32)  # noqa: E731
+    m = ld("msk.nii.gz") > 0
+    vol = {"field": ld("phs_tissue.nii.gz") * m, "mask": m, "voxel_size": COSMOS_VOXEL_MM}
+    refs = {}
+    for name, f in (("chi33", "chi_33.nii.gz"), ("cosmos", "chi_cosmos.nii.gz")):
+        r = ld(f).astype(np.float64)
+        refs[name] = np.where(m, r - r[m].mean(), 0.0)
+    out = {}
+    for meth in methods:
+        t0 = time.perf_counter()
+        chi = run_method(meth, vol)
+        out[meth] = {k: score(chi, r, m) for k, r in refs.items()}
+        out[meth]["chi33"]["nrmse"] = metrics.nrmse(chi, refs["chi33"], m)
+        out[meth]["seconds"] = time.perf_counter() - t0
+        log(f"  challenge {meth}: RMSE vs chi33 {out[meth]['chi33']['rmse']:.1f} %")
+    return out
+
+
+def summary_table(res: dict, methods=None) -> tuple[list[str], list[list]]:
+    """(header, rows) with mean ± sd of RMSE, HFEN, SSIM per method, plus run time."""
+    methods = methods or [m for m in res if not m.startswith("_")]
+    header = ["method", "RMSE (%)", "HFEN (%)", "SSIM", "time (s)", "n"]
+    rows = []
+    for m in methods:
+        r = res[m]["rows"]
+        if not r:
+            continue
+        cell = lambda k, f: f"{np.mean([x[k] for x in r]):{f}} ± {np.std([x[k] for x in r]):{f}}"  # noqa: E731
+        rows.append([m, cell("rmse", ".2f"), cell("hfen", ".2f"), cell("ssim", ".3f"),
+                     f"{np.median(res[m]['seconds']):.1f}", len(r)])
+    return header, rows
+
+
+def available_methods(candidates) -> list[str]:
+    """The subset of ``candidates`` that can run here (registered, importable, weights shipped)."""
+    from ..inversion import get_method
+    from .inference import available_models
+
+    shipped = set(available_models())
+    ok = []
+    for m in candidates:
+        try:
+            get_method("mesaqsm" if m.startswith("mesaqsm_") else m)
+        except ValueError:
+            continue
+        if m in ("metaqsm", "qsminvnet") or m.startswith("mesaqsm_"):
+            if m not in shipped:
+                continue
+        elif m == "mesaqsm" and not any(k.startswith("mesaqsm_") for k in shipped):
+            continue
+        ok.append(m)
+    return ok

@@ -1,0 +1,211 @@
+"""Network inversions with the plug-in signature of :mod:`qsmflow.inversion`:
+
+    metaqsm / mesaqsm / qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0, 0, 1), *,
+                                  magnitude=None, noise=None, **params) -> chi (ppm)
+
+χ is masked and unreferenced (:func:`qsmflow.inversion.invert` references it). Any matrix size
+(cropped to the mask's bounding box, zero-padded to a multiple of 16, cropped back), any voxel
+size (Meta-QSM predicts its kernels for it; Mesa-QSM picks the shipped model whose voxel size is
+nearest, or ``model=``; QSMInvNet ignores it), CPU by default or CUDA when present
+(``device=``), deterministic.
+
+B0 direction: the networks were trained with B0 along array axis 2. If ``b0_dir`` deviates by
+more than :data:`B0_WARN_DEG` a ``UserWarning`` is issued (the error grows with the angle);
+beyond :data:`B0_MAX_DEG` a ``ValueError`` asks to resample the field so B0 is along axis 2 (e.g.
+to the scanner frame) or to use a conventional method, which handle any direction.
+
+Weights are loaded with ``torch.load(weights_only=True)`` and must be a plain state dict of
+tensors: anything else (a pickle with code, a whole module, a training checkpoint) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import physics
+from .models import MULTIPLE, build_model, run_model
+
+#: folder of the shipped weights (``<name>.pt`` + ``<name>.json`` + ``<name>.md``)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: default shipped model per method
+DEFAULT_MODELS = {"metaqsm": "metaqsm", "qsminvnet": "qsminvnet"}
+#: angle (degrees) between b0_dir and array axis 2 above which a warning / an error is raised
+B0_WARN_DEG = 5.0
+B0_MAX_DEG = 30.0
+#: parameter units for sidecars (read by qsmflow.inversion.method_parameters)
+UNITS = {"model": "shipped model name", "weights": "path to a .pt state dict", "device": "cpu|cuda"}
+
+
+def load_state_dict(path) -> dict:
+    """Load ``path`` safely as a state dict of tensors; ``ValueError`` for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"weights file {path} not found: reinstall qsmflow or pass weights=PATH")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(f"{path.name} is not a plain state dict of tensors ({type(exc).__name__}); "
+                         "refusing to load it: use weights saved with torch.save(model.state_dict())") from None
+    if not isinstance(sd, dict) or not sd or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise ValueError(f"{path.name} is not a plain state dict of tensors: pass a file saved with "
+                         "torch.save(model.state_dict()) (a training checkpoint.pt holds it under 'model')")
+    return sd
+
+
+def available_models(weights_dir=None) -> dict[str, dict]:
+    """Shipped models: name → summary JSON (config, steps, validation, ...)."""
+    d = Path(weights_dir or WEIGHTS_DIR)
+    out = {}
+    for js in sorted(d.glob("*.json")):
+        if js.with_suffix(".pt").exists():
+            out[js.stem] = json.loads(js.read_text())
+    return out
+
+
+def load_model(name_or_path, device="cpu", weights_dir=None) -> tuple[torch.nn.Module, dict]:
+    """Build and load a model: a shipped name (``metaqsm``, ``mesaqsm_0.5x0.5x2.0`` …) or a
+    ``.pt`` path with a ``.json`` summary beside it. Returns ``(model in eval mode, summary)``."""
+    return _load_model_cached(str(name_or_path), str(device), str(weights_dir or WEIGHTS_DIR))
+
+
+@lru_cache(maxsize=8)
+def _load_model_cached(name_or_path, device, weights_dir):
+    p = Path(name_or_path)
+    if p.suffix != ".pt":
+        p = Path(weights_dir) / f"{name_or_path}.pt"
+        if not p.exists():
+            names = ", ".join(available_models(weights_dir)) or "none"
+            raise ValueError(f"no shipped model {name_or_path!r}: available are {names}")
+    js = p.with_suffix(".json")
+    if not js.exists():
+        raise ValueError(f"{js} missing: the model's config (written by qsmflow train) must sit "
+                         "beside its weights")
+    summary = json.loads(js.read_text())
+    model = build_model(**summary["config"]["model"])
+    sd = load_state_dict(p)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise ValueError(f"{p.name} does not match its config {js.name}: {str(exc).splitlines()[0]}") from None
+    model.to(torch.device(device)).eval()
+    return model, summary
+
+
+def _check_b0(b0_dir):
+    b = physics.check_b0_dir(b0_dir)
+    ang = math.degrees(math.acos(min(1.0, abs(float(b[2])))))
+    if ang > B0_MAX_DEG:
+        raise ValueError(f"B0 is {ang:.0f}° from array axis 2 but the networks were trained with B0 "
+                         "along axis 2: resample the field to the scanner frame or use a "
+                         "conventional inversion (tkd, medi, ...)")
+    if ang > B0_WARN_DEG:
+        warnings.warn(f"B0 is {ang:.1f}° from array axis 2; the networks assume B0 along axis 2, "
+                      "expect a small bias", UserWarning, stacklevel=3)
+
+
+def _bbox(mask, margin=2):
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
+    """Run ``model`` on one volume: crop to the mask, pad to a multiple of 16, predict, paste
+    back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``."""
+    field = np.asarray(field_ppm, dtype=np.float32)
+    m = np.asarray(mask) > 0
+    if field.ndim != 3:
+        raise ValueError(f"field must be a 3D array, got shape {field.shape}")
+    if m.shape != field.shape:
+        raise ValueError(f"mask shape {m.shape} differs from field shape {field.shape}")
+    if not m.any():
+        raise ValueError("mask is empty: pass the brain mask of the field")
+    if not np.all(np.isfinite(field[m])):
+        raise ValueError("field contains NaN/Inf inside the mask: fix the field map first")
+    vs = physics.check_voxel_size(voxel_size)
+    sl = _bbox(m)
+    f, mm = np.where(m, field, 0.0)[sl], m[sl].astype(np.float32)
+    shp = f.shape
+    pshape = [int(math.ceil(s / MULTIPLE) * MULTIPLE) for s in shp]
+    pad = [(0, p - s) for s, p in zip(shp, pshape)]
+    dev = torch.device(device)
+    ft = torch.from_numpy(np.pad(f, pad))[None, None].to(dev)
+    mt = torch.from_numpy(np.pad(mm, pad))[None, None].to(dev)
+    with torch.inference_mode():
+        out = run_model(model, ft, mt, vs)[0, 0].float().cpu().numpy()
+    chi = np.zeros(field.shape, np.float32)
+    chi[sl] = out[: shp[0], : shp[1], : shp[2]]
+    return chi * m
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights):
+    _check_b0(b0_dir)
+    device = device or default_device()
+    if device.startswith("cuda"):
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    model, _ = load_model(weights or name, device)
+    return predict(model, field_ppm, mask, voxel_size, device)
+
+
+def metaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
+            model: str = "metaqsm", weights=None, device=None, **params) -> np.ndarray:
+    """Meta-QSM (one WP-Conv U-Net for any voxel size): local field (ppm) → χ (ppm), masked.
+
+    ``model``: a shipped model name; ``weights``: a ``.pt`` path (with its ``.json``) instead;
+    ``device``: "cpu" / "cuda" (default: CUDA when available). ``magnitude``/``noise`` unused.
+    """
+    _no_params("metaqsm", params)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+
+
+def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
+    """Name of the shipped Mesa-QSM model whose voxel size is nearest (log-distance)."""
+    vs = np.log(physics.check_voxel_size(voxel_size))
+    best, dist = None, np.inf
+    for name, s in available_models(weights_dir).items():
+        fixed = s["config"].get("data", {}).get("fixed_voxel")
+        if s["config"]["model"]["kind"] != "mesaqsm" or not fixed:
+            continue
+        d = float(np.linalg.norm(np.log(fixed) - vs))
+        if d < dist:
+            best, dist = name, d
+    if best is None:
+        raise ValueError("no shipped Mesa-QSM model found: pass weights=PATH to a trained one")
+    return best
+
+
+def mesaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
+            model: str | None = None, weights=None, device=None, **params) -> np.ndarray:
+    """Mesa-QSM (plain-conv U-Net trained at one voxel size): the shipped model whose voxel size
+    is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given."""
+    _no_params("mesaqsm", params)
+    if model is None and weights is None:
+        model = nearest_mesa_model(voxel_size)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+
+
+def qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
+              model: str = "qsminvnet", weights=None, device=None, **params) -> np.ndarray:
+    """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask)."""
+    _no_params("qsminvnet", params)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+
+
+def _no_params(name, params):
+    if params:
+        raise ValueError(f"{name} got unknown parameter(s) {sorted(params)}: it accepts model=, "
+                         "weights=, device=")

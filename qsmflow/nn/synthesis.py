@@ -1,0 +1,375 @@
+"""Training data synthesised on the fly (seedable, CPU or GPU, nothing written to disk).
+
+One sample = (local field in ppm, χ in ppm, brain mask) on a crop at a random voxel size:
+
+1. a base χ map: the 2016 challenge COSMOS map (1.06 mm iso, B0 along axis 2; read from the
+   shared data folder, never shipped) and/or the project's head phantom
+   (:func:`qsmflow.phantom.make_head_phantom`, several seeds → varied anatomy) when available;
+2. a random rigid pose (rotation ≤ ``max_rot_deg``, flips of axes 0/1) plus a smooth random
+   elastic displacement (``elastic_mm``), evaluated directly on the target grid: the base is
+   resampled once with ``grid_sample`` (trilinear), with box supersampling along axes whose target
+   voxel is coarser than the base voxel (partial-volume averaging, no aliasing);
+3. contrast changes: global scale and a smooth multiplicative field (local contrast);
+4. random ellipsoids / spheres / cuboids / cylinders with random orientation and ± χ inside the
+   brain (bleeds, calcifications);
+5. the random voxel size: (0.5–1.0, 0.5–1.0, 2.0–4.0) mm as in Meta-QSM, or with probability
+   ``p_iso`` near-isotropic 1 mm (0.9–1.1), or a fixed one (Mesa-QSM);
+6. forward field with the dipole kernel *of that voxel size* (B0 along axis 2) on a region
+   ``margin`` × the crop (zero-padded FFT), Gaussian noise, then the central crop.
+
+All random draws come from a ``torch.Generator`` seeded per sample on the CPU, so a sample is the
+same on CPU and GPU (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import physics
+
+#: voxel size of the 2016 challenge data (the headers are wrong, see shared/data/README.md)
+COSMOS_VOXEL_MM = (1.06, 1.06, 1.06)
+
+
+def shared_data_dir(path=None) -> Path:
+    """The shared data folder: ``path`` if given, else ``$QSMFLOW_SHARED/data``, else the repo's
+    ``../shared/data``."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get("QSMFLOW_SHARED")
+    if env:
+        return Path(env) / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+# --------------------------------------------------------------------------------------------
+# physics in torch (GPU-capable); numerics identical to physics.dipole_kernel / forward_field
+# --------------------------------------------------------------------------------------------
+def dipole_kernel_torch(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), device=None,
+                        dtype=torch.float32, half=False) -> torch.Tensor:
+    """D(k) = 1/3 − (k·b̂)²/|k|² on the FFT grid of ``shape`` (mm voxels); D(0) = 0.
+
+    ``half=True`` returns the last axis cut to ``n // 2 + 1`` (for ``rfftn``).
+    """
+    vs = physics.check_voxel_size(voxel_size)
+    b = physics.check_b0_dir(b0_dir)
+    ks = [torch.fft.fftfreq(int(n), d=d, dtype=torch.float64, device=device)
+          for n, d in zip(shape, vs)]
+    if half:
+        ks[2] = torch.fft.rfftfreq(int(shape[2]), d=vs[2], dtype=torch.float64, device=device)
+    kx, ky, kz = torch.meshgrid(*ks, indexing="ij")
+    k2 = kx**2 + ky**2 + kz**2
+    kb = kx * b[0] + ky * b[1] + kz * b[2]
+    k2[0, 0, 0] = 1.0
+    d = 1.0 / 3.0 - kb**2 / k2
+    d[0, 0, 0] = 0.0
+    return d.to(dtype)
+
+
+def forward_field_torch(chi: torch.Tensor, voxel_size, b0_dir=(0.0, 0.0, 1.0),
+                        pad_fraction: float = 1.0) -> torch.Tensor:
+    """Field (ppm) of ``chi`` (ppm, (..., X, Y, Z)); zero-padded by ``pad_fraction`` × size per
+    axis (1.0 = doubling = wrap-free, as :func:`qsmflow.physics.forward_field`)."""
+    shape = chi.shape[-3:]
+    pshape = physics.padded_shape(shape, [int(math.ceil(pad_fraction * s)) for s in shape])
+    d = dipole_kernel_torch(pshape, voxel_size, b0_dir, chi.device, chi.dtype, half=True)
+    f = torch.fft.irfftn(torch.fft.rfftn(chi, s=pshape, dim=(-3, -2, -1)) * d, s=pshape,
+                         dim=(-3, -2, -1))
+    return f[..., : shape[0], : shape[1], : shape[2]]
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and base volumes
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SynthConfig:
+    """Synthesis options (the ``[data]`` table of a training config); lengths in mm, χ in ppm."""
+
+    crop: tuple = (128, 128, 64)
+    margin: float = 1.5
+    fft_pad: float = 0.5
+    sources: tuple = ("cosmos", "phantom")
+    n_phantoms: int = 3
+    shared_data: str = ""
+    voxel_xy: tuple = (0.5, 1.0)
+    voxel_z: tuple = (2.0, 4.0)
+    p_iso: float = 0.2
+    fixed_voxel: tuple | None = None
+    max_rot_deg: float = 15.0
+    elastic_mm: float = 4.0
+    elastic_grid: int = 5
+    scale: tuple = (0.7, 1.3)
+    local_contrast: float = 0.3
+    n_shapes: tuple = (0, 8)
+    shape_size_mm: tuple = (1.0, 8.0)
+    shape_chi: tuple = (0.05, 0.8)
+    noise_ppm: tuple = (0.0, 0.01)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SynthConfig":
+        d = dict(d or {})
+        names = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"unknown [data] option(s) {bad}: valid are {sorted(names)}")
+        for k, v in d.items():
+            if isinstance(v, list):
+                d[k] = tuple(v)
+        cfg = cls(**d)
+        if len(cfg.crop) != 3 or any(int(c) < 16 for c in cfg.crop):
+            raise ValueError(f"data.crop must be three sizes >= 16, got {cfg.crop}")
+        return cfg
+
+
+@dataclass
+class BaseVolume:
+    name: str
+    chi: torch.Tensor  # (1, 1, X, Y, Z), ppm, 0 outside brain
+    mask: torch.Tensor  # (1, 1, X, Y, Z), float 0/1
+    voxel_size: tuple
+    centers: np.ndarray = field(repr=False)  # brain voxel coordinates (mm, relative to centre)
+
+
+def _base_from_arrays(name, chi, mask, vs) -> BaseVolume:
+    chi = np.asarray(chi, np.float32) * (np.asarray(mask) > 0)
+    m = (np.asarray(mask) > 0)
+    idx = np.argwhere(m)[:: max(1, int(m.sum()) // 20000)]
+    centre = (np.array(m.shape) - 1) / 2.0
+    pts = (idx - centre) * np.asarray(vs)
+    return BaseVolume(name, torch.from_numpy(chi)[None, None], torch.from_numpy(m.astype(np.float32))[None, None],
+                      tuple(float(v) for v in vs), pts)
+
+
+def load_cosmos(shared=None) -> BaseVolume:
+    """The 2016 challenge COSMOS χ (ppm) × brain mask, 1.06 mm iso, as a :class:`BaseVolume`."""
+    import nibabel as nib
+
+    d = shared_data_dir(shared) / "qsm2016"
+    f_chi, f_msk = d / "chi_cosmos.nii.gz", d / "msk.nii.gz"
+    if not f_chi.exists() or not f_msk.exists():
+        raise ValueError(f"COSMOS base not found in {d}: set data.shared_data in the config or "
+                         "QSMFLOW_SHARED to the folder holding data/qsm2016")
+    chi = nib.load(f_chi).get_fdata(dtype=np.float32)
+    msk = nib.load(f_msk).get_fdata(dtype=np.float32)
+    return _base_from_arrays("cosmos", chi, msk, COSMOS_VOXEL_MM)
+
+
+def load_phantoms(n: int, seed: int = 0) -> list[BaseVolume]:
+    """``n`` head phantoms with different anatomy seeds; [] (with a warning) if unavailable."""
+    try:
+        from ..phantom import make_head_phantom
+    except ImportError:
+        warnings.warn("qsmflow.phantom is not available: synthesising from COSMOS only", stacklevel=2)
+        return []
+    out = []
+    for i in range(int(n)):
+        try:
+            ph = make_head_phantom(seed=int(seed) + 1000 + i)
+            chi = np.asarray(ph.chi_brain if not callable(ph.chi_brain) else ph.chi_brain())
+            out.append(_base_from_arrays(f"phantom{i}", chi, ph.brain_mask, ph.voxel_size))
+        except Exception as exc:  # a broken phantom must not stop training
+            warnings.warn(f"head phantom {i} failed ({exc}); skipping it", stacklevel=2)
+            break
+    return out
+
+
+def load_bases(cfg: SynthConfig, seed: int = 0) -> list[BaseVolume]:
+    """Base χ volumes named in ``cfg.sources`` ("cosmos", "phantom")."""
+    bases = []
+    for s in cfg.sources:
+        if s == "cosmos":
+            bases.append(load_cosmos(cfg.shared_data or None))
+        elif s == "phantom":
+            bases += load_phantoms(cfg.n_phantoms, seed)
+        else:
+            raise ValueError(f"unknown data source {s!r}: use 'cosmos' and/or 'phantom'")
+    if not bases:
+        raise ValueError(f"no base volume available from sources {cfg.sources}: add 'cosmos' and "
+                         "point data.shared_data at shared/data")
+    return bases
+
+
+# --------------------------------------------------------------------------------------------
+# random helpers (CPU generator → deterministic)
+# --------------------------------------------------------------------------------------------
+def _u(g, lo, hi, n=None):
+    if n is None:
+        return float(lo + (hi - lo) * torch.rand((), generator=g))
+    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def _rotation(g, max_deg) -> torch.Tensor:
+    axis = torch.randn(3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm()
+    ang = math.radians(_u(g, -max_deg, max_deg))
+    k = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]],
+                     dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(ang) * k + (1 - math.cos(ang)) * (k @ k)
+
+
+def _random_orthonormal(g) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def _smooth_field(g, shape, grid, device, n_ch=1) -> torch.Tensor:
+    """Smooth random field (n_ch, X, Y, Z), unit-ish std, from a coarse random grid."""
+    coarse = torch.randn(1, n_ch, grid, grid, grid, generator=g)
+    return F.interpolate(coarse.to(device), size=tuple(shape), mode="trilinear",
+                         align_corners=True)[0]
+
+
+def draw_voxel_size(g: torch.Generator, cfg: SynthConfig) -> tuple:
+    """A voxel size (mm) per the config: fixed, near-isotropic 1 mm, or the Meta-QSM range."""
+    if cfg.fixed_voxel is not None:
+        return tuple(float(v) for v in cfg.fixed_voxel)
+    if _u(g, 0, 1) < cfg.p_iso:
+        return tuple(float(v) for v in _u(g, 0.9, 1.1, 3))
+    xy = _u(g, *cfg.voxel_xy, 2)
+    return (float(xy[0]), float(xy[1]), _u(g, *cfg.voxel_z))
+
+
+# --------------------------------------------------------------------------------------------
+# the synthesiser
+# --------------------------------------------------------------------------------------------
+class Synthesizer:
+    """Draw training samples: ``sample(seed, voxel_size=None, crop=None)`` → dict of tensors.
+
+    Keys: ``field`` and ``chi`` (ppm) and ``mask`` (float 0/1), each (1, X, Y, Z) on ``device``,
+    and ``voxel_size`` (mm tuple). ``batch(seeds, voxel_size)`` stacks samples sharing one voxel
+    size (WP-Conv kernels are per batch).
+    """
+
+    def __init__(self, cfg: SynthConfig | dict | None = None, device="cpu", bases=None, seed: int = 0):
+        self.cfg = cfg if isinstance(cfg, SynthConfig) else SynthConfig.from_dict(cfg)
+        self.device = torch.device(device)
+        self.bases = bases if bases is not None else load_bases(self.cfg, seed)
+        for b in self.bases:
+            b.chi, b.mask = b.chi.to(self.device), b.mask.to(self.device)
+
+    # ---- geometry ----
+    def _grid(self, g, base: BaseVolume, region, vs, with_shapes=True):
+        cfg, dev = self.cfg, self.device
+        rot = _rotation(g, cfg.max_rot_deg)
+        flips = torch.tensor([1.0 if _u(g, 0, 1) < 0.5 else -1.0, 1.0 if _u(g, 0, 1) < 0.5 else -1.0, 1.0],
+                             dtype=torch.float64)
+        rot = rot * flips[None, :]
+        centre = torch.from_numpy(base.centers[int(torch.randint(len(base.centers), (1,), generator=g))])
+        coords = [(torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * d for n, d in zip(region, vs)]
+        p = torch.stack(torch.meshgrid(*coords, indexing="ij"), dim=-1).to(dev)  # (X,Y,Z,3) mm
+        disp = _smooth_field(g, region, cfg.elastic_grid, dev, 3).permute(1, 2, 3, 0).double()
+        q = p @ rot.T.to(dev) + centre.to(dev) + cfg.elastic_mm * disp
+        return p, q, rot.to(dev)
+
+    def _sample_base(self, base: BaseVolume, q, vs, offsets):
+        """Trilinear sample of base χ and mask at mm points ``q`` (X,Y,Z,3), box-averaged."""
+        bshape = base.chi.shape[-3:]
+        half = torch.tensor([(n - 1) / 2.0 * d for n, d in zip(bshape, base.voxel_size)],
+                            dtype=torch.float64, device=q.device)
+        chi_acc = None
+        for off in offsets:
+            qn = (q + off) / half  # normalised [-1, 1] per base axis (align_corners=True)
+            grid = qn.flip(-1)[None].to(base.chi.dtype)  # grid_sample wants (z, y, x) order
+            c = F.grid_sample(base.chi, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            chi_acc = c if chi_acc is None else chi_acc + c
+        qn = q / half
+        m = F.grid_sample(base.mask, qn.flip(-1)[None].to(base.mask.dtype), mode="bilinear",
+                          padding_mode="zeros", align_corners=True)
+        return (chi_acc / len(offsets))[0, 0], (m[0, 0] > 0.5)
+
+    def _shapes(self, g, chi, mask, p):
+        cfg = self.cfg
+        n = int(torch.randint(int(cfg.n_shapes[0]), int(cfg.n_shapes[1]) + 1, (1,), generator=g))
+        inside = torch.nonzero(mask)
+        if n == 0 or len(inside) == 0:
+            return chi
+        for _ in range(n):
+            kind = int(torch.randint(4, (1,), generator=g))
+            c = p[tuple(inside[int(torch.randint(len(inside), (1,), generator=g))])]
+            r = _random_orthonormal(g).to(p.device, p.dtype)
+            a = _u(g, *cfg.shape_size_mm, 3).to(p.device, p.dtype)
+            val = _u(g, *cfg.shape_chi) * (1.0 if _u(g, 0, 1) < 0.6 else -1.0)
+            u = (p - c) @ r  # coordinates in the shape's frame (mm)
+            if kind == 0:  # ellipsoid
+                sel = ((u / a) ** 2).sum(-1) <= 1
+            elif kind == 1:  # sphere
+                sel = (u**2).sum(-1) <= a[0] ** 2
+            elif kind == 2:  # cuboid
+                sel = (u.abs() / a).amax(-1) <= 1
+            else:  # cylinder
+                sel = ((u[..., 0] ** 2 + u[..., 1] ** 2) <= a[0] ** 2) & (u[..., 2].abs() <= a[2])
+            chi = torch.where(sel & mask, torch.as_tensor(val, dtype=chi.dtype, device=chi.device), chi)
+        return chi
+
+    def sample(self, seed: int, voxel_size=None, crop=None, shapes: bool = True) -> dict:
+        """One sample from ``seed``; ``voxel_size`` (mm) drawn from the config unless given."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(int(seed))
+        vs_drawn = draw_voxel_size(g, cfg)
+        vs = physics.check_voxel_size(voxel_size) if voxel_size is not None else vs_drawn
+        crop = tuple(int(c) for c in (crop or cfg.crop))
+        region = tuple(int(math.ceil(c * cfg.margin)) for c in crop)
+        base = self.bases[int(torch.randint(len(self.bases), (1,), generator=g))]
+        p, q, rot = self._grid(g, base, region, vs)
+        # box supersampling along target axes coarser than the base voxel (partial volume)
+        nsub = [max(1, int(math.ceil(v / b - 1e-6))) for v, b in zip(vs, base.voxel_size)]
+        offs = [torch.zeros(3, dtype=torch.float64, device=self.device)]
+        for ax, ns in enumerate(nsub):
+            if ns > 1:
+                new = []
+                for o in offs:
+                    for j in range(ns):
+                        d = torch.zeros(3, dtype=torch.float64, device=self.device)
+                        d[ax] = ((j + 0.5) / ns - 0.5) * vs[ax]
+                        new.append(o + d)
+                offs = new
+        offs = [o @ rot.T for o in offs]  # target-frame shifts → base frame
+        chi, mask = self._sample_base(base, q, vs, offs)
+        # contrast changes
+        scale = _u(g, *cfg.scale)
+        local = 1.0 + cfg.local_contrast * _smooth_field(g, region, 4, self.device)[0].to(chi.dtype)
+        chi = chi * scale * local.clamp(min=0.2)
+        if shapes:
+            chi = self._shapes(g, chi, mask, p.to(chi.dtype))
+        chi = chi * mask
+        fld = forward_field_torch(chi, vs, pad_fraction=cfg.fft_pad)
+        sigma = _u(g, *cfg.noise_ppm)
+        noise = torch.randn(region, generator=g).to(self.device, chi.dtype)
+        fld = (fld + sigma * noise) * mask
+        sl = tuple(slice((r - c) // 2, (r - c) // 2 + c) for r, c in zip(region, crop))
+        return {"field": fld[sl][None].float(), "chi": chi[sl][None].float(),
+                "mask": mask[sl][None].float(), "voxel_size": tuple(float(v) for v in vs)}
+
+    def batch(self, seeds, voxel_size=None, crop=None) -> dict:
+        """Stack samples of ``seeds`` sharing one voxel size (drawn from the first seed)."""
+        seeds = list(seeds)
+        if voxel_size is None:
+            voxel_size = draw_voxel_size(torch.Generator().manual_seed(int(seeds[0])), self.cfg)
+        ss = [self.sample(s, voxel_size, crop) for s in seeds]
+        out = {k: torch.stack([s[k] for s in ss]) for k in ("field", "chi", "mask")}
+        out["voxel_size"] = ss[0]["voxel_size"]
+        return out
+
+
+def sample_seed(data_seed: int, index: int) -> int:
+    """Seed of sample ``index`` of a data set with seed ``data_seed`` (a stable 63-bit mix)."""
+    x = (int(data_seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9) & 0x7FFFFFFFFFFFFFFF
+    x ^= x >> 31
+    return int(x & 0x7FFFFFFFFFFFFFFF)
+
+
+def split_indices(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Permute ``range(n)`` with ``seed`` and split it train : val = (1 − f) : f."""
+    if n < 2:
+        raise ValueError(f"data set size must be >= 2 to split train/validation, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return perm[n_val:], perm[:n_val]

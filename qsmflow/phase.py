@@ -1,0 +1,650 @@
+"""Phase: scaling to radians, spatial and temporal unwrapping, multi-echo field fit.
+
+Array conventions: 3D volumes ``(X, Y, Z)`` and multi-echo stacks ``(X, Y, Z, E)`` with the echo
+axis last; phase in rad, echo times in s, voxel size in mm per array axis, field in Hz.
+
+Three layers, as everywhere in qsmflow: array functions (``scale_phase_to_rad``,
+``laplacian_unwrap``, ``region_growing_unwrap``, ``unwrap_echoes``, ``fit_multi_echo``), and
+file-level functions for the Nipype interfaces (``load_phase_rad``, ``load_echoes``,
+``field_map_files``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage
+
+from . import io as qio
+from . import physics
+
+TWO_PI = 2.0 * np.pi
+#: relative tolerance on the ±π range of phase stored in radians (float rounding, DICOM 4095/4096)
+_RAD_TOL = 1e-3
+
+# --------------------------------------------------------------------------------------------
+# scaling
+# --------------------------------------------------------------------------------------------
+_RAD_UNITS = {"rad", "radian", "radians"}
+_ARB_UNITS = {"arbitrary", "a.u.", "au", "arbitrary units", ""}
+
+
+def _within(lo, hi, a, b, rel=_RAD_TOL):
+    span = b - a
+    return lo >= a - rel * span and hi <= b + rel * span
+
+
+def scale_phase_to_rad(data, units=None, *, stored=None, value_range=None) -> np.ndarray:
+    """Phase image → radians in [−π, π] (float32), refusing anything ambiguous.
+
+    ``data``: phase values after the NIfTI ``scl_slope``/``scl_inter`` scaling. ``units``: the
+    sidecar ``Units`` ("rad" or "arbitrary"; ``None`` = not stated). ``stored``: the values as
+    stored in the file before the scaling (``img.dataobj.get_unscaled()``), used to recognise
+    radians stored behind a display scale factor. ``value_range=(lo, hi)``: the user states that
+    ``lo`` ↦ −π and ``hi`` ↦ +π (overrides the recognition).
+
+    Recognised encodings (no min/max stretching, nothing guessed from the data's own extremes):
+
+    - ``Units: rad`` (or unstated) and values within [−π, π] or [0, 2π] (0.1 % tolerance):
+      taken as they are, wrapped to (−π, π];
+    - stored values within ±π behind a non-trivial scale factor (e.g. a converter wrote
+      radians with ``scl_slope`` ≠ 1): the stored radians are used;
+    - Siemens 12-bit: values in [−4096, 4095] (raw 0..4095 with slope 2, intercept −4096) →
+      ``v·π/4096``; raw [0, 4095] without rescaling → ``(v − 2048)·π/2048``.
+    """
+    x = np.asarray(data)
+    if x.size == 0:
+        raise ValueError("phase image is empty: check the file")
+    finite = np.isfinite(x)
+    if not finite.all():
+        n_bad = int(x.size - finite.sum())
+        raise ValueError(f"phase contains {n_bad} NaN/Inf voxels: the file is damaged or was "
+                         "masked with NaN; replace them (e.g. by 0 and exclude them from the "
+                         "mask) before phase processing")
+    u = (units or "").strip().lower()
+    if u not in _RAD_UNITS | _ARB_UNITS:
+        raise ValueError(f"phase Units {units!r} not understood: set the sidecar 'Units' to "
+                         "'rad' or 'arbitrary'")
+    x = x.astype(np.float64, copy=False)
+    lo, hi = float(x.min()), float(x.max())
+    if value_range is not None:
+        a, b = (float(v) for v in value_range)
+        if not b > a:
+            raise ValueError(f"value_range must be (value at −π, value at +π), got {value_range}")
+        if not _within(lo, hi, a, b):
+            raise ValueError(f"phase values [{lo:g}, {hi:g}] exceed the stated value_range "
+                             f"({a:g}, {b:g}): check the range")
+        return physics.wrap((x - a) / (b - a) * TWO_PI - np.pi).astype(np.float32)
+    if _within(lo, hi, -np.pi, np.pi) or _within(lo, hi, 0.0, TWO_PI):
+        if u in _RAD_UNITS or u == "" or units is None or max(abs(lo), abs(hi)) > 1.0:
+            return physics.wrap(x).astype(np.float32)
+    if u in _RAD_UNITS:
+        raise ValueError(f"phase with Units 'rad' spans [{lo:g}, {hi:g}], outside [−π, π] and "
+                         "[0, 2π]: the data are not radians; fix the sidecar Units or the data")
+    if stored is not None:
+        s = np.asarray(stored, dtype=np.float64)
+        if s.shape == x.shape and np.isfinite(s).all():
+            slo, shi = float(s.min()), float(s.max())
+            scaled = not np.allclose(s, x, rtol=1e-6, atol=0)
+            if scaled and _within(slo, shi, -np.pi, np.pi) and max(-slo, shi) > 0.5 * np.pi:
+                return physics.wrap(s).astype(np.float32)
+    integral = np.allclose(x, np.round(x), atol=1e-3)
+    if integral and _within(lo, hi, -4096, 4095, rel=0) and lo < -np.pi * 4:
+        return physics.wrap(x * (np.pi / 4096.0)).astype(np.float32)
+    if integral and _within(lo, hi, 0, 4095, rel=0) and hi > TWO_PI * 4:
+        return physics.wrap((x - 2048.0) * (np.pi / 2048.0)).astype(np.float32)
+    raise ValueError(f"phase values span [{lo:g}, {hi:g}] (Units {units!r}), not a known encoding "
+                     "(radians, Siemens 12-bit): convert to radians and set 'Units': 'rad', or pass "
+                     "value_range=(value at −π, value at +π)")
+
+
+def load_phase_rad(path, sidecar=None, *, value_range=None):
+    """Read a phase NIfTI (3D or 4D) → ``(phase_rad float32, affine)``.
+
+    ``sidecar``: the JSON sidecar dict (default: read ``<stem>.json`` beside the file); its
+    ``Units`` decides, with the NIfTI scaling, how values map to radians
+    (:func:`scale_phase_to_rad`). A sidecar ``PhaseValueRange: [lo, hi]`` states the mapping
+    explicitly.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if sidecar is None:
+        sidecar = qio.load_json(qio.sidecar_path(path))
+    try:
+        img = nib.load(str(path))
+        scaled = np.asarray(img.dataobj, dtype=np.float64)
+        stored = np.asarray(img.dataobj.get_unscaled(), dtype=np.float64)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read this NIfTI file ({exc}); re-export it") from exc
+    try:
+        rad = scale_phase_to_rad(scaled, sidecar.get("Units"), stored=stored,
+                                 value_range=value_range or sidecar.get("PhaseValueRange"))
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    return rad, img.affine
+
+
+def load_echoes(phase_files, magnitude_files=None, sidecars=None):
+    """Load multi-echo phase (+ magnitude) from one 4D file or one 3D file per echo.
+
+    Returns ``(phase4d rad, mag4d or None, te_s, affine)``; echoes sorted by ``EchoTime`` (s)
+    from the sidecars (one per phase file, or read beside the files). With a single 4D file
+    the sidecar's ``EchoTime`` must be a list.
+    """
+    phase_files = [Path(p) for p in ([phase_files] if isinstance(phase_files, (str, Path))
+                                      else phase_files)]
+    if sidecars is None:
+        sidecars = [qio.load_json(qio.sidecar_path(p)) for p in phase_files]
+    if len(sidecars) != len(phase_files):
+        raise ValueError(f"{len(phase_files)} phase files but {len(sidecars)} sidecars: pass one "
+                         "sidecar per file")
+    vols, tes, affine = [], [], None
+    for p, sc in zip(phase_files, sidecars):
+        rad, aff = load_phase_rad(p, sc)
+        if affine is None:
+            affine = aff
+        elif not np.allclose(aff, affine, atol=1e-4):
+            raise ValueError(f"{p.name}: affine differs from the first echo: echoes must share "
+                             "one grid")
+        te = sc.get("EchoTime")
+        if te is None:
+            raise ValueError(f"{p.name}: sidecar has no EchoTime (s): add it")
+        te = np.atleast_1d(np.asarray(te, float))
+        rad = rad[..., None] if rad.ndim == 3 else rad
+        if rad.shape[-1] != te.size:
+            raise ValueError(f"{p.name}: {rad.shape[-1]} echo volume(s) but {te.size} EchoTime "
+                             "value(s): give one EchoTime per echo")
+        vols.append(rad)
+        tes.extend(te.tolist())
+    if len({v.shape[:3] for v in vols}) > 1:
+        raise ValueError(f"echo shapes differ {[v.shape[:3] for v in vols]}: echoes must share "
+                         "one grid")
+    phase = np.concatenate(vols, axis=-1)
+    mag = None
+    if magnitude_files is not None:
+        mfiles = [magnitude_files] if isinstance(magnitude_files, (str, Path)) else magnitude_files
+        mags = []
+        for p in mfiles:
+            m = qio.load_nifti(p, dtype=np.float32)[0]
+            mags.append(m[..., None] if m.ndim == 3 else m)
+        mag = np.concatenate(mags, axis=-1)
+        if mag.shape != phase.shape:
+            raise ValueError(f"magnitude shape {mag.shape} differs from phase shape {phase.shape}: "
+                             "give the matching magnitude echoes")
+        if not np.isfinite(mag).all():
+            raise ValueError("magnitude contains NaN/Inf: replace them (e.g. by 0) first")
+    te = np.asarray(tes)
+    order = np.argsort(te, kind="stable")
+    te = physics.check_echo_times(te[order])
+    phase = phase[..., order]
+    mag = None if mag is None else mag[..., order]
+    return phase, mag, te, affine
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def _check_volume(x, name="phase"):
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be a 3D volume, got shape {x.shape}: pass one echo")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN/Inf: replace them (and exclude them from the "
+                         "mask) first")
+    return x
+
+
+def _check_mask(mask, shape, allow_full=True):
+    if mask is None:
+        return np.ones(shape, bool)
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError(f"mask shape {m.shape} differs from the image shape {tuple(shape)}")
+    m = m.astype(bool)
+    if not m.any():
+        raise ValueError("mask is empty: compute a brain mask first (qsmflow.masking)")
+    if not allow_full and m.all():
+        raise ValueError("mask covers the whole field of view: pass a brain mask "
+                         "(qsmflow.masking.magnitude_mask); this step needs tissue boundaries")
+    return m
+
+
+def _check_multi_echo(phase4d, mag4d, te_s):
+    ph = np.asarray(phase4d)
+    if ph.ndim == 3:
+        ph = ph[..., None]
+    if ph.ndim != 4:
+        raise ValueError(f"phase must be (X, Y, Z, echoes), got shape {ph.shape}")
+    te = physics.check_echo_times(te_s)
+    if te.size != ph.shape[-1]:
+        raise ValueError(f"{ph.shape[-1]} echoes in the phase but {te.size} echo times: give one "
+                         "TE per echo")
+    if not np.isfinite(ph).all():
+        raise ValueError("phase contains NaN/Inf: replace them (and exclude them from the mask) "
+                         "first")
+    mag = None
+    if mag4d is not None:
+        mag = np.asarray(mag4d)
+        if mag.ndim == 3:
+            mag = mag[..., None]
+        if mag.shape != ph.shape:
+            raise ValueError(f"magnitude shape {mag.shape} differs from phase shape {ph.shape}: "
+                             "echoes must match")
+        if not np.isfinite(mag).all() or (mag < 0).any():
+            raise ValueError("magnitude must be finite and non-negative")
+    return ph, mag, te
+
+
+# --------------------------------------------------------------------------------------------
+# Laplacian (least-squares) unwrapping
+# --------------------------------------------------------------------------------------------
+def laplacian_unwrap(phase, voxel_size=(1.0, 1.0, 1.0), mask=None, workers=None) -> np.ndarray:
+    """Laplacian unwrapping (rad): solve ∇²u = ∇·wrap(∇φ) with Neumann boundaries by DCT.
+
+    The discrete form of Schofield & Zhu's ``cos φ ∇² sin φ − sin φ ∇² cos φ``: wrapped finite
+    differences per axis, weighted by 1/voxel_size², inverted in the DCT-II basis. Fast and
+    robust, but not exact (smooths across noisy areas, leaves no 2π-multiple relation to the
+    input); the free constant is set so that ``u`` agrees with ``phase`` in circular mean.
+    ``mask`` (optional) zeroes wrapped gradients that leave it.
+    """
+    ph = _check_volume(phase).astype(np.float32)
+    vs = physics.check_voxel_size(voxel_size)
+    workers = workers or physics.fft_workers()
+    m = None if mask is None else _check_mask(mask, ph.shape)
+    rho = np.zeros(ph.shape, np.float32)
+    for ax in range(3):
+        if ph.shape[ax] < 2:
+            continue
+        g = physics.wrap(np.diff(ph, axis=ax)).astype(np.float32)
+        if m is not None:
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+            g *= m[tuple(lo)] & m[tuple(hi)]
+        g /= vs[ax] ** 2
+        # divergence with Neumann boundaries: rho_i = g_i − g_{i−1}
+        pad_lo = [(0, 0)] * 3
+        pad_hi = [(0, 0)] * 3
+        pad_lo[ax] = (1, 0)
+        pad_hi[ax] = (0, 1)
+        rho += np.pad(g, pad_hi) - np.pad(g, pad_lo)
+    r = sfft.dctn(rho, type=2, norm="ortho", workers=workers)
+    lam = np.zeros(ph.shape, np.float32)
+    for ax, (n, d) in enumerate(zip(ph.shape, vs)):
+        k = (2.0 * np.cos(np.pi * np.arange(n) / n) - 2.0) / d**2
+        shp = [1, 1, 1]
+        shp[ax] = n
+        lam = lam + k.reshape(shp).astype(np.float32)
+    lam[0, 0, 0] = 1.0
+    r /= lam
+    r[0, 0, 0] = 0.0
+    u = sfft.idctn(r, type=2, norm="ortho", workers=workers).astype(np.float64)
+    sel = m if m is not None else slice(None)
+    u += np.angle(np.sum(np.exp(1j * (ph[sel] - u[sel]))))
+    return u
+
+
+# --------------------------------------------------------------------------------------------
+# quality-guided region growing
+# --------------------------------------------------------------------------------------------
+def _shift_pairs(ax):
+    a = [slice(None)] * 3
+    b = [slice(None)] * 3
+    a[ax], b[ax] = slice(0, -1), slice(1, None)
+    return tuple(a), tuple(b)
+
+
+def unwrap_quality(phase, magnitude=None, mask=None) -> np.ndarray:
+    """ROMEO-like voxel quality in [0, 1] for region growing: the mean over a voxel's 6 edges of
+    phase coherence ``1 − |wrap(Δφ)|/π`` × magnitude coherence ``(min/max)²``, times a
+    magnitude weight ``min(1, m / median(m in mask))``. High = unwrap first."""
+    ph = np.asarray(phase, np.float32)
+    acc = np.zeros(ph.shape, np.float32)
+    cnt = np.zeros(ph.shape, np.float32)
+    mag = None if magnitude is None else np.asarray(magnitude, np.float32)
+    for ax in range(3):
+        if ph.shape[ax] < 2:
+            continue
+        a, b = _shift_pairs(ax)
+        w = 1.0 - np.abs(physics.wrap(ph[b] - ph[a])).astype(np.float32) / np.float32(np.pi)
+        if mag is not None:
+            lo = np.minimum(mag[a], mag[b])
+            hi = np.maximum(mag[a], mag[b])
+            w *= np.where(hi > 0, lo / np.where(hi > 0, hi, 1), 0) ** 2
+        acc[a] += w
+        acc[b] += w
+        cnt[a] += 1
+        cnt[b] += 1
+    q = acc / np.maximum(cnt, 1)
+    if mag is not None:
+        sel = mag[mask] if mask is not None else mag
+        ref = float(np.median(sel[sel > 0])) if np.any(sel > 0) else 1.0
+        q *= np.minimum(1.0, mag / ref)
+    return q
+
+
+def _neighbour_mean(values, valid, box):
+    """Sum and count of valid 6-neighbours' values inside ``box`` (a tuple of slices)."""
+    v = values[box]
+    ok = valid[box]
+    s = np.zeros(v.shape, np.float64)
+    c = np.zeros(v.shape, np.int8)
+    vv = np.where(ok, v, 0.0)
+    for ax in range(3):
+        if v.shape[ax] < 2:
+            continue
+        a, b = _shift_pairs(ax)
+        s[a] += vv[b]
+        c[a] += ok[b]
+        s[b] += vv[a]
+        c[b] += ok[a]
+    return s, c
+
+
+def _grow(wrapped, unwrapped, done, todo, quality, n_levels=6, max_iter=10000):
+    """Unwrap ``todo`` voxels from the ``done`` region outwards, best quality first: each
+    newly reached voxel takes ``wrapped + 2π·k`` closest to the mean of its unwrapped
+    neighbours. Vectorised per front (all voxels at the current quality level at once)."""
+    rem = todo & ~done
+    if not rem.any():
+        return
+    idx = np.nonzero(rem | ndimage.binary_dilation(rem))
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+    qs = quality[box][rem[box]]
+    levels = np.unique(np.quantile(qs, np.linspace(1, 0, n_levels + 1)[1:]))[::-1]
+    it = 0
+    for thr in levels:
+        while it < max_iter:
+            it += 1
+            s, c = _neighbour_mean(unwrapped, done, box)
+            front = rem[box] & (c > 0) & (quality[box] >= thr)
+            if not front.any():
+                break
+            ref = s[front] / c[front]
+            w = wrapped[box][front]
+            sub_u = unwrapped[box]
+            sub_u[front] = w + TWO_PI * np.round((ref - w) / TWO_PI)
+            done[box] |= front
+            rem[box] &= ~front
+    return
+
+
+def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
+                          core_quantile=0.1) -> np.ndarray:
+    """Quality-guided unwrapping (rad): ``phase + 2π·k`` with integer ``k`` per voxel.
+
+    1. voxel quality (:func:`unwrap_quality`: phase coherence, magnitude) unless given;
+    2. the reliable core (mask voxels above the ``core_quantile`` quality quantile, largest
+       connected component) is unwrapped by scikit-image's 3D reliability-sorted
+       edge-merging unwrapper (Abdul-Rahman et al. 2007, compiled);
+    3. the remaining mask voxels are grown from the core in descending quality, each taking the
+       2π multiple closest to its unwrapped neighbours.
+    The free global 2π multiple is chosen so that the mean inside the mask lies in (−π, π].
+    Voxels outside ``mask`` are returned as given (wrapped).
+    """
+    from skimage.restoration import unwrap_phase
+
+    ph = _check_volume(phase).astype(np.float64)
+    m = _check_mask(mask, ph.shape)
+    if magnitude is not None:
+        magnitude = _check_volume(magnitude, "magnitude")
+        if magnitude.shape != ph.shape:
+            raise ValueError(f"magnitude shape {magnitude.shape} differs from phase {ph.shape}")
+    q = unwrap_quality(ph, magnitude, m) if quality is None else np.asarray(quality, np.float32)
+    thr = np.quantile(q[m], core_quantile) if 0 < core_quantile < 1 else -np.inf
+    core = m & (q >= thr)
+    lab, n = ndimage.label(core)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        core = lab == int(np.argmax(sizes))
+    out = ph.copy()
+    if core.sum() > 1:
+        squeeze = [ax for ax in range(3) if ph.shape[ax] == 1]
+        sub = np.ma.masked_array(ph, mask=~core)
+        if squeeze:
+            sub = np.ma.masked_array(np.squeeze(ph, tuple(squeeze)),
+                                     mask=np.squeeze(~core, tuple(squeeze)))
+        u = np.asarray(unwrap_phase(sub).data).reshape(ph.shape)
+        out[core] = ph[core] + TWO_PI * np.round((u[core] - ph[core]) / TWO_PI)
+    done = core.copy()
+    if not done.any():  # degenerate: seed from the best voxel
+        seed = np.unravel_index(np.argmax(np.where(m, q, -1)), ph.shape)
+        done[seed] = True
+    _grow(ph, out, done, m, q)
+    left = m & ~done  # islands not connected to the core: unwrap each on its own
+    if left.any():
+        lab, n = ndimage.label(left)
+        for i in range(1, n + 1):
+            isl = lab == i
+            j = np.unravel_index(np.argmax(np.where(isl, q, -1)), ph.shape)
+            done_i = np.zeros_like(isl)
+            done_i[j] = True
+            _grow(ph, out, done_i, isl, q)
+    k = np.round(np.mean(out[m]) / TWO_PI)
+    out[m] -= TWO_PI * k
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# multi-echo
+# --------------------------------------------------------------------------------------------
+def _smooth_complex(z, voxel_size, sigma_mm):
+    sig = [sigma_mm / d for d in voxel_size]
+    return (ndimage.gaussian_filter(z.real, sig, mode="nearest")
+            + 1j * ndimage.gaussian_filter(z.imag, sig, mode="nearest"))
+
+
+def bipolar_correction(phase4d, te_s, mag4d=None, *, voxel_size=(1.0, 1.0, 1.0), sigma_mm=4.0):
+    """Remove the odd/even echo phase difference of bipolar readouts (rad).
+
+    Model ``φ_k = φ0 + ω·TE_k + s_k·β`` with ``s_k = +1`` for echoes 1, 3, 5, … and −1 for
+    echoes 2, 4, … (evenly spaced, ≥ 3 echoes): ``φ_k + φ_{k+2} − 2φ_{k+1} = 4·s_k·β``,
+    averaged over all echo triplets as magnitude-weighted complex numbers and smoothed
+    (Gaussian ``sigma_mm``, the readout error is smooth). Valid for |β| < π/4.
+    Returns ``(corrected phase4d, beta)``.
+    """
+    ph, mag, te = _check_multi_echo(phase4d, mag4d, te_s)
+    n = ph.shape[-1]
+    if n < 3:
+        raise ValueError("bipolar correction needs >= 3 echoes: acquire more echoes or use a "
+                         "monopolar readout")
+    if not np.allclose(np.diff(te), te[1] - te[0], rtol=1e-3):
+        raise ValueError(f"bipolar correction needs evenly spaced echoes, got TE {te.tolist()}")
+    mag = np.ones(ph.shape, np.float32) if mag is None else mag
+    acc = np.zeros(ph.shape[:3], np.complex128)
+    for k in range(n - 2):
+        t = (mag[..., k] * mag[..., k + 2] * mag[..., k + 1] ** 2
+             * np.exp(1j * (ph[..., k] + ph[..., k + 2] - 2.0 * ph[..., k + 1])))
+        acc += t if k % 2 == 0 else np.conj(t)
+    beta = np.angle(_smooth_complex(acc, physics.check_voxel_size(voxel_size), sigma_mm)) / 4.0
+    signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    corrected = physics.wrap(ph - beta[..., None] * signs)
+    return corrected.astype(np.float32), beta
+
+
+def _temporal_unwrap(p, mag, te, omega):
+    """Unwrap offset-free wrapped phases ``p`` (X, Y, Z, E) in time from a first frequency guess
+    ``omega`` (rad/s), refining it from the echoes already unwrapped (WLS through 0)."""
+    out = np.empty(p.shape, np.float64)
+    num = np.zeros(p.shape[:3])
+    den = np.zeros(p.shape[:3])
+    for k in range(p.shape[-1]):
+        pk = p[..., k].astype(np.float64)
+        uk = pk + TWO_PI * np.round((omega * te[k] - pk) / TWO_PI)
+        out[..., k] = uk
+        w = 1.0 if mag is None else mag[..., k].astype(np.float64) ** 2
+        num += w * te[k] * uk
+        den += w * te[k] ** 2
+        omega = np.where(den > 0, num / np.where(den > 0, den, 1), omega)
+    return out
+
+
+def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="romeo", mask=None,
+                  *, offset_sigma_mm=4.0, bipolar=False):
+    """Unwrap multi-echo phase in space and time (rad, same shape as ``phase4d``).
+
+    ``method="romeo"`` (exact: every output is input + 2π·k, all echoes consistent):
+
+    1. bipolar odd/even correction if ``bipolar`` (:func:`bipolar_correction`);
+    2. the echo difference ``ψ = angle(z₂·z̄₁) = ω·(TE₂ − TE₁)`` (phase offset cancels) is
+       unwrapped by :func:`region_growing_unwrap` (magnitude √(m₁m₂) guides it);
+    3. phase offset φ0 = angle(z₁·e^{−iωTE₁}), smoothed as a complex map (``offset_sigma_mm``)
+       and unwrapped: MCPC-3D-S, valid for unevenly spaced echoes;
+    4. each offset-free echo is unwrapped in time from the frequency of the echoes before it;
+    5. output = φ0 + unwrapped offset-free phase, snapped to input + 2π·k.
+
+    A single echo is unwrapped in space only. ``method="laplacian"``: each echo by
+    :func:`laplacian_unwrap` (fast, not exact). The global 2π multiple is fixed so that the
+    mean frequency in the mask is the one closest to 0 (ambiguous by 1/(TE₂−TE₁) in principle).
+    """
+    ph, mag, te = _check_multi_echo(phase4d, mag4d, te_s)
+    vs = physics.check_voxel_size(voxel_size)
+    m = _check_mask(mask, ph.shape[:3])
+    if method == "laplacian":
+        return np.stack([laplacian_unwrap(ph[..., k], vs, mask) for k in range(ph.shape[-1])], -1)
+    if method != "romeo":
+        raise ValueError(f"unknown unwrapping method {method!r}: use 'romeo' or 'laplacian'")
+    src = ph
+    if bipolar:
+        ph, beta = bipolar_correction(ph, te, mag, voxel_size=vs)
+    n = ph.shape[-1]
+    if n == 1:
+        u = region_growing_unwrap(ph[..., 0], None if mag is None else mag[..., 0], m)
+        return u[..., None]
+    m1 = None if mag is None else mag[..., 0]
+    m2 = None if mag is None else mag[..., 1]
+    psi = physics.wrap(ph[..., 1].astype(np.float64) - ph[..., 0])
+    psi_u = region_growing_unwrap(psi, None if mag is None else np.sqrt(m1 * m2), m)
+    omega = psi_u / (te[1] - te[0])
+    z0 = np.exp(1j * (ph[..., 0] - omega * te[0]))
+    if m1 is not None:
+        z0 = z0 * m1
+    phi0 = np.angle(_smooth_complex(z0, vs, offset_sigma_mm)) if offset_sigma_mm else np.angle(z0)
+    phi0 = _snap(phi0, laplacian_unwrap(phi0, vs, m))
+    phi0 -= TWO_PI * np.round(np.mean(phi0[m]) / TWO_PI)
+    p = physics.wrap(ph - phi0[..., None])
+    u = _temporal_unwrap(p, mag, te, omega) + phi0[..., None]
+    if bipolar:
+        signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+        u = u + beta[..., None] * signs
+    u = _snap(src, u)
+    u[~m] = src[~m]
+    return u
+
+
+def _snap(wrapped, estimate):
+    """``wrapped + 2π·k`` closest to ``estimate``."""
+    w = np.asarray(wrapped, np.float64)
+    return w + TWO_PI * np.round((estimate - w) / TWO_PI)
+
+
+@dataclass
+class FieldFit:
+    """Result of :func:`fit_multi_echo`.
+
+    field_hz: frequency offset (Hz); phase_offset_rad: φ0 (rad, the intercept at TE = 0);
+    noise_hz: standard deviation of the field estimate (Hz) — MEDI's data weight is 1/noise;
+    residual: magnitude-weighted RMS phase residual of the fit (rad), 0 where undetermined;
+    noise_sigma: the magnitude noise level σ used (a.u.; 1.0 = relative when it could not be
+    estimated, i.e. fewer than 3 echoes).
+    """
+    field_hz: np.ndarray
+    phase_offset_rad: np.ndarray
+    noise_hz: np.ndarray
+    residual: np.ndarray
+    noise_sigma: float = 1.0
+
+
+def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> FieldFit:
+    """Magnitude-weighted least squares of unwrapped phase (rad) against TE (s).
+
+    ``φ_k = φ0 + 2π·f·TE_k`` with weights ``m_k²`` (inverse phase variance: σ_φ = σ/m). With
+    one echo (or ``fit_offset=False``) φ0 = 0 and ``f = Σ m²·TE·φ / (2π·Σ m²·TE²)``
+    (one echo: ``f = φ/(2π·TE)``). ``fit_offset`` defaults to True for ≥ 2 echoes.
+
+    noise_hz = σ / (2π·√(Σ m_k²(TE_k − T̄)²)), with σ (magnitude noise) estimated from the
+    pooled weighted residuals inside ``mask`` when there are more echoes than parameters,
+    else σ = 1 (relative weights only).
+    """
+    ph, mag, te = _check_multi_echo(unwrapped4d, mag4d, te_s)
+    n = te.size
+    m = _check_mask(mask, ph.shape[:3])
+    fit_offset = (n >= 2) if fit_offset is None else bool(fit_offset)
+    if fit_offset and n < 2:
+        raise ValueError("fitting a phase offset needs >= 2 echoes: pass fit_offset=False")
+    w = (np.ones(ph.shape, np.float64) if mag is None
+         else mag.astype(np.float64) ** 2)
+    sw = w.sum(-1)
+    sw_safe = np.where(sw > 0, sw, 1.0)
+    if fit_offset:
+        tbar = (w * te).sum(-1) / sw_safe
+        pbar = (w * ph).sum(-1) / sw_safe
+        dt = te - tbar[..., None]
+        sxx = (w * dt**2).sum(-1)
+        sxy = (w * dt * (ph - pbar[..., None])).sum(-1)
+        ok = (sw > 0) & (sxx > 0)
+        slope = np.where(ok, sxy / np.where(ok, sxx, 1.0), 0.0)
+        phi0 = np.where(ok, pbar - slope * tbar, 0.0)
+    else:
+        sxx = (w * te**2).sum(-1)
+        ok = sxx > 0
+        slope = np.where(ok, (w * te * ph).sum(-1) / np.where(ok, sxx, 1.0), 0.0)
+        phi0 = np.zeros(ph.shape[:3])
+    r = ph - (phi0[..., None] + slope[..., None] * te)
+    dof = n - (2 if fit_offset else 1)
+    chi2 = (w * r**2).sum(-1)
+    residual = np.sqrt(chi2 / sw_safe) * (sw > 0)
+    sigma = 1.0
+    if dof > 0:
+        sel = m & ok
+        if sel.any():
+            sigma = float(np.sqrt(np.median(chi2[sel]) / dof))
+            sigma = sigma if sigma > 0 else 1.0
+    noise = np.where(ok, sigma / (TWO_PI * np.sqrt(np.where(ok, sxx, 1.0))), np.inf)
+    return FieldFit(field_hz=slope / TWO_PI, phase_offset_rad=phi0, noise_hz=noise,
+                    residual=residual, noise_sigma=sigma)
+
+
+# --------------------------------------------------------------------------------------------
+# file level (for the Nipype interfaces)
+# --------------------------------------------------------------------------------------------
+def field_map_files(phase_files, magnitude_files, out_dir, *, sidecars=None, mask_file=None,
+                    method="romeo", bipolar=False, prefix="") -> dict:
+    """Phase (+ magnitude) NIfTIs → total field map files in ``out_dir``.
+
+    Writes ``<prefix>fieldmap.nii.gz`` (Hz), ``<prefix>phaseoffset.nii.gz`` (rad),
+    ``<prefix>fieldnoise.nii.gz`` (Hz), ``<prefix>fitresidual.nii.gz`` (rad) and
+    ``<prefix>unwrapped.nii.gz`` (rad, 4D), each with a JSON sidecar. All inputs are checked
+    before anything is written. Returns ``{"field", "phase_offset", "noise", "residual",
+    "unwrapped", "te_s"}``.
+    """
+    phase, mag, te, affine = load_echoes(phase_files, magnitude_files, sidecars)
+    vs = physics.voxel_size_from_affine(affine)
+    mask = None
+    if mask_file is not None:
+        mask = qio.load_nifti(mask_file, dtype=None)[0] > 0
+        _check_mask(mask, phase.shape[:3])
+    u = unwrap_echoes(phase, mag, te, vs, method=method, mask=mask, bipolar=bipolar)
+    fit = fit_multi_echo(u, mag, te, mask)
+    params = {"UnwrappingMethod": method, "BipolarCorrection": bool(bipolar),
+              "EchoTime": te.tolist(), "Fit": "magnitude-weighted least squares"}
+    sel = np.ones(phase.shape[:3], bool) if mask is None else mask
+    out_dir = Path(out_dir)
+    outs = {}
+    for key, name, arr, units in (
+            ("field", "fieldmap", fit.field_hz * sel, "Hz"),
+            ("phase_offset", "phaseoffset", fit.phase_offset_rad * sel, "rad"),
+            ("noise", "fieldnoise", np.where(sel, np.nan_to_num(fit.noise_hz, posinf=0.0), 0), "Hz"),
+            ("residual", "fitresidual", fit.residual * sel, "rad"),
+            ("unwrapped", "unwrapped", u, "rad")):
+        outs[key] = qio.save_nifti(out_dir / f"{prefix}{name}.nii.gz", arr, affine,
+                                   sidecar={"Units": units, **params})
+    outs["te_s"] = te.tolist()
+    return outs

@@ -1,0 +1,91 @@
+"""One self-contained HTML page per subject (figures are PNGs beside it, no network access)."""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+
+
+def collect_timings(work_root) -> list[dict]:
+    """Run time of every finished node under ``work_root`` (a workflow's work folder), from
+    Nipype's result files: ``[{"node", "workflow", "seconds"}]`` sorted by path."""
+    from nipype.utils.filemanip import loadpkl
+
+    rows = []
+    for res in sorted(Path(work_root).rglob("result_*.pklz")):
+        try:
+            result = loadpkl(res)
+            secs = float(getattr(result.runtime, "duration", float("nan")))
+        except Exception:  # an unreadable result file is not a reason to lose the report
+            continue
+        rows.append({"node": res.parent.name, "workflow": res.parent.parent.name,
+                     "seconds": secs})
+    return rows
+
+
+def _table(header, rows) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+_CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:.9em}
+img{max-width:100%}.methods{background:#f6f6f6;padding:.5em 1em}"""
+
+
+def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, settings: dict,
+                         timings: list[dict], methods: str, errors: list[str] = ()) -> Path:
+    """Write ``<out_dir>/sub-<subject>.html``.
+
+    ``acquisitions``: ``[{"name", "figures": {key: path relative to out_dir}, "outputs":
+    [relative paths]}]``; ``settings``: the parameters used; ``timings``: from
+    :func:`collect_timings`; ``methods``: the methods text (boilerplate with citations).
+    """
+    out_dir = Path(out_dir)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qsmflow: sub-{subject}"
+             f"</title><style>{_CSS}</style></head><body>",
+             f"<h1>qsmflow report: sub-{html.escape(subject)}</h1>",
+             f"<p>qsmflow {__version__}</p>"]
+    if errors:
+        parts.append("<h2>Errors</h2><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors)
+                     + "</ul>")
+    for acq in acquisitions:
+        parts.append(f"<h2>{html.escape(acq['name'])}</h2>")
+        for key, title in (("mask", "Magnitude and brain mask"),
+                           ("field", "Total and local field (Hz)"),
+                           ("chi", "Susceptibility maps (ppm, one colour scale)")):
+            if key in acq.get("figures", {}):
+                parts.append(f"<h3>{title}</h3><img src='{html.escape(acq['figures'][key])}' "
+                             f"alt='{key}'>")
+        if acq.get("outputs"):
+            parts.append("<h3>Outputs</h3><ul>" + "".join(
+                f"<li><a href='{html.escape(p)}'>{html.escape(p)}</a></li>" for p in acq["outputs"])
+                + "</ul>")
+    parts.append("<h2>Parameters</h2>" + _table(["setting", "value"],
+                                                 [(k, v) for k, v in settings.items()]))
+    if timings:
+        total = sum(t["seconds"] for t in timings)
+        parts.append(f"<h2>Run time per step</h2><p>total {total:.1f} s of node time</p>" + _table(
+            ["workflow", "step", "seconds"],
+            [(t["workflow"], t["node"], f"{t['seconds']:.2f}") for t in timings]))
+    parts.append(f"<h2>Methods</h2><div class='methods'>{methods_html(methods)}</div>")
+    parts.append("</body></html>")
+    path = out_dir / f"sub-{subject}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(parts))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def methods_html(text: str) -> str:
+    return "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())

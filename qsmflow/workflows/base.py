@@ -1,0 +1,171 @@
+"""Top-level workflows: all subjects (``init_qsmflow_wf``) and one subject
+(``init_single_subject_wf``: every GRE acquisition of the subject, each with its derivatives)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..derivatives import derivative_relpath, make_sidecar, raw_uri, self_uri
+from ..interfaces import DerivativesSink, ReportFigures
+from ..interfaces._base import estimate_mem_gb
+from .qsm import init_qsm_wf
+
+
+def _wf_name(text: str) -> str:
+    """A Nipype-safe name from BIDS entities (``sub-01_run-1`` → ``sub_01_run_1``)."""
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, run_uuid,
+                    inversions, bgremoval="resharp", unwrapping="romeo", masking="magnitude",
+                    params=None, omp_nthreads=1, name="qsmflow_wf"):
+    """All subjects, one ``single_subject_<label>_wf`` each (independent: they run in parallel
+    and one subject's failure does not stop the others).
+
+    ``subjects``: ``{label: [qsmflow.bids_input.Acquisition, ...]}``; crash files of each
+    subject go to ``<log_dir>/sub-<label>/<run_uuid>/``.
+    """
+    workflow = pe.Workflow(name=name, base_dir=str(work_dir))
+    for label, acquisitions in subjects.items():
+        ssw = init_single_subject_wf(
+            subject=label, acquisitions=acquisitions, bids_dir=bids_dir, output_dir=output_dir,
+            inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
+            params=params, omp_nthreads=omp_nthreads, name=f"single_subject_{label}_wf")
+        ssw.config["execution"]["crashdump_dir"] = str(Path(log_dir) / f"sub-{label}" / run_uuid)
+        workflow.add_nodes([ssw])
+    return workflow
+
+
+def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inversions,
+                           bgremoval="resharp", unwrapping="romeo", masking="magnitude",
+                           params=None, omp_nthreads=1, name="single_subject_wf"):
+    """Every acquisition of one subject: ``qsm_<acq>_wf`` + report figures + derivatives.
+
+    Nothing of an acquisition is written before all its χ maps exist (the sinks wait on
+    ``gather``), so a failed acquisition leaves no partial derivatives.
+
+    Parameters
+    ----------
+    subject : str
+        Participant label (without ``sub-``).
+    acquisitions : list of :class:`qsmflow.bids_input.Acquisition`
+    bids_dir, output_dir : path
+        Raw BIDS root (read only) and derivatives root.
+    inversions, bgremoval, unwrapping, masking, params, omp_nthreads
+        As in :func:`qsmflow.workflows.qsm.init_qsm_wf`.
+    """
+    workflow = pe.Workflow(name=name)
+    descs = []
+    for acq in acquisitions:
+        tag = _wf_name(acq.name[len(f"sub-{subject}"):].strip("_") or "main")
+        qsm_wf = init_qsm_wf(inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping,
+                             masking=masking, params=params,
+                             has_magnitude=bool(acq.magnitude), n_voxels=acq.n_voxels,
+                             n_echoes=acq.n_echoes, omp_nthreads=omp_nthreads,
+                             name=f"qsm_{tag}_wf")
+        descs.append(qsm_wf.__desc__)
+        qsm_wf.inputs.inputnode.phase_files = list(acq.phase)
+        if acq.magnitude:
+            qsm_wf.inputs.inputnode.magnitude_files = list(acq.magnitude)
+        qsm_wf.inputs.inputnode.sidecars = [_json_safe(m) for m in acq.phase_metadata]
+        qsm_wf.inputs.inputnode.b0_tesla = float(acq.b0_tesla)
+        qsm_wf.inputs.inputnode.b0_dir = [float(x) for x in acq.metadata.get("B0_dir", [])]
+        ds_wf = init_ds_wf(acquisition=acq, bids_dir=bids_dir, output_dir=output_dir,
+                           inversions=inversions, name=f"ds_{tag}_wf")
+        figures = pe.Node(ReportFigures(prefix=acq.name, chi_names=list(inversions)),
+                          name=f"report_figures_{tag}",
+                          mem_gb=estimate_mem_gb(acq.n_voxels, 4 + len(inversions)))
+        workflow.connect([
+            (qsm_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in (
+                "total_field", "local_field", "mask", "chi_maps", "meta_fit", "meta_mask",
+                "meta_bg", "meta_chi")]),
+            (qsm_wf, figures, [("outputnode.mask", "mask"),
+                               ("outputnode.total_field", "total_field"),
+                               ("outputnode.local_field", "local_field"),
+                               ("outputnode.chi_maps", "chi_maps")]),
+            (figures, ds_wf, [("out_figures", "inputnode.figures")]),
+        ])
+        if acq.magnitude:
+            workflow.connect([
+                (qsm_wf, ds_wf, [("outputnode.magnitude", "inputnode.magnitude")]),
+                (qsm_wf, figures, [("outputnode.magnitude", "magnitude")]),
+            ])
+    workflow.__desc__ = descs[0] if descs else ""
+    return workflow
+
+
+def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
+    """Derivatives of one acquisition (χ maps, mask, total/local field, magnitude, figures).
+
+    Every sink waits on ``gather`` (all χ maps and figures done) so that an acquisition's
+    derivatives appear together or not at all. Sidecars: static parts (Units, Description,
+    Sources, SkullStripped) from :func:`qsmflow.derivatives.make_sidecar`, the method and
+    parameters from the computing node (``meta_*``).
+    """
+    ent = acquisition.entities
+    rel = {k: derivative_relpath(ent, k) for k in ("magnitude", "total_field", "local_field",
+                                                     "mask")}
+    rel_chi = [derivative_relpath(ent, "chimap", desc=m) for m in inversions]
+    raw_sources = [raw_uri(bids_dir, p) for p in acquisition.phase + (acquisition.magnitude or [])]
+    src_chi = [self_uri(rel["local_field"]), self_uri(rel["mask"])]
+    common = {"MagneticFieldStrength": acquisition.b0_tesla,
+              "EchoTime": list(acquisition.echo_times)}
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "magnitude", "total_field", "local_field", "mask", "chi_maps", "meta_fit", "meta_mask",
+        "meta_bg", "meta_chi", "figures"]), name="inputnode")
+    gather = pe.Node(niu.Merge(2), name="gather", run_without_submitting=True)
+
+    def sink(kind, name, sidecar):
+        return pe.Node(DerivativesSink(base_directory=str(output_dir), relpath=str(rel[kind]),
+                                       sidecar=sidecar),
+                       name=name, run_without_submitting=True)
+
+    ds_total = sink("total_field", "ds_total_field",
+                    make_sidecar("total_field", sources=raw_sources, skull_stripped=False,
+                                 **common))
+    ds_local = sink("local_field", "ds_local_field",
+                    make_sidecar("local_field", sources=[self_uri(rel["total_field"]),
+                                                         self_uri(rel["mask"])], **common))
+    ds_mask = sink("mask", "ds_mask", make_sidecar("mask", sources=raw_sources))
+    ds_chi = pe.MapNode(
+        DerivativesSink(base_directory=str(output_dir),
+                        sidecar=make_sidecar("chimap", sources=src_chi)),
+        iterfield=["in_file", "relpath", "meta"], name="ds_chimap", run_without_submitting=True)
+    ds_chi.inputs.relpath = [str(r) for r in rel_chi]
+    fig_dir = Path(f"sub-{ent['sub']}") / "figures"
+    ds_figures = pe.Node(DerivativesSink(
+        base_directory=str(output_dir),
+        relpath=[str(fig_dir / f"{acquisition.name}_{k}.png") for k in ("mask", "field", "chi")]),
+        name="ds_figures", run_without_submitting=True)
+
+    connections = [
+        (inputnode, gather, [("chi_maps", "in1"), ("figures", "in2")]),
+        (inputnode, ds_total, [("total_field", "in_file"), ("meta_fit", "meta")]),
+        (inputnode, ds_local, [("local_field", "in_file"), ("meta_bg", "meta")]),
+        (inputnode, ds_mask, [("mask", "in_file"), ("meta_mask", "meta")]),
+        (inputnode, ds_chi, [("chi_maps", "in_file"), ("meta_chi", "meta")]),
+        (inputnode, ds_figures, [("figures", "in_file")]),
+    ]
+    sinks = [ds_total, ds_local, ds_mask, ds_chi, ds_figures]
+    if acquisition.magnitude:
+        ds_mag = sink("magnitude", "ds_magnitude",
+                      make_sidecar("magnitude", sources=raw_sources, skull_stripped=False))
+        connections.append((inputnode, ds_mag, [("magnitude", "in_file")]))
+        sinks.append(ds_mag)
+    connections += [(gather, s, [("out", "depends_on")]) for s in sinks]
+    workflow.connect(connections)
+    return workflow
+
+
+def _json_safe(meta: dict) -> dict:
+    """Sidecar values Nipype can hash and pickle (pybids may hand back numpy types)."""
+    import json
+
+    from ..io import _json_default
+
+    return json.loads(json.dumps(dict(meta), default=_json_default))

@@ -1,0 +1,382 @@
+"""The bad-input matrix of the BIDS App: what real data and real users do to it.
+
+Each bad case takes a small valid dataset, breaks one thing, runs ``qsmflow`` as a user would and
+requires: a non-zero exit without a Python traceback; one stderr line that names the offending
+file (or option) and says what to do; no derivatives written (no image, no ``sub-*`` folder); and
+the input dataset byte-identical afterwards (sha256 and mode of every file and folder).
+
+The cases that must simply work (single echo, no magnitude, 4D echoes, odd matrix, oblique, several
+runs) run the whole pipeline and check the χ maps against the simulation's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _robustness import app_cmd, app_env, run_app, tree_fingerprint
+
+TE = (0.004, 0.008, 0.012)
+SHAPE = (24, 30, 24)          # 8 mm voxels: a whole (coarse) head in a tiny matrix
+VOXEL = (8.0, 8.0, 8.0)
+ANAT = "sub-01/anat"
+
+
+def _p(root: Path, echo: int, part: str, ext=".nii.gz", prefix="sub-01") -> Path:
+    return root / ANAT / f"{prefix}_echo-{echo}_part-{part}_MEGRE{ext}"
+
+
+def _edit_json(path: Path, fn) -> None:
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d, indent=2))
+
+
+def _rewrite(path: Path, fn, dtype=None) -> None:
+    img = nib.load(path)
+    data = fn(np.asarray(img.dataobj))
+    new = nib.Nifti1Image(np.asarray(data), img.affine)
+    if dtype is not None:
+        new.set_data_dtype(dtype)
+    nib.save(new, path)
+
+
+@pytest.fixture(scope="module")
+def base_dataset(tmp_path_factory) -> Path:
+    from qsmflow.simulate import write_bids_dataset
+
+    root = tmp_path_factory.mktemp("base") / "bids"
+    write_bids_dataset(root, subjects=("01",), shape=SHAPE, voxel_size=VOXEL, te_s=TE, seed=1)
+    return root
+
+
+@dataclass
+class Ctx:
+    """One run: where the dataset, output and work folders are, and the App's extra options."""
+
+    tmp: Path
+    bids: Path
+    out: Path
+    work: Path
+    extra: list = field(default_factory=list)
+    label: str = "01"
+    wrap: list | None = None            # command prefix (e.g. a read-only mount namespace)
+
+    def args(self):
+        a = [self.bids, self.out, "participant", "-w", self.work, "--skip-bids-validation",
+             "--inversion", "tkd"]
+        if self.label is not None:
+            a += ["--participant-label", self.label]
+        return a + self.extra
+
+
+# --- the breakers: each damages ctx and returns the fragments the error line must contain ---
+def missing_echotime(c):
+    _edit_json(_p(c.bids, 2, "phase", ".json"), lambda d: d.pop("EchoTime"))
+    return ["sub-01_echo-2_part-phase_MEGRE", "EchoTime"]
+
+
+def echotime_in_ms(c):
+    for e, t in enumerate(TE, 1):
+        for part in ("mag", "phase"):
+            _edit_json(_p(c.bids, e, part, ".json"), lambda d, t=t: d.update(EchoTime=t * 1000))
+    return ["part-phase_MEGRE", "seconds"]
+
+
+def no_field_strength(c):
+    for e in range(1, 4):
+        for part in ("mag", "phase"):
+            _edit_json(_p(c.bids, e, part, ".json"), lambda d: d.pop("MagneticFieldStrength"))
+    return ["part-phase_MEGRE", "MagneticFieldStrength"]
+
+
+def field_strength_with_unit(c):
+    for e in range(1, 4):
+        for part in ("mag", "phase"):
+            _edit_json(_p(c.bids, e, part, ".json"),
+                       lambda d: d.update(MagneticFieldStrength="3T"))
+    return ["part-phase_MEGRE", "MagneticFieldStrength"]
+
+
+def mag_phase_shape_mismatch(c):
+    _rewrite(_p(c.bids, 1, "mag"), lambda a: a[:-2])
+    return ["sub-01_echo-1_part-mag_MEGRE", "shape"]
+
+
+def echo_shapes_differ(c):
+    for part in ("mag", "phase"):
+        _rewrite(_p(c.bids, 3, part), lambda a: a[:, :, :-1])
+    return ["sub-01_echo-3_part-", "shape"]
+
+
+def echo_count_differs(c):
+    for ext in (".nii.gz", ".json"):
+        _p(c.bids, 3, "mag", ext).unlink()
+    return ["sub-01_echo-3_part-phase_MEGRE", "mag"]
+
+
+def nan_phase(c):
+    def f(a):
+        a = a.astype(np.float32)
+        a[10:12, 10:12, 10:12] = np.nan
+        return a
+    _rewrite(_p(c.bids, 2, "phase"), f)
+    return ["sub-01_echo-2_part-phase_MEGRE", "NaN"]
+
+
+def inf_phase(c):
+    def f(a):
+        a = a.astype(np.float32)
+        a[5, 5, 5] = np.inf
+        return a
+    _rewrite(_p(c.bids, 1, "phase"), f)
+    return ["sub-01_echo-1_part-phase_MEGRE", "Inf"]
+
+
+def integer_phase_without_units(c):
+    for e in range(1, 4):
+        _rewrite(_p(c.bids, e, "phase"), lambda a: np.round(a / np.pi * 32767).astype(np.int16),
+                 dtype=np.int16)
+        _edit_json(_p(c.bids, e, "phase", ".json"), lambda d: d.pop("Units", None))
+    return ["part-phase_MEGRE", "Units"]
+
+
+def unknown_phase_units(c):
+    for e in range(1, 4):
+        _edit_json(_p(c.bids, e, "phase", ".json"), lambda d: d.update(Units="degrees"))
+    return ["part-phase_MEGRE", "Units"]
+
+
+def two_d_data(c):
+    for e in range(1, 4):
+        for part in ("mag", "phase"):
+            _rewrite(_p(c.bids, e, part), lambda a: a[:, :, 12:13])
+    return ["part-", "3D"]
+
+
+def truncated_nifti(c):
+    p = _p(c.bids, 2, "phase")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    return ["sub-01_echo-2_part-phase_MEGRE", "NIfTI"]
+
+
+def corrupt_nifti(c):
+    _p(c.bids, 1, "mag").write_bytes(b"this is not a NIfTI file\n" * 40)
+    return ["sub-01_echo-1_part-mag_MEGRE", "NIfTI"]
+
+
+def empty_brain_mask(c):
+    for e in range(1, 4):
+        _rewrite(_p(c.bids, e, "mag"), lambda a: np.zeros_like(a))
+    return ["mask"]
+
+
+def unknown_inversion(c):
+    c.extra += ["--inversion", "notamethod"]
+    return ["--inversion", "notamethod"]
+
+
+def unknown_bgremoval(c):
+    c.extra += ["--bgremoval", "magic"]
+    return ["--bgremoval", "magic"]
+
+
+def label_with_path_characters(c):
+    c.label = "../x"
+    return ["../x", "label"]
+
+
+def unknown_participant(c):
+    c.label = "99"
+    return ["sub-99"]
+
+
+def unknown_session(c):
+    c.extra += ["--session-label", "7"]
+    return ["ses-7"]
+
+
+def output_inside_input(c):
+    c.out = c.bids / "derivatives" / "qsmflow"
+    return ["inside the input"]
+
+
+def work_inside_input(c):
+    c.work = c.bids / "work"
+    return ["inside the input"]
+
+
+def output_is_input(c):
+    c.out = c.bids
+    return ["inside the input"]
+
+
+def read_only_output(c):
+    c.out.mkdir(parents=True)
+    if os.geteuid() != 0:
+        c.out.chmod(0o555)
+    else:  # root ignores permission bits: use a read-only bind mount in a private namespace
+        if not shutil.which("unshare"):
+            pytest.skip("root without unshare: cannot make a read-only folder")
+        c.wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                  'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"',
+                  "sh", str(c.out)]
+    return [c.out.name, "writ"]
+
+
+def not_a_bids_dataset(c):
+    (c.bids / "dataset_description.json").unlink()
+    return ["dataset_description.json"]
+
+
+def input_does_not_exist(c):
+    c.bids = c.tmp / "nowhere"
+    return ["nowhere", "BIDS"]
+
+
+def no_phase_images(c):
+    for e in range(1, 4):
+        for ext in (".nii.gz", ".json"):
+            _p(c.bids, e, "phase", ext).unlink()
+    return ["phase"]
+
+
+def echo_times_not_increasing(c):
+    _edit_json(_p(c.bids, 3, "phase", ".json"), lambda d: d.update(EchoTime=TE[1]))
+    return ["part-phase_MEGRE", "EchoTime"]
+
+
+def bad_plugin_yaml(c):
+    y = c.tmp / "plugin.yml"
+    y.write_text("plugin: NoSuchPlugin\n")
+    c.extra += ["--use-plugin", str(y)]
+    return ["NoSuchPlugin"]
+
+
+def missing_plugin_file(c):
+    c.extra += ["--use-plugin", str(c.tmp / "absent.yml")]
+    return ["absent.yml"]
+
+
+def config_unknown_key(c):
+    t = c.tmp / "run.toml"
+    t.write_text('inversoin = ["tkd"]\n')
+    c.extra += ["--config", str(t)]
+    return ["run.toml", "inversoin"]
+
+
+BAD = [missing_echotime, echotime_in_ms, no_field_strength, field_strength_with_unit,
+       mag_phase_shape_mismatch, echo_shapes_differ, echo_count_differs, nan_phase, inf_phase,
+       integer_phase_without_units, unknown_phase_units, two_d_data, truncated_nifti,
+       corrupt_nifti, empty_brain_mask, unknown_inversion, unknown_bgremoval,
+       label_with_path_characters, unknown_participant, unknown_session, output_inside_input,
+       work_inside_input, output_is_input, read_only_output, not_a_bids_dataset,
+       input_does_not_exist, no_phase_images, echo_times_not_increasing, bad_plugin_yaml,
+       missing_plugin_file, config_unknown_key]
+
+
+def _no_derivatives(out: Path) -> list[str]:
+    """Derivative files a failed run left behind (images, subject folders, reports)."""
+    if not out.exists():
+        return []
+    left = [str(p.relative_to(out)) for p in out.rglob("*")
+            if p.name.endswith((".nii", ".nii.gz", ".html", ".png")) or
+            (p.is_dir() and p.name.startswith("sub-") and p.parent == out)]
+    return sorted(left)
+
+
+@pytest.mark.parametrize("breaker", BAD, ids=[b.__name__ for b in BAD])
+def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(base_dataset, bids)
+    c = Ctx(tmp=tmp_path, bids=bids, out=tmp_path / "out", work=tmp_path / "work")
+    expect = breaker(c)
+    before = tree_fingerprint(bids) if bids.exists() else {}
+
+    cmd = (c.wrap or []) + app_cmd(*c.args())
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=app_env(),
+                       stdin=subprocess.DEVNULL)
+    err = r.stderr.strip()
+
+    assert r.returncode not in (0, None) and r.returncode > 0, (
+        f"exit {r.returncode}; expected a clean non-zero exit\n{r.stdout[-2000:]}\n{err[-2000:]}")
+    assert "Traceback" not in err, f"a traceback instead of a message:\n{err[-3000:]}"
+    lines = [ln for ln in err.splitlines() if all(f in ln for f in expect)]
+    assert lines, f"no stderr line names {expect}:\n{err[-3000:]}"
+    assert len(lines[0]) < 400, f"not a clear one-liner: {lines[0]!r}"
+    left = _no_derivatives(c.out)
+    assert not left, f"partial derivatives left behind: {left[:10]}"
+    if before:
+        assert tree_fingerprint(bids) == before, "the input dataset was modified"
+    if c.out.exists() and os.geteuid() != 0:
+        c.out.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------------
+# cases that must simply work
+# --------------------------------------------------------------------------------------------
+def _corr_with_truth(out: Path, bids: Path, prefix: str, method="tkd") -> float:
+    chi = nib.load(out / ANAT / f"{prefix}_desc-{method}_Chimap.nii.gz").get_fdata()
+    mask = nib.load(out / ANAT / f"{prefix}_desc-brain_mask.nii.gz").get_fdata() > 0
+    truth = nib.load(bids / "derivatives" / "qsmflow-truth" / ANAT /
+                     f"{prefix}_desc-truth_Chimap.nii.gz").get_fdata()
+    assert chi.shape == truth.shape and mask.sum() > 50
+    assert np.isfinite(chi[mask]).all()
+    return float(np.corrcoef(chi[mask], truth[mask])[0, 1])
+
+
+def _write_4d(root: Path, src: Path, drop_magnitude: bool):
+    for part in ("phase", "mag"):
+        files = sorted((src / ANAT).glob(f"sub-01_echo-*_part-{part}_MEGRE.nii.gz"))
+        if part == "mag" and drop_magnitude:
+            continue
+        imgs = [nib.load(f) for f in files]
+        sides = [json.loads(Path(str(f).replace(".nii.gz", ".json")).read_text()) for f in files]
+        data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs], axis=-1)
+        side = dict(sides[0])
+        side["EchoTime"] = [s["EchoTime"] for s in sides]
+        side.pop("EchoNumber", None)
+        nib.save(nib.Nifti1Image(data, imgs[0].affine),
+                 root / ANAT / f"sub-01_part-{part}_MEGRE.nii.gz")
+        (root / ANAT / f"sub-01_part-{part}_MEGRE.json").write_text(json.dumps(side, indent=2))
+    for f in (root / ANAT).glob("sub-01_echo-*"):
+        f.unlink()
+
+
+GOOD = {
+    # name: (write_bids_dataset kwargs, post-processing, prefixes expected)
+    "single_echo": (dict(te_s=(0.012,)), None, ["sub-01"]),
+    "no_magnitude_4d_echoes": (dict(), "4d_nomag", ["sub-01"]),
+    "odd_matrix_oblique_two_runs": (dict(shape=(25, 31, 23), oblique_deg=15.0, runs=("1", "2")),
+                                    None, ["sub-01_run-1", "sub-01_run-2"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(GOOD))
+def test_unusual_but_valid_input_works(case, tmp_path):
+    from qsmflow.simulate import write_bids_dataset
+
+    kw, post, prefixes = GOOD[case]
+    kw = {"subjects": ("01",), "shape": SHAPE, "voxel_size": VOXEL, "te_s": TE, "seed": 2, **kw}
+    bids = tmp_path / "bids"
+    write_bids_dataset(bids, **kw)
+    if post == "4d_nomag":
+        _write_4d(bids, bids, drop_magnitude=True)
+    before = tree_fingerprint(bids)
+    r = run_app(bids, tmp_path / "out", "participant", "--participant-label", "01",
+                "-w", tmp_path / "work", "--inversion", "tkd", "--nprocs", "2", timeout=900)
+    assert r.returncode == 0, f"{case} failed\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    for prefix in prefixes:
+        rho = _corr_with_truth(tmp_path / "out", bids, prefix)
+        assert rho > 0.3, f"{case} {prefix}: χ correlates with the truth at r = {rho:.2f} only"
+    assert tree_fingerprint(bids) == before

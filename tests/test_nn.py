@@ -1,0 +1,283 @@
+"""Networks: WP-Conv, model shapes, synthesis physics, safe weight loading, training smoke test."""
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from qsmflow import physics  # noqa: E402
+from qsmflow.nn import inference, layers, models, synthesis, training  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("QSMFLOW_NUM_THREADS", "1") or 1))
+
+
+# ------------------------------------------------------------------------------------ WP-Conv
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_wpconv_fixed_voxel_equals_conv3d_with_generated_kernel(dilation):
+    torch.manual_seed(0)
+    wp = layers.WPConv3d(3, 5, 3, dilation=dilation, hidden=8, n_basis=3)
+    x = torch.randn(2, 3, 9, 8, 7)
+    vs = (0.6, 0.8, 2.5)
+    w, b = wp.kernel(vs)
+    assert w.shape == (5, 3, 3, 3, 3) and b.shape == (5,)
+    conv = torch.nn.Conv3d(3, 5, 3, padding=dilation, dilation=dilation)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+        ref = conv(x)
+        out = wp(x, vs)
+    assert out.shape == x.shape[:1] + (5,) + x.shape[2:]
+    assert torch.allclose(out, ref, atol=1e-5)
+    # cached path (eval, no grad) gives the same and caches the kernel
+    wp.eval()
+    with torch.no_grad():
+        assert torch.allclose(wp(x, vs), ref, atol=1e-5)
+        assert wp._cache is not None and wp._cache[0] == vs
+
+
+def test_wpconv_kernels_differ_between_voxel_sizes():
+    torch.manual_seed(1)
+    wp = layers.WPConv3d(2, 4, hidden=16, n_basis=4)
+    torch.nn.init.normal_(wp.hyper[-1].weight, std=0.3)  # as after training: a(v) varies
+    w1, b1 = wp.kernel((0.5, 0.5, 2.0))
+    w2, b2 = wp.kernel((1.0, 1.0, 1.0))
+    w3, _ = wp.kernel((0.5, 0.5, 2.0))
+    rel = (w1 - w2).norm() / w1.norm()
+    assert rel > 0.05
+    assert not torch.allclose(b1, b2)
+    assert torch.equal(w1, w3)  # same voxel size -> same kernel
+
+
+def test_gradient_flows_to_hypernetwork():
+    torch.manual_seed(2)
+    wp = layers.WPConv3d(1, 2, hidden=8)
+    x = torch.randn(1, 1, 6, 6, 6)
+    wp(x, (0.7, 0.7, 3.0)).square().sum().backward()
+    for lin in (wp.hyper[0], wp.hyper[2], wp.hyper[4]):
+        assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    assert wp.basis.grad.abs().sum() > 0
+
+
+def test_voxel_size_validation():
+    with pytest.raises(ValueError, match="voxel_size"):
+        layers.normalise_voxel_size((1.0, -1.0, 2.0))
+
+
+# ------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("kind", models.KINDS)
+def test_model_shapes_batch_and_masking(kind):
+    torch.manual_seed(0)
+    kw = {"width": 2} if kind == "qsminvnet" else {"width": 2, "hidden": 4, "n_basis": 2}
+    net = models.build_model(kind, **kw).eval()
+    field = torch.randn(3, 1, 32, 16, 16) * 0.05
+    mask = torch.ones_like(field)
+    mask[..., :4] = 0
+    with torch.no_grad():
+        out = models.run_model(net, field, mask, (0.5, 0.5, 2.0))
+    assert out.shape == field.shape
+    assert torch.all(out[..., :4] == 0)
+
+
+def test_unet_layer_counts_match_paper_figure():
+    net = models.QSMUNet(width=2, hidden=4, n_basis=2)
+    mods = list(net.modules())
+    wp = [m for m in mods if isinstance(m, layers.WPConv3d)]
+    assert sum(m.dilation == 1 for m in wp) == 6 + 1  # 6 + the final linear one
+    assert sum(m.dilation == 2 for m in wp) == 3
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in mods) == 9
+    assert sum(isinstance(m, torch.nn.ConvTranspose3d) for m in mods) == 4
+    inv = models.QSMInvNet(width=2)
+    assert sum(isinstance(m, layers.GatedConv3d) for m in inv.modules()) == 9
+    assert sum(isinstance(m, layers.NonLocalBlock3d) for m in inv.modules()) == 1
+
+
+def test_build_model_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="unknown model kind"):
+        models.build_model("deepqsm")
+
+
+def test_predict_odd_anisotropic_and_deterministic():
+    torch.manual_seed(0)
+    net = models.build_model("metaqsm", width=2, hidden=4, n_basis=2).eval()
+    rng = np.random.default_rng(0)
+    shape = (23, 30, 17)
+    mask = np.zeros(shape, bool)
+    mask[3:20, 4:27, 2:15] = True
+    field = rng.standard_normal(shape).astype(np.float32) * 0.02
+    a = inference.predict(net, field, mask, (0.55, 0.75, 2.7))
+    b = inference.predict(net, field, mask, (0.55, 0.75, 2.7))
+    c = inference.predict(net, field, mask, (1.0, 1.0, 1.0))
+    assert a.shape == shape and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert np.all(a[~mask] == 0) and np.abs(a[mask]).sum() > 0
+    assert not np.allclose(a, c)  # the voxel size changes the kernels
+    with pytest.raises(ValueError, match="mask is empty"):
+        inference.predict(net, field, np.zeros(shape, bool), (1, 1, 1))
+
+
+# ------------------------------------------------------------------------------------ physics in torch
+def test_dipole_kernel_torch_matches_physics():
+    shape, vs, b0 = (9, 12, 7), (0.5, 0.8, 2.0), (0.1, -0.2, 0.97)
+    d_np = physics.dipole_kernel(shape, vs, b0)
+    d_t = synthesis.dipole_kernel_torch(shape, vs, b0, dtype=torch.float64).numpy()
+    assert np.allclose(d_np, d_t, atol=1e-12)
+    half = synthesis.dipole_kernel_torch(shape, vs, b0, dtype=torch.float64, half=True).numpy()
+    assert np.allclose(half, d_np[..., : shape[2] // 2 + 1], atol=1e-12)
+
+
+def test_forward_field_torch_matches_physics():
+    rng = np.random.default_rng(3)
+    chi = rng.standard_normal((14, 11, 9))
+    f_np = physics.forward_field(chi, (0.6, 0.9, 2.5))
+    f_t = synthesis.forward_field_torch(torch.from_numpy(chi), (0.6, 0.9, 2.5), pad_fraction=1.0)
+    assert np.allclose(f_np, f_t.numpy(), atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------ synthesis
+@pytest.fixture(scope="module")
+def synth(shared_data):
+    cfg = {"crop": [32, 32, 16], "margin": 1.0, "fft_pad": 1.0, "sources": ["cosmos"],
+           "shared_data": str(shared_data), "noise_ppm": [0.0, 0.0]}
+    return synthesis.Synthesizer(cfg)
+
+
+def test_synthesis_is_seeded_and_physical(synth):
+    a = synth.sample(7)
+    b = synth.sample(7)
+    c = synth.sample(8)
+    for k in ("field", "chi", "mask"):
+        assert torch.equal(a[k], b[k])
+        assert a[k].shape == (1, 32, 32, 16)
+    assert not torch.equal(a["chi"], c["chi"])
+    vs = a["voxel_size"]
+    assert (0.5 <= vs[0] <= 1.1 and 0.5 <= vs[1] <= 1.1 and 0.9 <= vs[2] <= 4.0)
+    # with margin 1 and no noise the field is exactly the dipole field of chi at that voxel size
+    chi = a["chi"][0].double().numpy()
+    m = a["mask"][0].numpy() > 0
+    assert m.mean() > 0.2
+    ref = physics.forward_field(chi, vs) * m
+    assert np.allclose(a["field"][0].numpy(), ref, atol=2e-6)
+    # the wrong voxel size (e.g. axes swapped) gives a clearly different field
+    wrong = physics.forward_field(chi, vs[::-1]) * m
+    assert np.linalg.norm(wrong - ref) > 0.1 * np.linalg.norm(ref)
+
+
+def test_synthesis_fixed_voxel_and_iso(shared_data):
+    base = synthesis.load_cosmos(shared_data)
+    s = synthesis.Synthesizer({"crop": [16, 16, 16], "fixed_voxel": [0.7639, 0.7639, 3.0]}, bases=[base])
+    assert s.sample(1)["voxel_size"] == (0.7639, 0.7639, 3.0)
+    g = torch.Generator().manual_seed(0)
+    iso = synthesis.SynthConfig(p_iso=1.0)
+    v = synthesis.draw_voxel_size(g, iso)
+    assert all(0.9 <= x <= 1.1 for x in v)
+
+
+def test_synth_config_rejects_unknown_option():
+    with pytest.raises(ValueError, match="unknown \\[data\\] option"):
+        synthesis.SynthConfig.from_dict({"crops": [64, 64, 32]})
+
+
+def test_split_is_9_to_1_and_seeded():
+    tr, va = synthesis.split_indices(1000, 0.1, seed=4)
+    assert len(tr) == 900 and len(va) == 100 and not set(tr) & set(va)
+    tr2, _ = synthesis.split_indices(1000, 0.1, seed=4)
+    assert np.array_equal(tr, tr2)
+
+
+# ------------------------------------------------------------------------------------ safe loading
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        inference.load_state_dict(p)
+
+
+def test_non_state_dict_checkpoints_are_refused(tmp_path):
+    p = tmp_path / "ckpt.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "step": 3}, p)  # a training checkpoint
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        inference.load_state_dict(p)
+    q = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), q)  # a whole module (pickled class)
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        inference.load_state_dict(q)
+    ok = tmp_path / "ok.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ok)
+    assert set(inference.load_state_dict(ok)) == {"weight", "bias"}
+
+
+def test_b0_direction_far_from_axis2_is_refused_and_small_tilt_warns():
+    with pytest.raises(ValueError, match="axis 2"):
+        inference._check_b0((0.0, 0.7071, 0.7071))
+    with pytest.warns(UserWarning, match="axis 2"):
+        inference._check_b0((0.0, np.sin(np.radians(10)), np.cos(np.radians(10))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inference._check_b0((0.0, np.sin(np.radians(2)), np.cos(np.radians(2))))
+
+
+# ------------------------------------------------------------------------------------ training
+def test_training_smoke_resume_and_export(tmp_path, shared_data):
+    cfg = {
+        "name": "smoke",
+        "model": {"kind": "metaqsm", "width": 2, "hidden": 4, "n_basis": 2},
+        "data": {"crop": [16, 16, 16], "margin": 1.0, "sources": ["cosmos"],
+                 "shared_data": str(shared_data)},
+        "train": {"steps": 2, "batch_size": 2, "n_samples": 20, "n_val": 1, "val_every": 2,
+                  "checkpoint_every": 2, "num_threads": 1, "lr": 1e-3},
+    }
+    out = tmp_path / "run"
+    s = training.train(cfg, out, progress=False)
+    assert s["steps"] == 2 and s["validation"]["n"] == 1
+    rows = (out / "validation.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 2
+    assert (out / "validation.png").exists()
+    cfg["train"]["steps"] = 3
+    s3 = training.train(cfg, out, resume=True, progress=False)
+    assert s3["steps"] == 3  # continued from step 2, not restarted
+    assert len((out / "validation.csv").read_text().strip().splitlines()) == 3
+    pt = training.export_model(out, tmp_path / "w", "smoke", config_file="x_cpu.toml",
+                               note="headline\nbody text")
+    card = (tmp_path / "w" / "smoke.md").read_text()
+    assert "3 steps" in card and "headline" in card
+    net, summary = inference.load_model(pt)
+    assert summary["steps"] == 3
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    ref = models.build_model(**cfg["model"])
+    ref.load_state_dict(ck["model"])
+    ref.eval()
+    x = torch.randn(1, 1, 16, 16, 16) * 0.05
+    with torch.no_grad():
+        assert torch.allclose(net(x, (1, 1, 1)), ref(x, (1, 1, 1)))
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="unknown \\[train\\] option"):
+        training.normalise_config({"model": {"kind": "metaqsm"}, "train": {"stepz": 3}})
+    with pytest.raises(ValueError, match="kind"):
+        training.normalise_config({"model": {}})
+    with pytest.raises(ValueError, match="does not exist"):
+        training.load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("name", ["metaqsm", "mesaqsm_0.5x0.5x2.0", "mesaqsm_0.7639x0.7639x3.0",
+                                  "qsminvnet"])
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    d = Path(inference.__file__).parent / "configs"
+    full = training.load_config(d / f"{name}.toml")
+    cpu = training.load_config(d / f"{name}_cpu.toml")
+    assert full["model"]["kind"] == cpu["model"]["kind"]
+    assert full["data"]["crop"] == [128, 128, 64]  # the paper's crop
+    models.build_model(**cpu["model"])

@@ -1,0 +1,134 @@
+"""Workflow construction on BIDS skeletons (the graph is built, never run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bids_skeleton import make_skeleton
+from qsmflow.bids_input import InputError, collect_acquisitions
+from qsmflow.config import apply_resources
+from qsmflow.workflows import init_qsm_wf, init_qsmflow_wf
+
+
+def _build(root, tmp_path, subjects, inversions=("tkd", "medi"), **kw):
+    return init_qsmflow_wf(subjects=subjects, bids_dir=root, output_dir=tmp_path / "out",
+                           work_dir=tmp_path / "work", log_dir=tmp_path / "out" / "logs",
+                           run_uuid="test", inversions=list(inversions), **kw)
+
+
+def _node_names(wf):
+    return set(wf.list_node_names())
+
+
+def _edges(wf):
+    """(source node, target node) name pairs of the flattened graph."""
+    flat = wf._create_flat_graph()
+    return {(u.fullname, v.fullname) for u, v in flat.edges()}
+
+
+def test_multi_session_multi_run(tmp_path):
+    root = make_skeleton(tmp_path / "ds", subjects=("01", "02"), sessions=("1", "2"),
+                         runs=("1", "2"))
+    subjects = collect_acquisitions(root, ["01"], ["2"])
+    assert list(subjects) == ["01"]
+    names = [a.name for a in subjects["01"]]
+    assert names == ["sub-01_ses-2_run-1", "sub-01_ses-2_run-2"]
+    wf = _build(root, tmp_path, subjects)
+    nodes = _node_names(wf)
+    for run in ("1", "2"):
+        pre = f"single_subject_01_wf.qsm_ses_2_run_{run}_wf"
+        for step in ("scale_phase", "brain_mask", "fit_field", "remove_background",
+                     "invert_tkd", "invert_medi"):
+            assert f"{pre}.{step}" in nodes
+    # derivative names keep session and run, drop echo and part
+    ds = [n for n in wf._get_all_nodes() if n.name == "ds_chimap"]
+    rels = sorted(r for n in ds for r in n.inputs.relpath)
+    assert rels == sorted(f"sub-01/ses-2/anat/sub-01_ses-2_run-{r}_desc-{m}_Chimap.nii.gz"
+                          for r in ("1", "2") for m in ("tkd", "medi"))
+    # crash files of each subject go to the output's log folder
+    ssw = wf.get_node("single_subject_01_wf")
+    assert ssw.config["execution"]["crashdump_dir"].endswith("logs/sub-01/test")
+
+
+def test_inversions_are_parallel_branches_of_one_local_field(tmp_path):
+    root = make_skeleton(tmp_path / "ds")
+    subjects = collect_acquisitions(root)
+    wf = _build(root, tmp_path, subjects, inversions=("tkd", "tikhonov", "medi"))
+    edges = _edges(wf)
+    inv = [v for _, v in edges if v.split(".")[-1].startswith("invert_")]
+    assert len(set(inv)) == 3
+    for node in set(inv):
+        srcs = {u.split(".")[-1] for u, v in edges if v == node}
+        assert "remove_background" in srcs          # the same local field feeds every method
+        assert not any(s.startswith("invert_") for s in srcs)  # no chain between inversions
+
+
+def test_echo_order_comes_from_echo_time_not_file_names(tmp_path):
+    root = make_skeleton(tmp_path / "ds", echoes=(0.012, 0.004, 0.008))
+    acq = collect_acquisitions(root)["01"][0]
+    assert acq.echo_times == [0.004, 0.008, 0.012]
+    assert [p.split("_echo-")[1][0] for p in acq.phase] == ["2", "3", "1"]
+    assert [p.split("_echo-")[1][0] for p in acq.magnitude] == ["2", "3", "1"]
+
+
+def test_t2starw_single_echo(tmp_path):
+    root = make_skeleton(tmp_path / "ds", suffix="T2starw", echoes=(0.02,), top_level_b0=True)
+    acq = collect_acquisitions(root)["01"][0]
+    assert acq.suffix == "T2starw" and acq.n_echoes == 1 and acq.b0_tesla == 3.0
+    wf = _build(root, tmp_path, {"01": [acq]}, inversions=("tkd",))
+    assert "single_subject_01_wf.qsm_main_wf.invert_tkd" in _node_names(wf)
+
+
+def test_four_d_echoes_in_one_file(tmp_path):
+    root = make_skeleton(tmp_path / "ds", echoes=(0.004, 0.008, 0.012), four_d=True)
+    acq = collect_acquisitions(root)["01"][0]
+    assert acq.n_echoes == 3 and len(acq.phase) == 1 and acq.shape == (6, 5, 4)
+
+
+def test_missing_magnitude_uses_phase_quality_mask(tmp_path):
+    root = make_skeleton(tmp_path / "ds", magnitude=False)
+    acq = collect_acquisitions(root)["01"][0]
+    assert acq.magnitude is None
+    wf = _build(root, tmp_path, {"01": [acq]}, masking="magnitude")
+    node = wf.get_node("single_subject_01_wf.qsm_main_wf.brain_mask")
+    assert node.inputs.method == "phase-quality"
+    edges = _edges(wf)
+    # the mask is judged after the fit (its residual), and no magnitude sink exists
+    assert any(u.endswith("fit_field") and v.endswith("brain_mask") for u, v in edges)
+    assert not any(n.name == "ds_magnitude" for n in wf._get_all_nodes())
+
+
+def test_magnitude_mask_comes_before_the_fit(tmp_path):
+    root = make_skeleton(tmp_path / "ds")
+    wf = _build(root, tmp_path, collect_acquisitions(root))
+    edges = _edges(wf)
+    assert any(u.endswith("brain_mask") and v.endswith("fit_field") for u, v in edges)
+    assert any(n.name == "ds_magnitude" for n in wf._get_all_nodes())
+
+
+def test_methods_text_cites_only_methods_used():
+    wf = init_qsm_wf(inversions=["tkd", "medi"], bgremoval="vsharp")
+    assert "Liu J et al. MEDI" in wf.__desc__ and "V-SHARP" in wf.__desc__
+    assert "FANSI" not in wf.__desc__ and "RESHARP" not in wf.__desc__
+
+
+def test_node_resources_scale_and_become_scheduler_args(tmp_path):
+    small = init_qsm_wf(inversions=["medi"], n_voxels=64**3, n_echoes=4)
+    big = init_qsm_wf(inversions=["medi"], n_voxels=256 * 256 * 128, n_echoes=4)
+    m_small = small.get_node("invert_medi").mem_gb
+    m_big = big.get_node("invert_medi").mem_gb
+    assert m_big > 8 * (m_small - 0.25)  # 32x the voxels → far more memory
+    apply_resources(big, "SLURM", max_mem_gb=6.0, max_procs=2)
+    node = big.get_node("invert_medi")
+    assert node.mem_gb == 6.0  # clamped to what the run may use
+    assert node.plugin_args["sbatch_args"] == f"--mem=6G --cpus-per-task={node.n_procs}"
+    apply_resources(small, "SGE", max_mem_gb=64, max_procs=4)
+    assert "-l h_vmem=" in small.get_node("fit_field").plugin_args["qsub_args"]
+
+
+def test_unknown_session_and_participant_are_refused(tmp_path):
+    root = make_skeleton(tmp_path / "ds", sessions=("1",))
+    with pytest.raises(InputError, match="no participant sub-07"):
+        collect_acquisitions(root, ["07"])
+    with pytest.raises(InputError, match="no session ses-9"):
+        collect_acquisitions(root, None, ["9"])
