@@ -93,6 +93,8 @@ chmod 644 "$CONF"
 # --- daemons ---------------------------------------------------------------------------------
 if ! pgrep -x slurmctld >/dev/null; then
     /usr/sbin/slurmctld -c -f "$CONF" || die "slurmctld did not start"
+else
+    scontrol reconfigure || die "slurmctld runs but does not take the new slurm.conf"
 fi
 if ! pgrep -x slurmd >/dev/null; then
     /usr/sbin/slurmd -f "$CONF" || die "slurmd did not start"

@@ -91,7 +91,8 @@ def write_dataset_description(root, name: str, dataset_type: str = "raw",
     if generated_by is None and dataset_type == "derivative":
         generated_by = [{"Name": "qsmflow", "Version": __version__}]
     if generated_by is not None:
-        desc["GeneratedBy"] = [generated_by] if isinstance(generated_by, dict) else list(generated_by)
+        gb = generated_by
+        desc["GeneratedBy"] = [gb] if isinstance(gb, dict) else list(gb)
     desc.update(extra)
     return write_json(Path(root) / "dataset_description.json", desc)
 

@@ -172,6 +172,13 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
     return phase, mags, tes, [e[2] for e in entries], entries[0][3], entries[0][4]
 
 
+def _label(label, option) -> str:
+    try:
+        return check_label(label, f"{option}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
                          layout=None) -> dict[str, list[Acquisition]]:
     """All usable acquisitions per subject label, checked; raises :class:`InputError`.
@@ -183,7 +190,7 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
     layout = layout or make_layout(bids_dir)
     all_subjects = sorted(layout.get_subjects())
     if participant_label:
-        subjects = [check_label(p, "participant label") for p in participant_label]
+        subjects = [_label(p, "--participant-label") for p in participant_label]
         unknown = [s for s in subjects if s not in all_subjects]
         if unknown:
             raise InputError(f"{bids_dir}: no participant {', '.join('sub-' + u for u in unknown)} "
@@ -194,7 +201,7 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
         raise InputError(f"{bids_dir}: no sub-* folders found; is this the BIDS root folder?")
     sessions = None
     if session_label:
-        sessions = [check_label(s, "session label") for s in session_label]
+        sessions = [_label(s, "--session-label") for s in session_label]
         have = set(layout.get_sessions(subject=subjects))
         unknown = [s for s in sessions if s not in have]
         if unknown:
@@ -221,8 +228,9 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
                                  "top-level one); add \"MagneticFieldStrength\" in tesla, e.g. 3")
             try:
                 b0 = check_field_strength(b0)
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"{phase[0]}: {exc}") from None
+            except (ValueError, TypeError):
+                raise InputError(f"{phase[0]}: MagneticFieldStrength {b0!r} is not a number in "
+                                 "tesla; write e.g. 3 (not \"3T\") in the sidecar") from None
             ents = {"sub": sub, "ses": ses, "acq": acq, "rec": rec,
                     "run": None if run is None else str(run)}
             acqs.append(Acquisition(entities=ents, suffix=suffix, phase=phase,
@@ -230,6 +238,14 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
                                     b0_tesla=b0, shape=tuple(shape), voxel_size=tuple(zooms),
                                     metadata=dict(meta),
                                     phase_metadata=[dict(m) for m in metas]))
+        seen: dict[str, Acquisition] = {}
+        for a in acqs:  # one output name per entity set: MEGRE wins over T2starw
+            if a.name in seen:
+                LOG.warning("%s: both MEGRE and T2starw phase; using MEGRE", a.name)
+                if a.suffix != "MEGRE":
+                    continue
+            seen[a.name] = a
+        acqs = list(seen.values())
         if not acqs:
             LOG.warning("sub-%s: no part-phase MEGRE/T2starw images found; skipping", sub)
             continue

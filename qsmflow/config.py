@@ -11,7 +11,7 @@ arguments. The effective configuration is written next to the outputs
     unwrapping = "romeo"              # spatial phase unwrapping
     masking = "magnitude"             # brain mask source
     [params.medi]                     # per-method parameters (units in the method's docs)
-    lambda = 1000
+    lam = 1000
     [params.resharp]
     radius_mm = 6
     [execution]

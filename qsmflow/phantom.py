@@ -104,6 +104,10 @@ class HeadPhantom:
     affine: np.ndarray
     chi_in: np.ndarray | None = field(default=None, repr=False)
     seed: int | None = None
+    #: χ on a grid extended to the whole head (same voxels) and where the FOV starts in it:
+    #: the total field includes the head outside the FOV, as in a real scan
+    chi_ext: np.ndarray | None = field(default=None, repr=False)
+    ext_offset: tuple = (0, 0, 0)
 
     @property
     def shape(self) -> tuple:
@@ -124,8 +128,12 @@ class HeadPhantom:
         return physics.forward_field(self.chi_brain, self.voxel_size, self._b0(b0_dir))
 
     def total_field_ppm(self, b0_dir=None) -> np.ndarray:
-        """Total field (ppm) of all of χ in a head surrounded by air (field of χ − χ_air)."""
-        return physics.forward_field(self.chi - CHI_AIR, self.voxel_size, self._b0(b0_dir))
+        """Total field (ppm) of all of χ in a head surrounded by air (field of χ − χ_air),
+        including the parts of the head outside the FOV when :attr:`chi_ext` is set."""
+        if self.chi_ext is None:
+            return physics.forward_field(self.chi - CHI_AIR, self.voxel_size, self._b0(b0_dir))
+        f = physics.forward_field(self.chi_ext - CHI_AIR, self.voxel_size, self._b0(b0_dir))
+        return f[tuple(slice(o, o + n) for o, n in zip(self.ext_offset, self.shape))]
 
     def background_field_ppm(self, b0_dir=None) -> np.ndarray:
         """Total minus local field (ppm)."""
@@ -401,14 +409,27 @@ def _build_source(seed: int):
     return labels, brain, vs, chi_in, chi_out, m0, r2s, tex
 
 
-def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0) -> HeadPhantom:
+def _block_mean(a, k):
+    """Mean over blocks of k[i] voxels per axis (edge-padded to whole blocks)."""
+    if np.all(k == 1):
+        return a
+    pad = [(0, (-n) % int(b)) for n, b in zip(a.shape, k)]
+    a = np.pad(a, pad, mode="edge")
+    s = [n // int(b) for n, b in zip(a.shape, k)]
+    return a.reshape(s[0], k[0], s[1], k[1], s[2], k[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, *,
+                      extend_fov=True) -> HeadPhantom:
     """Realistic head phantom on a grid of ``shape`` voxels of ``voxel_size`` (mm, per axis).
 
     Array axes are RAS+ (``affine`` = diag(voxel_size) with the brain centre at world 0).
     The grid is centred on the brain; ``seed`` draws χ values, lesions, veins, texture and a
     small random scaling (±5 %) and rotation (±3°) of the head. Labels are resampled with
     nearest neighbour, χ / M0 / R2* with a box prefilter (partial volume) and linear
-    interpolation. Returns a :class:`HeadPhantom`.
+    interpolation. When the FOV cuts the head and ``extend_fov`` is true, χ is also built on
+    a grid extended to the whole head (``chi_ext``) so the total field includes the sources
+    outside the FOV. Returns a :class:`HeadPhantom`.
     """
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     if len(shape) != 3 or min(shape) < 2:
@@ -420,26 +441,50 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0) 
     warp = _rotation(rng.normal(0.0, 2.0, 3)) @ np.diag(rng.uniform(0.95, 1.05, 3))
     shift = _landmarks()["centre"] + rng.uniform(-2.0, 2.0, 3)
 
-    # box prefilter where the target voxel is coarser than the source voxel
+    # partial volume where the target voxel is coarser than the source voxel: block means of
+    # k = floor(w) source voxels, then a Gaussian with the variance of the remaining box width
     w = np.asarray(vs) / np.asarray(svs)
-    sigma = np.sqrt(np.clip(w**2 - 1.0, 0.0, None) / 12.0)
-    maps = [chi_in_s, chi_out_s, m0_s, r2_s]
+    k = np.maximum(1, np.floor(w + 1e-6).astype(int))
+    maps = [_block_mean(m, k) for m in (chi_in_s, chi_out_s, m0_s, r2_s)]
+    sigma = np.sqrt(np.clip((w / k) ** 2 - 1.0, 0.0, None) / 12.0)
     if np.any(sigma > 0.05):
         maps = [ndimage.gaussian_filter(m, sigma, truncate=3.0) for m in maps]
+    k_off = ((k - 1) / 2.0)[:, None, None, None]
+    k_col = k[:, None, None, None]
     code = labels_s.astype(np.uint8) | (brain_s.astype(np.uint8) << 7)
 
-    out = [np.empty(shape) for _ in range(len(maps) + 2)]
-    code_t = np.empty(shape, np.uint8)
-    tgt = [(np.arange(n) - (n - 1) / 2.0) * d for n, d in zip(shape, vs)]
-    for i0 in range(shape[0]):  # slab-wise keeps the coordinate arrays small
+    # extend the grid (same voxels) to cover the whole head when the FOV cuts it
+    n = np.asarray(shape)
+    lo_ext = np.zeros(3, int)
+    hi_ext = np.zeros(3, int)
+    if extend_fov:
+        half = (np.asarray(labels_s.shape) - 1) / 2.0 * np.asarray(svs)
+        corners = np.array(np.meshgrid(*[[-h, h] for h in half], indexing="ij")).reshape(3, -1).T
+        tmm = np.linalg.solve(warp, (corners - shift).T).T  # source box corners, target mm
+        idx_lo = np.floor(tmm.min(0) / vs + (n - 1) / 2.0).astype(int)
+        idx_hi = np.ceil(tmm.max(0) / vs + (n - 1) / 2.0).astype(int)
+        lo_ext = np.maximum(0, -idx_lo)
+        hi_ext = np.maximum(0, idx_hi - (n - 1))
+    full = tuple(n + lo_ext + hi_ext)
+    out = [np.empty(full) for _ in range(len(maps) + 2)]
+    code_t = np.empty(full, np.uint8)
+    tgt = [(np.arange(-a, m + b) - (m - 1) / 2.0) * d
+           for m, a, b, d in zip(shape, lo_ext, hi_ext, vs)]
+    for i0 in range(full[0]):  # slab-wise keeps the coordinate arrays small
         g = np.stack(np.meshgrid([tgt[0][i0]], tgt[1], tgt[2], indexing="ij"), -1)
         src_mm = g @ warp.T + shift
         idx = np.moveaxis(_to_index(src_mm, labels_s.shape, svs), -1, 0)
         for m, o in zip(maps, out):
-            o[i0] = ndimage.map_coordinates(m, idx, order=1, mode="nearest")[0]
+            o[i0] = ndimage.map_coordinates(m, (idx - k_off) / k_col, order=1, mode="nearest")[0]
         for t, o in zip(tex, out[len(maps):]):
             o[i0] = ndimage.map_coordinates(t, idx / _TEX_STEP, order=1, mode="nearest")[0]
         code_t[i0] = ndimage.map_coordinates(code, idx, order=0, mode="constant", cval=0)[0]
+    chi_ext = None
+    if any(lo_ext) or any(hi_ext):
+        chi_ext = (out[0] + out[1]).astype(np.float32)
+        fov = tuple(slice(a, a + m) for a, m in zip(lo_ext, shape))
+        out = [o[fov] for o in out]
+        code_t = code_t[fov]
     chi_in, chi_out, m0, r2s, tex_chi, tex_r2 = out
     labels = (code_t & 127).astype(np.int16)
     tissue = np.isin(labels, [_L[n] for n in _TEXTURED])
@@ -453,4 +498,5 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0) 
     return HeadPhantom(chi=chi, labels=labels, label_names=dict(LABEL_NAMES),
                        brain_mask=brain_mask, head_mask=head_mask, m0=np.clip(m0, 0, None),
                        r2star=np.clip(r2s, 0, None), voxel_size=vs, affine=affine,
-                       chi_in=np.where(brain_mask, chi_in, 0.0), seed=seed)
+                       chi_in=np.where(brain_mask, chi_in, 0.0), seed=seed, chi_ext=chi_ext,
+                       ext_offset=tuple(int(a) for a in lo_ext))

@@ -605,7 +605,9 @@ def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> F
     if dof > 0:
         sel = m & ok
         if sel.any():
-            sigma = float(np.sqrt(np.median(chi2[sel]) / dof))
+            # median of χ²_dof is robust to unwrapping errors; rescale it to the mean
+            from scipy.stats import chi2 as _chi2
+            sigma = float(np.sqrt(np.median(chi2[sel]) / _chi2.median(dof)))
             sigma = sigma if sigma > 0 else 1.0
     noise = np.where(ok, sigma / (TWO_PI * np.sqrt(np.where(ok, sxx, 1.0))), np.inf)
     return FieldFit(field_hz=slope / TWO_PI, phase_offset_rad=phi0, noise_hz=noise,

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__, physics
 from .bids import bids_path, write_dataset_description, write_participants
-from .io import save_nifti, write_json
+from .io import save_nifti
 from .phantom import HeadPhantom, make_head_phantom
 
 #: Manufacturer written into the sidecars of simulated data
@@ -150,9 +150,10 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     ``desc-wholehead_Chimap`` (χ of the whole FOV), ``desc-brain_mask``, ``desc-truth_dseg``
     (+ ``desc-truth_dseg.tsv`` at the top), ``desc-truth_R2starmap`` in ``anat/``;
     ``fmap/…desc-total_fieldmap`` (Hz) and ``desc-local_fieldmap`` (ppm), each with a
-    ``_magnitude`` (noise-free echo 1). Each subject is a different phantom (seed + 101·index); sessions
-    and runs of a subject share the anatomy and differ in noise and φ0. ``oblique_deg`` tilts
-    the acquisition about the left–right axis (B0 then oblique in voxel axes).
+    ``_magnitude`` (noise-free echo 1). Each subject is a different phantom (seed + 101·index);
+    sessions and runs of a subject share the anatomy and differ in noise and φ0.
+    ``oblique_deg`` tilts the acquisition about the left–right axis (B0 then oblique in voxel
+    axes).
     """
     root = Path(root)
     te = physics.check_echo_times(te_s)
@@ -172,9 +173,10 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     write_participants(root, subjects)
     write_dataset_description(truth, f"{name}: ground truth", "derivative", generated_by=[
         {"Name": MODEL_NAME, "Version": __version__}], Authors=["qsmflow simulator"])
-    (truth / "README").write_text(f"# Ground truth of {name}\n\nTrue susceptibility (ppm, CSF = 0), "
-                                  "total (Hz) and local (ppm) field, brain mask, tissue labels "
-                                  "and R2* of the simulated phantom in the parent dataset.\n")
+    (truth / "README").write_text(
+        f"# Ground truth of {name}\n\nTrue susceptibility (ppm, CSF = 0), total (Hz) and local "
+        "(ppm) field, brain mask, tissue labels and R2* of the simulated phantom in the parent "
+        "dataset.\n")
     _write_dseg_tsv(truth)
 
     for si, sub in enumerate(subjects):
@@ -251,12 +253,12 @@ def _write_truth(truth: Path, ents, ph: HeadPhantom, sim: MEGRE):
 
 
 def make_demo_dataset(root, n_subjects=2, seed=0) -> Path:
-    """A small demo BIDS dataset (3 mm, 64×80×64 voxels covering the head, 4 echoes, 3 T,
+    """A small demo BIDS dataset (3 mm, 68×84×64 voxels covering the head, 4 echoes, 3 T,
     SNR 100, B0 tilted 10°) with ground truth; a few seconds per subject. Returns ``root``."""
     n = int(n_subjects)
     if n < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects!r}")
     return write_bids_dataset(root, subjects=[f"{i + 1:02d}" for i in range(n)],
-                              shape=(64, 80, 64), voxel_size=(3.0, 3.0, 3.0), te_s=DEFAULT_TE_S,
+                              shape=(68, 84, 64), voxel_size=(3.0, 3.0, 3.0), te_s=DEFAULT_TE_S,
                               b0_tesla=3.0, snr=100, oblique_deg=10.0, seed=seed,
                               name="qsmflow demo")

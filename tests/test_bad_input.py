@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from _robustness import app_cmd, app_env, run_app, tree_fingerprint
+from _robustness import app_cmd, app_env, run_app, run_app_inprocess, tree_fingerprint
 
 TE = (0.004, 0.008, 0.012)
 SHAPE = (24, 30, 24)          # 8 mm voxels: a whole (coarse) head in a tiny matrix
@@ -302,9 +302,11 @@ def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
     expect = breaker(c)
     before = tree_fingerprint(bids) if bids.exists() else {}
 
-    cmd = (c.wrap or []) + app_cmd(*c.args())
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=app_env(),
-                       stdin=subprocess.DEVNULL)
+    if c.wrap:  # needs its own process (a private mount namespace)
+        r = subprocess.run(c.wrap + app_cmd(*c.args()), capture_output=True, text=True,
+                           timeout=300, env=app_env(), stdin=subprocess.DEVNULL)
+    else:
+        r = run_app_inprocess(*c.args())
     err = r.stderr.strip()
 
     assert r.returncode not in (0, None) and r.returncode > 0, (
@@ -312,8 +314,8 @@ def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
     assert "Traceback" not in err, f"a traceback instead of a message:\n{err[-3000:]}"
     lines = [ln for ln in err.splitlines() if all(f in ln for f in expect)]
     assert lines, f"no stderr line names {expect}:\n{err[-3000:]}"
-    assert len(lines[0]) < 400, f"not a clear one-liner: {lines[0]!r}"
-    left = _no_derivatives(c.out)
+    assert len(lines[0]) < 700, f"not a clear one-liner: {lines[0]!r}"
+    left = [] if c.out.resolve() == bids.resolve() else _no_derivatives(c.out)
     assert not left, f"partial derivatives left behind: {left[:10]}"
     if before:
         assert tree_fingerprint(bids) == before, "the input dataset was modified"

@@ -135,16 +135,16 @@ def test_bad_plugin_yaml(ds, tmp_path, capsys):
 
 def test_config_precedence_and_roundtrip(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('inversion = ["tkd"]\nbgremoval = "pdf"\n[params.medi]\nlambda_ = 500\n'
+    toml.write_text('inversion = ["tkd"]\nbgremoval = "pdf"\n[params.medi]\nlam = 500\n'
                     '[execution]\nnprocs = 3\n')
     plug = tmp_path / "slurm.yml"
     plug.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --partition=debug\n")
     cfg = build_config({"bgremoval": "vsharp", "use_plugin": str(plug), "nprocs": None}, toml)
     assert cfg.inversion == ["tkd"] and cfg.bgremoval == "vsharp" and cfg.nprocs == 3
-    assert cfg.params == {"medi": {"lambda_": 500}}
+    assert cfg.params == {"medi": {"lam": 500}}
     assert cfg.plugin == "SLURM" and cfg.plugin_args == {"sbatch_args": "--partition=debug"}
     back = tomllib.loads(cfg.to_toml())  # the effective config is valid TOML with every setting
-    assert back["bgremoval"] == "vsharp" and back["params"]["medi"]["lambda_"] == 500
+    assert back["bgremoval"] == "vsharp" and back["params"]["medi"]["lam"] == 500
     assert back["execution"]["plugin_args"]["sbatch_args"] == "--partition=debug"
     assert scheduler_args("PBS", 2.2, 2)["qsub_args"] == "-l mem=3gb,nodes=1:ppn=2"
     assert scheduler_args("MultiProc", 2, 2) is None

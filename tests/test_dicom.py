@@ -211,11 +211,14 @@ def test_export_interface_from_dicom_folder(tmp_path):
     chi = np.linspace(-0.2, 0.3, C * R * S, dtype=np.float32).reshape(C, R, S)
     chi_path = tmp_path / "chi.nii.gz"
     nib.save(nib.Nifti1Image(chi, np.diag([1.3, 0.9, 2.0, 1.0])), chi_path)
-    res = DicomExport(in_file=str(chi_path), source=str(tmp_path / "dcm"), method="tkd",
-                      out_dir=str(tmp_path / "out")).run()
-    assert len(res.outputs.out_files) == S
+    chi_path = chi_path.rename(tmp_path / "sub-01_desc-tkd_Chimap.nii.gz")
+    for _ in range(2):  # a rerun replaces the previous export of the same map
+        res = DicomExport(in_file=str(chi_path), source=str(tmp_path / "dcm"),
+                          out_dir=str(tmp_path / "out")).run()
+    assert res.outputs.out_dir == str(tmp_path / "out" / "sub-01_desc-tkd_Chimap")
+    assert len(res.outputs.out_files) == S and len(list(Path(res.outputs.out_dir).iterdir())) == S
     ds = pydicom.dcmread(res.outputs.out_files[0])
-    assert ds.PatientName == "Synth^Test" and ds.SeriesNumber == 1005
+    assert ds.PatientName == "Synth^Test" and ds.SeriesNumber == 1005 and "tkd" in ds.SeriesDescription
     assert np.isclose(float(ds.PixelSpacing[0]), 0.9) and np.isclose(float(ds.PixelSpacing[1]), 1.3)
 
 

@@ -71,8 +71,7 @@ def _dotted(func) -> str:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    parts.append(func.id if isinstance(func, ast.Name) else "?")  # "?": a call/subscript base
     return ".".join(reversed(parts))
 
 
@@ -186,7 +185,8 @@ def test_participant_label_cannot_escape_via_cli(tmp_path):
     (tmp_path / "bids" / "dataset_description.json").write_text(
         '{"Name": "x", "BIDSVersion": "1.9.0"}')
     r = run_app(tmp_path / "bids", tmp_path / "out", "participant", "--participant-label",
-                "../../escaped", "-w", tmp_path / "work", "--skip-bids-validation", timeout=120)
+                "../../escaped", "-w", tmp_path / "work", "--skip-bids-validation",
+                "--inversion", "tkd", timeout=120)
     assert r.returncode != 0
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
     assert "label" in r.stderr

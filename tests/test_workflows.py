@@ -42,12 +42,12 @@ def test_multi_session_multi_run(tmp_path):
             assert f"{pre}.{step}" in nodes
     # derivative names keep session and run, drop echo and part
     ds = [n for n in wf._get_all_nodes() if n.name == "ds_chimap"]
-    rels = sorted(r for n in ds for r in n.inputs.relpath)
+    rels = sorted(r[0] if isinstance(r, list) else r for n in ds for r in n.inputs.relpath)
     assert rels == sorted(f"sub-01/ses-2/anat/sub-01_ses-2_run-{r}_desc-{m}_Chimap.nii.gz"
                           for r in ("1", "2") for m in ("tkd", "medi"))
     # crash files of each subject go to the output's log folder
-    ssw = wf.get_node("single_subject_01_wf")
-    assert ssw.config["execution"]["crashdump_dir"].endswith("logs/sub-01/test")
+    for node in wf.get_node("single_subject_01_wf")._get_all_nodes():
+        assert node.config["execution"]["crashdump_dir"].endswith("logs/sub-01/test")
 
 
 def test_inversions_are_parallel_branches_of_one_local_field(tmp_path):
@@ -118,10 +118,11 @@ def test_node_resources_scale_and_become_scheduler_args(tmp_path):
     m_small = small.get_node("invert_medi").mem_gb
     m_big = big.get_node("invert_medi").mem_gb
     assert m_big > 8 * (m_small - 0.25)  # 32x the voxels → far more memory
-    apply_resources(big, "SLURM", max_mem_gb=6.0, max_procs=2)
+    assert m_big > 2.0
+    apply_resources(big, "SLURM", max_mem_gb=2.0, max_procs=2)
     node = big.get_node("invert_medi")
-    assert node.mem_gb == 6.0  # clamped to what the run may use
-    assert node.plugin_args["sbatch_args"] == f"--mem=6G --cpus-per-task={node.n_procs}"
+    assert node.mem_gb == 2.0  # clamped to what the run may use
+    assert node.plugin_args["sbatch_args"] == f"--mem=2G --cpus-per-task={node.n_procs}"
     apply_resources(small, "SGE", max_mem_gb=64, max_procs=4)
     assert "-l h_vmem=" in small.get_node("fit_field").plugin_args["qsub_args"]
 

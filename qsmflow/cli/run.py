@@ -108,16 +108,22 @@ def _cli_settings(opts) -> dict:
 
 
 def _setup_logging(verbose: int) -> None:
+    """Quiet by default: qsmflow prints progress and a summary of failures itself (with the
+    crash files); ``-v`` adds Nipype's errors and tracebacks, ``-vv`` everything."""
     from nipype import config as ncfg
     from nipype import logging as nlog
 
-    level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
-    ncfg.update_config({"logging": {"workflow_level": "INFO" if verbose >= 2 else "WARNING",
-                                    "interface_level": level, "utils_level": "WARNING",
-                                    "log_to_file": False},
+    wf_level = ("CRITICAL", "ERROR", "INFO")[min(verbose, 2)]
+    if_level = ("WARNING", "WARNING", "DEBUG")[min(verbose, 2)]
+    ncfg.update_config({"logging": {"workflow_level": wf_level, "interface_level": if_level,
+                                    "utils_level": "WARNING", "log_to_file": False},
                         "monitoring": {"enabled": False}})
     nlog.update_logging(ncfg)
-    logging.basicConfig(format="%(message)s", stream=sys.stdout)
+    if not LOG.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        LOG.addHandler(h)
+        LOG.propagate = False
     LOG.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
@@ -125,7 +131,7 @@ class Progress:
     """Nipype ``status_callback``: one line per finished or failed step."""
 
     def __init__(self, total: int, quiet: bool = False):
-        self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
+        self.total, self.done, self.failed, self.cached, self.quiet = total, 0, 0, 0, quiet
         self.t0 = time.time()
         self.start: dict[str, float] = {}
 
@@ -135,6 +141,9 @@ class Progress:
             self.start[key] = time.time()
             return
         if status not in ("end", "exception"):
+            return
+        if status == "end" and key not in self.start:  # Nipype reports cached nodes as "end"
+            self.cached += 1
             return
         self.done += 1
         self.failed += status == "exception"
@@ -147,17 +156,24 @@ class Progress:
                   f"{time.time() - self.t0:.0f} s elapsed)", flush=True)
 
 
-def _crash_summary(crash_dir: Path) -> list[str]:
-    """One line per crash file: node and the exception's last line."""
-    lines = []
+_EXC_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", re.M)
+
+
+def crash_message(text: str) -> str:
+    """The message of the innermost exception in a Nipype crash file's text."""
+    hits = [(cls, msg) for cls, msg in _EXC_LINE.findall(text)
+            if not cls.endswith(("NodeExecutionError", "RuntimeError")) or "Node" not in msg]
+    return hits[-1][1].strip() if hits else "see the crash file"
+
+
+def _crash_summary(crash_dir: Path) -> list[tuple[str, str, Path]]:
+    """(step, error message, crash file) for every crash file of one subject."""
+    out = []
     for f in sorted(crash_dir.glob("crash-*")):
         text = f.read_text(errors="replace") if f.suffix == ".txt" else ""
         node = re.search(r"^Node: (\S+)", text, re.M)
-        errs = re.findall(r"^(?:[\w.]+(?:Error|Exception)|RuntimeError|AssertionError)\b: ?(.+)$",
-                          text, re.M)
-        msg = errs[-1].strip() if errs else "see the crash file"
-        lines.append(f"{node.group(1).split('.')[-1] if node else f.name}: {msg} [{f}]")
-    return lines
+        out.append((node.group(1).split(".")[-1] if node else f.name, crash_message(text), f))
+    return out
 
 
 def _plugin_args(cfg: RunConfig, progress: Progress) -> tuple[str, dict]:
@@ -229,19 +245,24 @@ def export_dicom(plan, failed: set[str]) -> list[str]:
     except ImportError as exc:
         return [f"--dicom-out: DICOM export is not available ({exc})"]
     from ..derivatives import derivative_relpath
+    from ..io import sidecar_path
 
     errors = []
+    out = Path(plan.config.dicom_out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
     for sub, acqs in plan.subjects.items():
         if sub in failed:
             continue
         for acq in acqs:
+            side = sidecar_path(acq.phase[0])
+            source = str(side) if side.exists() else dict(acq.metadata)
             for m in plan.config.inversion:
                 chi = plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m)
                 try:
-                    DicomExport(in_file=str(chi), out_dir=str(Path(plan.config.dicom_out)),
-                                series_description=f"QSM {m} {acq.name}").run()
+                    DicomExport(in_file=str(chi), source=source, method=m, out_dir=str(out)).run()
                 except Exception as exc:  # report and go on with the other maps
-                    errors.append(f"{chi.name}: DICOM export failed ({exc})")
+                    msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                    errors.append(f"{chi.name}: DICOM export failed ({msg})")
     return errors
 
 
@@ -286,7 +307,10 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
                                    "hash_method": "timestamp",
                                    "check_version": False})
     apply_resources(wf, cfg.plugin, cfg.resolved_mem_gb(), cfg.resolved_nprocs())
-    progress = Progress(total=len(list(wf._get_all_nodes())), quiet=False)
+    from nipype.interfaces.utility import IdentityInterface
+
+    steps = [n for n in wf._get_all_nodes() if not isinstance(n.interface, IdentityInterface)]
+    progress = Progress(total=len(steps), quiet=False)
     plugin, plugin_args = _plugin_args(cfg, progress)
     crashed = False
     try:
@@ -294,27 +318,28 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     except Exception as exc:  # Nipype raises after the other subjects finished
         crashed = True
         LOG.debug("workflow error: %s", exc)
-    failed_lines: dict[str, list[str]] = {}
+    failed_lines: dict[str, list[tuple]] = {}
     for sub in plan.subjects:
         lines = _crash_summary(log_dir / f"sub-{sub}" / run_uuid)
         if lines:
             failed_lines[sub] = lines
     if crashed and not failed_lines:
-        failed_lines["?"] = [f"the workflow stopped with an error; rerun with -v and see "
-                             f"{log_dir}"]
+        failed_lines["?"] = [("workflow", "stopped with an error; rerun with -v", log_dir)]
     reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name)
     dicom_errors = export_dicom(plan, set(failed_lines)) if cfg.dicom_out else []
     dt = time.time() - t0
     ok = [s for s in plan.subjects if s not in failed_lines]
-    print(f"\nqsmflow finished in {dt:.0f} s: {len(ok)}/{nsub} participant(s) succeeded.")
+    print(f"\nqsmflow finished in {dt:.0f} s: {len(ok)}/{nsub} participant(s) succeeded "
+          f"({progress.done} step(s) run, {progress.cached} reused from {plan.work_dir}).")
     for sub in ok:
         print(f"  sub-{sub}: derivatives in {plan.output_dir / f'sub-{sub}'}, "
               f"report {reports.get(sub)}")
     for sub, lines in failed_lines.items():
         print(f"  sub-{sub}: FAILED, no derivatives written for the failed acquisition(s):",
               file=sys.stderr)
-        for line in lines:
-            print(f"    {line}", file=sys.stderr)
+        for step, msg, crash in lines:
+            print(f"qsmflow: error: sub-{sub} {step}: {msg}", file=sys.stderr)
+            print(f"    crash file: {crash}", file=sys.stderr)
     for line in dicom_errors:
         print(f"  {line}", file=sys.stderr)
     return EXIT_FAILED if failed_lines or dicom_errors else EXIT_OK

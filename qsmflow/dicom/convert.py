@@ -97,9 +97,10 @@ def find_acquisitions(images) -> tuple[list[Acquisition], list[tuple[str, str]]]
             continue
         parts = {im.part for im in series}
         if {"real", "imag"} <= parts:
-            acqs.append(Acquisition([series], "complex",
-                                    "real/imaginary images used" + (" (magnitude/phase images in the series ignored)"
-                                                                     if parts & {"mag", "phase"} else "")))
+            note = "real/imaginary images used"
+            if parts & {"mag", "phase"}:
+                note += " (magnitude/phase images in the series ignored)"
+            acqs.append(Acquisition([series], "complex", note))
         elif parts & {"real", "imag"}:
             have, miss = ("real", "imaginary") if "real" in parts else ("imaginary", "real")
             raise ValueError(f"{_series_label(series)}: has {have} images but no {miss} images; "
@@ -224,18 +225,18 @@ def load_acquisition(acq: Acquisition, echo_times_ms=None, progress: bool = Fals
         imgs = [im for im in acq.images if im.part == part]
         lab = f"{imgs[0].label} ({part})"
         grouped[part] = _group_echoes(imgs, lab, echo_times_ms)
-    (e0, te0, how0), (e1, te1, how1) = grouped[parts[0]], grouped[parts[1]]
+    (_, te0, how0), (_, te1, _) = grouped[parts[0]], grouped[parts[1]]
     names = {"mag": "magnitude", "phase": "phase", "real": "real", "imag": "imaginary"}
     set0, set1 = {round(t, 4) for t in te0}, {round(t, 4) for t in te1}
-    if set0 != set1:
-        for t in sorted(set0 ^ set1):
-            have, miss = (parts[0], parts[1]) if t in set0 else (parts[1], parts[0])
-            e_have = (te0 if have == parts[0] else te1).index(t) + 1 if t in (te0 + te1) else "?"
-            raise ValueError(f"{acq.label}: echo {e_have} (TE {t:g} ms) has {names[have]} images but no "
-                             f"{names[miss]} images; re-export the {names[miss]} series complete")
+    for t in sorted(set0 ^ set1):
+        have, miss = (parts[0], parts[1]) if t in set0 else (parts[1], parts[0])
+        raise ValueError(f"{acq.label}: echo {sorted(set0 | set1).index(t) + 1} (TE {t:g} ms) has "
+                         f"{names[have]} images but no {names[miss]} images; re-export the "
+                         f"{names[miss]} series complete")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(len(e) for echoes, _, _ in grouped.values() for e in echoes), desc="reading pixels", unit="file", disable=not progress)
+    n_files = sum(len(e) for echoes, _, _ in grouped.values() for e in echoes)
+    bar = tqdm(total=n_files, desc="reading pixels", unit="file", disable=not progress)
     ref_dist = None
     stacks = {}
     for part, (echoes, tes, _) in grouped.items():
@@ -448,11 +449,12 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
         log(f"skipped {lab}: {why}")
     if not acqs:
         listed = "; ".join(f"{lab} ({why})" for lab, why in skipped) or "none"
-        raise ValueError(f"{dicom_dir}: no multi-echo gradient-echo series with phase found; series: {listed}")
+        raise ValueError(f"{dicom_dir}: no multi-echo gradient-echo series with phase found; "
+                         f"series: {listed}")
     bids_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".qsmflow-dicom2bids-", dir=bids_dir.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the dataset should not be
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; it becomes BIDS_DIR
         anat = tmp / sub_rel / "anat"
         anat.mkdir(parents=True)
         written = []

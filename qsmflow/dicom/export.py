@@ -83,11 +83,12 @@ def resolve_source(source) -> dict:
 
 
 def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: int | None = None,
-                  series_description: str | None = None) -> list[Path]:
+                  series_description: str | None = None, overwrite: bool = False) -> list[Path]:
     """Write the χ map ``chimap_nifti`` (ppm) as a new DICOM series into ``out_dir``.
 
-    ``out_dir`` must not exist or be empty; the series is built in a temporary folder next
-    to it and moved into place, so a failure leaves nothing behind. → the written file paths.
+    ``out_dir`` must not exist or be empty (``overwrite=True``: a previous series there is
+    replaced); the series is built in a temporary folder next to it and moved into place, so a
+    failure leaves nothing behind. → the written file paths.
     """
     src = resolve_source(source)
     data, affine, _ = load_nifti(chimap_nifti)
@@ -95,7 +96,7 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
     if data.ndim != 3:
         raise ValueError(f"{chimap_nifti}: χ map must be 3D, got shape {data.shape}")
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir}: folder is not empty; choose a new folder for the DICOM series")
     orientation, positions, spacing = geometry.dicom_slices_from_affine(affine, data.shape)
     q, slope = quantize_ppm(data)
@@ -135,8 +136,10 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
             ds.save_as(str(f), enforce_file_format=True)
             written.append(out_dir / f.name)
         os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out_dir.exists():
-            out_dir.rmdir()
+            shutil.rmtree(out_dir) if overwrite else out_dir.rmdir()
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

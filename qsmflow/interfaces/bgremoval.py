@@ -42,9 +42,9 @@ class BackgroundRemoval(SimpleInterface):
         with threads(self.inputs.num_threads):
             local, eroded = bgremoval.remove_background(self.inputs.method, field, mask, vs,
                                                         b0_dir, **params)
-        self._results["out_field"] = str(save_nifti(out_file("local_field_hz.nii.gz"), local,
+        self._results["out_field"] = str(save_nifti(out_file("local_field_hz.nii"), local,
                                                     affine))
-        self._results["out_mask"] = str(save_nifti(out_file("mask_eroded.nii.gz"), eroded > 0,
+        self._results["out_mask"] = str(save_nifti(out_file("mask_eroded.nii"), eroded > 0,
                                                    affine))
         self._results["out_meta"] = {"BackgroundRemoval": self.inputs.method,
                                      "BackgroundRemovalParameters": jsonable(params)}

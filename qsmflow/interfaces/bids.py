@@ -14,13 +14,23 @@ from ..io import sidecar_path, write_json
 
 
 def copy_atomic(src, dst) -> Path:
-    """Copy ``src`` to ``dst`` through a hidden temporary file and a rename: whole or nothing."""
+    """Copy ``src`` to ``dst`` through a hidden temporary file and a rename: whole or nothing.
+
+    A NIfTI is re-saved when the compression differs (work files are ``.nii`` for speed,
+    derivatives ``.nii.gz``)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    recode = str(dst).endswith(".nii.gz") and not str(src).endswith(".nii.gz")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp.nii.gz" if recode else ".tmp",
+                               dir=dst.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        if recode:
+            import nibabel as nib
+
+            nib.save(nib.load(str(src)), tmp)
+        else:
+            shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, SimpleInterface, TraitedSpec,
                                     isdefined, traits)
@@ -12,9 +12,12 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, Sim
 class _DicomExportInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="χ map (NIfTI, ppm)")
     source = traits.Either(File(exists=True), Directory(exists=True), traits.Dict(), mandatory=True,
-                           desc="raw echo sidecar (.json with DicomSource), its dict, or the source DICOM folder")
-    method = traits.Str(mandatory=True, desc="inversion method, named in the SeriesDescription")
-    out_dir = Directory(desc="new folder for the series (default: ./dicom in the node's folder)")
+                           desc="raw echo sidecar written by dicom2bids (.json with DicomSource), its dict, "
+                                "or the source DICOM folder")
+    method = traits.Str(desc="inversion method named in the SeriesDescription (default: the file's desc-)")
+    series_description = traits.Str(desc="SeriesDescription (default 'QSM <method> (ppm)')")
+    out_dir = Directory(desc="parent folder; the series goes into <out_dir>/<in_file name>/ "
+                             "(default: the node's folder)")
     series_number = traits.Int(desc="SeriesNumber (default 1000 + source series number)")
 
 
@@ -24,7 +27,11 @@ class _DicomExportOutputSpec(TraitedSpec):
 
 
 class DicomExport(SimpleInterface):
-    """Write a χ map as a new MR DICOM series derived from its source series."""
+    """Write a χ map as a new MR DICOM series derived from its source series.
+
+    The series folder is named after the χ map (``sub-01_desc-medi_Chimap``); a rerun replaces
+    the previous export of the same map.
+    """
 
     input_spec = _DicomExportInputSpec
     output_spec = _DicomExportOutputSpec
@@ -32,14 +39,20 @@ class DicomExport(SimpleInterface):
     def _run_interface(self, runtime):
         from qsmflow.dicom.export import export_chimap
 
-        if isdefined(self.inputs.out_dir):
-            out_dir = self.inputs.out_dir
-        else:  # the node's own folder: a rerun replaces its previous series
-            out_dir = os.path.join(runtime.cwd, "dicom")
-            shutil.rmtree(out_dir, ignore_errors=True)
-        files = export_chimap(self.inputs.in_file, out_dir, source=self.inputs.source, method=self.inputs.method,
-                              series_number=self.inputs.series_number if isdefined(self.inputs.series_number)
-                              else None)
-        self._results["out_dir"] = str(out_dir)
+        name = os.path.basename(self.inputs.in_file)
+        stem = re.sub(r"\.nii(\.gz)?$", "", name)
+        parent = self.inputs.out_dir if isdefined(self.inputs.out_dir) else runtime.cwd
+        method = self.inputs.method if isdefined(self.inputs.method) else None
+        if method is None:
+            m = re.search(r"_desc-([A-Za-z0-9]+)", name)
+            method = m.group(1) if m else "unknown"
+        out_dir = os.path.join(parent, stem)
+        files = export_chimap(
+            self.inputs.in_file, out_dir, source=self.inputs.source, method=method,
+            series_number=self.inputs.series_number if isdefined(self.inputs.series_number) else None,
+            series_description=(self.inputs.series_description if isdefined(self.inputs.series_description)
+                                 else None),
+            overwrite=True)
+        self._results["out_dir"] = out_dir
         self._results["out_files"] = [str(f) for f in files]
         return runtime

@@ -53,7 +53,7 @@ class DipoleInversion(SimpleInterface):
             chi = inversion.invert(method, hz_to_ppm(field_hz, b0), mask > 0, vs, b0_dir,
                                    magnitude=mag, noise=noise,
                                    reference_mode=self.inputs.reference, **params)
-        path = out_file(f"chi_{method}.nii.gz")
+        path = out_file(f"chi_{method}.nii")
         save_nifti(path, chi, affine)
         self._results["out_file"] = path
         self._results["out_meta"] = {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec,
                                     traits)
 
-# qsmflow.masking imported in _run_interface (TEMP until it lands)
+from .. import masking
 from ..io import load_nifti, save_nifti
 from ._base import geometry, jsonable, opt, out_file
 
@@ -14,12 +16,18 @@ from ._base import geometry, jsonable, opt, out_file
 MASK_METHODS = ("magnitude", "phase-quality", "combined")
 
 
+def _accepted(fn, params: dict) -> dict:
+    """The entries of ``params`` that ``fn`` takes as keyword arguments."""
+    names = inspect.signature(fn).parameters
+    return {k: v for k, v in params.items() if k in names}
+
+
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*MASK_METHODS, usedefault=True, desc="mask source")
     magnitude = File(exists=True, desc="echo-combined magnitude (3D)")
-    residual = File(exists=True, desc="field-fit residual (rad), for the phase-quality mask")
-    field = File(exists=True, desc="total field (Hz), for the phase-quality mask")
-    params = traits.Dict(desc="masking parameters (erode_mm, ...)")
+    phase = File(exists=True, desc="phase (rad, 4D echoes): coherence of the first echo")
+    residual = File(exists=True, desc="multi-echo fit residual (rad)")
+    params = traits.Dict(desc="parameters of masking.magnitude_mask / phase_quality_mask")
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -28,46 +36,42 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Magnitude threshold + largest component + hole filling + erosion, or a phase-quality
-    mask from the field fit, or both intersected."""
+    """``magnitude``: threshold, opening, largest component, hole filling, erosion
+    (:func:`qsmflow.masking.magnitude_mask`); ``phase-quality``: fit residual and phase
+    coherence (:func:`qsmflow.masking.phase_quality_mask`); ``combined``: both intersected."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from .. import masking
-
         method = self.inputs.method
         params = dict(self.inputs.params or {})
-        ref = opt(self.inputs.magnitude) or opt(self.inputs.residual) or opt(self.inputs.field)
+        ref = opt(self.inputs.magnitude) or opt(self.inputs.phase) or opt(self.inputs.residual)
         if ref is None:
-            raise ValueError("BrainMask needs a magnitude or a field fit")
+            raise ValueError("BrainMask needs a magnitude, a phase or a fit residual")
         _, affine, _ = load_nifti(ref, dtype=None)
         vs, _ = geometry(affine)
+        mag = load_nifti(self.inputs.magnitude)[0] if opt(self.inputs.magnitude) else None
         mask = None
         if method in ("magnitude", "combined"):
-            if not opt(self.inputs.magnitude):
-                raise ValueError(f"masking {method!r} needs a magnitude image: use "
+            if mag is None:
+                raise ValueError(f"--masking {method} needs magnitude images: use "
                                  "--masking phase-quality for phase-only data")
-            mag = load_nifti(self.inputs.magnitude)[0]
-            mask = masking.magnitude_mask(mag, vs, **params)
+            mask = masking.magnitude_mask(mag, vs, **_accepted(masking.magnitude_mask, params))
         if method in ("phase-quality", "combined"):
-            pq = masking.phase_quality_mask(**self._phase_quality_inputs(vs))
-            mask = pq if mask is None else (mask & pq)
+            kw = _accepted(masking.phase_quality_mask, params)
+            if opt(self.inputs.residual):
+                kw["residual"] = load_nifti(self.inputs.residual)[0]
+            if opt(self.inputs.phase):
+                ph = load_nifti(self.inputs.phase)[0]
+                kw["phase"] = ph[..., 0] if ph.ndim == 4 else ph
+                kw["magnitude"] = mag
+            pq = masking.phase_quality_mask(**kw)
+            mask = pq if mask is None else masking.combine_masks(mask, pq)
         mask = np.asarray(mask, bool)
         if not mask.any():
-            raise ValueError(f"the {method} brain mask is empty: check the magnitude/phase images "
-                             "or choose another --masking")
-        self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii.gz"), mask, affine))
+            raise ValueError(f"the {method} brain mask is empty: check the magnitude/phase "
+                             "images or choose another --masking")
+        self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii"), mask, affine))
         self._results["out_meta"] = {"Masking": method, "MaskingParameters": jsonable(params)}
         return runtime
-
-    def _phase_quality_inputs(self, vs) -> dict:
-        kw = {"voxel_size": vs}
-        if opt(self.inputs.residual):
-            kw["residual"] = load_nifti(self.inputs.residual)[0]
-        if opt(self.inputs.field):
-            kw["field_hz"] = load_nifti(self.inputs.field)[0]
-        if opt(self.inputs.magnitude):
-            kw["magnitude"] = load_nifti(self.inputs.magnitude)[0]
-        return kw

@@ -37,13 +37,13 @@ class ScalePhase(SimpleInterface):
         mags = opt(self.inputs.magnitude_files) or None
         ph, mag, te, affine = phase.load_echoes(list(self.inputs.phase_files), mags,
                                                 [dict(s) for s in self.inputs.sidecars])
-        self._results["out_phase"] = str(save_nifti(out_file("phase_rad.nii.gz"), ph, affine))
+        self._results["out_phase"] = str(save_nifti(out_file("phase_rad.nii"), ph, affine))
         self._results["echo_times"] = [float(t) for t in te]
         if mag is not None:
-            self._results["out_magnitude"] = str(save_nifti(out_file("magnitude.nii.gz"), mag,
+            self._results["out_magnitude"] = str(save_nifti(out_file("magnitude.nii"), mag,
                                                             affine))
             rss = np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1))
-            self._results["out_magnitude_rss"] = str(save_nifti(out_file("magnitude_rss.nii.gz"),
+            self._results["out_magnitude_rss"] = str(save_nifti(out_file("magnitude_rss.nii"),
                                                                 rss, affine))
         return runtime
 
@@ -88,13 +88,13 @@ class MultiEchoFit(SimpleInterface):
                                             mask=mask, **params)
             fit = phase.fit_multi_echo(unwrapped, mag, te, mask=mask)
         del unwrapped
-        self._results["out_field"] = str(save_nifti(out_file("field_hz.nii.gz"), fit.field_hz,
+        self._results["out_field"] = str(save_nifti(out_file("field_hz.nii"), fit.field_hz,
                                                     affine))
         for key, name in (("out_noise", "noise_hz"), ("out_phase_offset", "phase_offset_rad"),
                           ("out_residual", "residual")):
             arr = getattr(fit, name, None)
             if arr is not None:
-                self._results[key] = str(save_nifti(out_file(f"{name}.nii.gz"), arr, affine))
+                self._results[key] = str(save_nifti(out_file(f"{name}.nii"), arr, affine))
         self._results["out_meta"] = {
             "Unwrapping": self.inputs.unwrapping,
             "FieldFit": "magnitude-weighted least squares of unwrapped phase against echo time",

@@ -34,7 +34,12 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
             subject=label, acquisitions=acquisitions, bids_dir=bids_dir, output_dir=output_dir,
             inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
             params=params, omp_nthreads=omp_nthreads, name=f"single_subject_{label}_wf")
-        ssw.config["execution"]["crashdump_dir"] = str(Path(log_dir) / f"sub-{label}" / run_uuid)
+        crash_dir = str(Path(log_dir) / f"sub-{label}" / run_uuid)
+        ssw.config["execution"]["crashdump_dir"] = crash_dir
+        for node in ssw._get_all_nodes():  # Nipype merges only the top workflow's config
+            cfg = dict(node.config or {})
+            cfg["execution"] = {**cfg.get("execution", {}), "crashdump_dir": crash_dir}
+            node.config = cfg
         workflow.add_nodes([ssw])
     return workflow
 

@@ -56,7 +56,7 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
     masking : {"magnitude", "phase-quality", "combined"}
         Without magnitude images the phase-quality mask is used whatever is asked.
     params : dict
-        ``{method name: {parameter: value}}`` for any step (e.g. ``{"medi": {"lambda_": 500}}``).
+        ``{method name: {parameter: value}}`` for any step (e.g. ``{"medi": {"lam": 500}}``).
     has_magnitude : bool
         Whether magnitude echoes exist.
     n_voxels, n_echoes : int
@@ -138,8 +138,8 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
     if masking == "magnitude":  # mask first: unwrap and fit inside it
         connections += [(brain_mask, fit_field, [("out_mask", "mask")])]
     else:  # fit the whole volume, then judge the phase quality
-        connections += [(fit_field, brain_mask, [("out_residual", "residual"),
-                                                 ("out_field", "field")])]
+        connections += [(fit_field, brain_mask, [("out_residual", "residual")]),
+                        (scale_phase, brain_mask, [("out_phase", "phase")])]
 
     for i, method in enumerate(inversions, start=1):
         n_arrays = _ARRAYS["invert"].get(method, _ARRAYS["invert_default"])
