@@ -16,7 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 die() {
     echo "slurm-up: ERROR: $*" >&2
-    for f in "$STATE"/slurmctld.log "$STATE"/slurmd.log "$STATE"/munged.log; do
+    for f in "$STATE"/slurmctld.log "$STATE"/slurmd.log /var/log/munge/munged.log; do
         [ -f "$f" ] && { echo "--- $f (last lines)" >&2; tail -n 20 "$f" >&2; }
     done
     exit 1
@@ -34,8 +34,12 @@ fi
 
 mkdir -p "$STATE"/{ctld,d,spool} /etc/slurm /run/munge /var/log/munge /var/lib/munge
 chmod 755 "$STATE"
+# a fresh completion log per cluster start (the previous one is kept as .old)
+if ! pgrep -x slurmctld >/dev/null && [ -f "$STATE/jobcomp.log" ]; then
+    mv -f "$STATE/jobcomp.log" "$STATE/jobcomp.log.old"
+fi
 
-# --- munge: a fresh key, daemon as the munge user ---------------------------------------------
+# --- munge: a key (created if the package did not), daemon as the munge user ---------------
 if ! pgrep -x munged >/dev/null; then
     if [ ! -s /etc/munge/munge.key ]; then
         if command -v mungekey >/dev/null; then mungekey --create --force
@@ -43,9 +47,7 @@ if ! pgrep -x munged >/dev/null; then
     fi
     chown munge:munge /etc/munge /etc/munge/munge.key /run/munge /var/log/munge /var/lib/munge
     chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key; chmod 755 /run/munge
-    runuser -u munge -- /usr/sbin/munged --log-file="$STATE/munged.log" 2>>"$STATE/munged.log" \
-        || { touch "$STATE/munged.log"; chmod 666 "$STATE/munged.log" 2>/dev/null;
-             runuser -u munge -- /usr/sbin/munged || die "munged did not start"; }
+    runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
 fi
 for _ in $(seq 1 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 munge -n | unmunge >/dev/null || die "munge round trip failed"

@@ -92,6 +92,33 @@ def _ball_count(voxel_size, radius_mm):
     return int(((g[0] ** 2 + g[1] ** 2 + g[2] ** 2) <= radius_mm**2).sum())
 
 
+def _smv_half(grid, voxel_size, radius_mm):
+    """Half-spectrum SMV kernel of the binary ball plus a second-difference correction per axis
+    that makes its second moments isotropic and equal to the continuous ball's (r²/5).
+
+    The mean-value property of harmonic fields holds for a discrete kernel up to
+    ``½·Σ_a M_aa ∂²_a f``; it vanishes for ∇²f = 0 only if all M_aa are equal. A binary ball on
+    anisotropic voxels (e.g. 1.5 × 1.5 × 3 mm) has unequal moments, which leaves a first-order
+    background residual that RESHARP's deconvolution amplifies. Returns ``(smv, ball)`` half
+    spectra (the plain ball is used for erosion)."""
+    ball = grid.half(physics.smv_kernel(grid.shape, voxel_size, radius_mm))
+    r = [int(np.floor(radius_mm / d)) for d in voxel_size]
+    g = np.meshgrid(*[np.arange(-n, n + 1) * d for n, d in zip(r, voxel_size)], indexing="ij",
+                    sparse=True)
+    inside = (g[0] ** 2 + g[1] ** 2 + g[2] ** 2) <= radius_mm**2
+    n = inside.sum()
+    target = radius_mm**2 / 5.0
+    k = sfft.fftfreq(grid.shape[0]), sfft.fftfreq(grid.shape[1]), sfft.rfftfreq(grid.shape[2])
+    smv = ball.astype(np.float64)
+    for ax in range(3):
+        m_aa = float((np.broadcast_to(g[ax] ** 2, inside.shape) * inside).sum() / n)
+        beta = (target - m_aa) / voxel_size[ax] ** 2
+        shp = [1, 1, 1]
+        shp[ax] = -1
+        smv = smv + beta * (np.cos(2 * np.pi * k[ax]) - 1.0).reshape(shp)
+    return smv.astype(np.float32), ball
+
+
 def _erode_smv(grid, mask_pad, s_half, n_ball):
     """Voxels whose whole SMV ball lies inside the mask."""
     return grid.conv(mask_pad, s_half) > 1.0 - 0.5 / n_ball
@@ -160,10 +187,10 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=6.0, lam=1e-4, to
     box = _box(m, rv)
     sub_shape = tuple(s.stop - s.start for s in box)
     grid = _Grid(_fast_shape(sub_shape, rv), workers)
-    s_half = grid.half(physics.smv_kernel(grid.shape, vs, radius_mm))
-    c_half = np.float32(1.0) - s_half
+    smv, ball = _smv_half(grid, vs, radius_mm)
+    c_half = np.float32(1.0) - smv
     mp = grid.pad(m[box])
-    me = _erode_smv(grid, mp, s_half, _ball_count(vs, radius_mm)) & (mp > 0)
+    me = _erode_smv(grid, mp, ball, _ball_count(vs, radius_mm)) & (mp > 0)
     if not me.any():
         raise ValueError(f"the mask vanishes when eroded by the {radius_mm} mm kernel: use a "
                          "smaller radius_mm")
@@ -229,15 +256,15 @@ def vsharp(field, mask, voxel_size, b0_dir=None, *, radii_mm=None, max_radius_mm
     assigned = np.zeros(grid.shape, bool)
     c_max = None
     for r in radii:
-        s_half = grid.half(physics.smv_kernel(grid.shape, vs, r))
-        er = (grid.ifft(mk * s_half) > 1.0 - 0.5 / _ball_count(vs, r)) & (mp > 0)
+        smv, ball = _smv_half(grid, vs, r)
+        er = (grid.ifft(mk * ball) > 1.0 - 0.5 / _ball_count(vs, r)) & (mp > 0)
         new = er & ~assigned
         if new.any():
-            hp = grid.ifft(fk * (np.float32(1.0) - s_half))
+            hp = grid.ifft(fk * (np.float32(1.0) - smv))
             filt[new] = hp[new]
             assigned |= new
         if c_max is None:
-            c_max = np.float32(1.0) - s_half
+            c_max = np.float32(1.0) - smv
     if not assigned.any():
         raise ValueError(f"the mask vanishes for every V-SHARP radius {radii}: give smaller radii")
     inv = np.where(np.abs(c_max) > threshold, 1.0 / np.where(c_max == 0, 1, c_max), 0.0)
@@ -246,8 +273,8 @@ def vsharp(field, mask, voxel_size, b0_dir=None, *, radii_mm=None, max_radius_mm
             _paste(f.shape, box, assigned, sub_shape, bool))
 
 
-def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, weight=None, pad_mm=20.0,
-        tol=1e-2, max_iter=100, workers=None):
+def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, weight=None, pad_mm=10.0,
+        tol=3e-3, max_iter=200, workers=None):
     """Projection onto dipole fields (Liu et al. 2011).
 
     Fits the field inside the mask with the dipole field (oblique kernel

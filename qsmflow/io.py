@@ -67,6 +67,7 @@ def save_nifti(path, data, affine, header=None, sidecar: dict | None = None, dty
     img.set_data_dtype(dtype)
     if header is not None:  # keep the source geometry codes, drop scaling of the source
         img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_xyzt_units("mm", "sec")
     img.set_qform(np.asarray(affine, float), code=1)
     img.set_sform(np.asarray(affine, float), code=1)
     path = Path(path)

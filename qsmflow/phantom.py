@@ -113,6 +113,10 @@ class HeadPhantom:
     def shape(self) -> tuple:
         return self.chi.shape
 
+    def __repr__(self) -> str:
+        return (f"HeadPhantom(shape={self.shape}, voxel_size={self.voxel_size}, seed={self.seed}, "
+                f"brain voxels={int(self.brain_mask.sum())})")
+
     @property
     def chi_brain(self) -> np.ndarray:
         """χ (ppm, rel. CSF) of brain tissue inside ``brain_mask``, 0 outside."""

@@ -498,7 +498,8 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
     3. phase offset φ0 = angle(z₁·e^{−iωTE₁}), smoothed as a complex map (``offset_sigma_mm``)
        and unwrapped: MCPC-3D-S, valid for unevenly spaced echoes;
     4. each offset-free echo is unwrapped in time from the frequency of the echoes before it;
-    5. output = φ0 + unwrapped offset-free phase, snapped to input + 2π·k.
+    5. output = φ0 + unwrapped offset-free phase, snapped to input + 2π·k (with ``bipolar``:
+       to the corrected input, so the odd/even offset is gone from the output).
 
     A single echo is unwrapped in space only. ``method="laplacian"``: each echo by
     :func:`laplacian_unwrap` (fast, not exact). The global 2π multiple is fixed so that the
@@ -511,9 +512,8 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
         return np.stack([laplacian_unwrap(ph[..., k], vs, mask) for k in range(ph.shape[-1])], -1)
     if method != "romeo":
         raise ValueError(f"unknown unwrapping method {method!r}: use 'romeo' or 'laplacian'")
-    src = ph
     if bipolar:
-        ph, beta = bipolar_correction(ph, te, mag, voxel_size=vs)
+        ph, _ = bipolar_correction(ph, te, mag, voxel_size=vs)
     n = ph.shape[-1]
     if n == 1:
         u = region_growing_unwrap(ph[..., 0], None if mag is None else mag[..., 0], m)
@@ -530,12 +530,8 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
     phi0 = _snap(phi0, laplacian_unwrap(phi0, vs, m))
     phi0 -= TWO_PI * np.round(np.mean(phi0[m]) / TWO_PI)
     p = physics.wrap(ph - phi0[..., None])
-    u = _temporal_unwrap(p, mag, te, omega) + phi0[..., None]
-    if bipolar:
-        signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-        u = u + beta[..., None] * signs
-    u = _snap(src, u)
-    u[~m] = src[~m]
+    u = _snap(ph, _temporal_unwrap(p, mag, te, omega) + phi0[..., None])
+    u[~m] = ph[~m]
     return u
 
 

@@ -186,23 +186,29 @@ def crop_array(x, shape):
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
-def kspace_grid(shape, voxel_size):
-    """Spatial frequencies (1/mm) per array axis, ``indexing="ij"``, each of ``shape``."""
+def kspace_grid(shape, voxel_size, half=False):
+    """Spatial frequencies (1/mm) per array axis, ``indexing="ij"`` (sparse).
+
+    ``half=True`` gives the last axis as ``rfftfreq`` (the grid of ``scipy.fft.rfftn``).
+    """
     vs = check_voxel_size(voxel_size)
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise ValueError(f"shape must be three positive sizes, got {shape!r}")
     axes = [sfft.fftfreq(int(n), d=d) for n, d in zip(shape, vs)]
+    if half:
+        axes[2] = sfft.rfftfreq(int(shape[2]), d=vs[2])
     return np.meshgrid(*axes, indexing="ij", sparse=True)
 
 
-def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float64) -> np.ndarray:
+def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float64,
+                  half=False) -> np.ndarray:
     """Dipole kernel D(k) = 1/3 − (k·b̂)²/|k|² on the FFT grid of ``shape``; D(0) = 0.
 
     ``voxel_size`` in mm per array axis; ``b0_dir`` in voxel axes (normalised here).
-    Field (ppm) = ifft(D · fft(χ (ppm))).
+    Field (ppm) = ifft(D · fft(χ (ppm))). ``half=True``: the ``rfftn`` half grid.
     """
     b = check_b0_dir(b0_dir)
-    kx, ky, kz = kspace_grid(shape, voxel_size)
+    kx, ky, kz = kspace_grid(shape, voxel_size, half=half)
     k2 = kx**2 + ky**2 + kz**2
     kb = kx * b[0] + ky * b[1] + kz * b[2]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -257,9 +263,7 @@ def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=Non
         raise ValueError("chi contains NaN or Inf: replace them (e.g. np.nan_to_num) first")
     workers = workers or fft_workers()
     pshape = padded_shape(chi.shape, pad)
-    d = dipole_kernel(pshape, voxel_size, b0_dir)
-    # real FFT: keep the half-spectrum of D
-    d = d[..., : pshape[2] // 2 + 1]
+    d = dipole_kernel(pshape, voxel_size, b0_dir, half=True)
     f = sfft.irfftn(sfft.rfftn(pad_array(chi, pshape), workers=workers) * d, s=pshape,
                     workers=workers)
     return crop_array(f, chi.shape)

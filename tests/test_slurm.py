@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,7 @@ def test_bids_app_on_slurm_equals_multiproc(cluster, demo_bids, tmp_path):
     plugin.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: \"--time=00:10:00\"\n"
                       "  max_tries: 3\n  retry_timeout: 2\n")
     before = set(_jobcomp())
+    t_start = datetime.now().replace(microsecond=0)
 
     r = run_app(demo_bids, tmp_path / "out_slurm", "participant", *ARGS,
                 "-w", tmp_path / "work_slurm", "--use-plugin", plugin, timeout=600,
@@ -104,6 +106,7 @@ def test_bids_app_on_slurm_equals_multiproc(cluster, demo_bids, tmp_path):
         assert jid not in before, f"{node}: job {jid} is older than this run"
         assert jid in jobs, f"{node}: job {jid} missing from {JOBCOMP}"
         rec = jobs[jid]
+        assert datetime.fromisoformat(rec["SubmitTime"]) >= t_start, (node, rec["SubmitTime"])
         assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", (node, rec)
         tres = dict(kv.split("=") for kv in rec["Tres"].split(",") if "=" in kv)
         # qsmflow turns mem_gb into --mem=<n>G: without it SLURM would give DefMemPerCPU (512M)

@@ -142,8 +142,11 @@ class Progress:
             return
         if status not in ("end", "exception"):
             return
-        if status == "end" and key not in self.start:  # Nipype reports cached nodes as "end"
-            self.cached += 1
+        if status == "end" and key not in self.start:
+            # Nipype reports a cached node as "end" without "start"; nodes it runs in the main
+            # process (run_without_submitting: merges, sinks) too, so those are not counted
+            if not getattr(node, "run_without_submitting", False):
+                self.cached += 1
             return
         self.done += 1
         self.failed += status == "exception"
@@ -309,7 +312,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     apply_resources(wf, cfg.plugin, cfg.resolved_mem_gb(), cfg.resolved_nprocs())
     from nipype.interfaces.utility import IdentityInterface
 
-    steps = [n for n in wf._get_all_nodes() if not isinstance(n.interface, IdentityInterface)]
+    steps = [n for n in wf._get_all_nodes() if not n.run_without_submitting
+             and not isinstance(n.interface, IdentityInterface)]
     progress = Progress(total=len(steps), quiet=False)
     plugin, plugin_args = _plugin_args(cfg, progress)
     crashed = False

@@ -80,6 +80,23 @@ def _cache_file(cache_dir, method, index, voxel_size, shape, stream):
     return Path(cache_dir) / f"{method}_{tag}.json"
 
 
+def _cached_volume(cache_dir, i, voxel_size, shape, sources, shared, stream):
+    if cache_dir is None:
+        return held_out_volume(i, voxel_size, shape, sources, shared, stream)
+    f = _cache_file(cache_dir, "volume", i, (voxel_size, tuple(sources)), shape, stream).with_suffix(".npz")
+    if f.exists():
+        d = np.load(f)
+        return {"field": d["field"].astype(np.float64), "chi": d["chi"].astype(np.float64),
+                "mask": d["mask"], "voxel_size": tuple(float(v) for v in d["voxel_size"])}
+    vol = held_out_volume(i, voxel_size, shape, sources, shared, stream)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, field=vol["field"].astype(np.float32), chi=vol["chi"].astype(np.float32),
+             mask=vol["mask"], voxel_size=np.asarray(vol["voxel_size"]))
+    tmp.replace(f)
+    return vol
+
+
 def evaluate(methods, n: int, voxel_size=None, shape=TEST_SHAPE, cache_dir=None, stream: int = 0,
              sources=("cosmos",), shared=None, log=print, keep_first=False) -> dict:
     """Score ``methods`` on ``n`` held-out volumes. Returns ``{method: {"rows": [...],
@@ -94,26 +111,35 @@ def evaluate(methods, n: int, voxel_size=None, shape=TEST_SHAPE, cache_dir=None,
         for m in methods:
             cf = _cache_file(cache_dir, m, i, voxel_size, shape, stream) if cache_dir else None
             cacheable = cf is not None and not any(m.startswith(k) for k in NETWORKS)
-            if cacheable and cf.exists() and not (keep_first and i == 0):
+            want_chi = keep_first and i == 0
+            if cacheable and cf.exists() and (not want_chi or cf.with_suffix(".npz").exists()):
                 d = json.loads(cf.read_text())
                 res[m]["rows"].append(d["scores"])
                 res[m]["seconds"].append(d["seconds"])
+                if want_chi:
+                    first[m] = np.load(cf.with_suffix(".npz"))["chi"]
+                    if "truth" not in first:
+                        vol = _cached_volume(cache_dir, i, voxel_size, shape, sources, shared, stream)
+                        first.update(truth=vol["chi"], mask=vol["mask"], field=vol["field"],
+                                     voxel_size=vol["voxel_size"])
                 continue
             if vol is None:
-                vol = held_out_volume(i, voxel_size, shape, sources, shared, stream)
-                if keep_first and i == 0:
-                    first["truth"], first["mask"], first["field"] = vol["chi"], vol["mask"], vol["field"]
-                    first["voxel_size"] = vol["voxel_size"]
+                vol = _cached_volume(cache_dir, i, voxel_size, shape, sources, shared, stream)
+                if want_chi and "truth" not in first:
+                    first.update(truth=vol["chi"], mask=vol["mask"], field=vol["field"],
+                                 voxel_size=vol["voxel_size"])
             t0 = time.perf_counter()
             chi = run_method(m, vol)
             dt = time.perf_counter() - t0
             sc = score(chi, vol["chi"], vol["mask"])
             res[m]["rows"].append(sc)
             res[m]["seconds"].append(dt)
-            if keep_first and i == 0:
+            if want_chi:
                 first[m] = chi
             if cacheable:
                 cf.parent.mkdir(parents=True, exist_ok=True)
+                if want_chi:
+                    np.savez(cf.with_suffix(".npz"), chi=np.asarray(chi, np.float32))
                 cf.write_text(json.dumps({"scores": sc, "seconds": dt}))
             log(f"  vol {i} {m}: RMSE {sc['rmse']:.1f} % HFEN {sc['hfen']:.1f} % SSIM {sc['ssim']:.3f} ({dt:.1f} s)")
     if keep_first:

@@ -9,7 +9,7 @@ convolution then runs with that kernel exactly like ``nn.Conv3d``.
 
 Parameter budget. The paper's hypernetwork ends in an FC layer that emits the whole kernel: with
 hidden width ``h`` that last layer holds ``h · inC·k³·outC`` weights, i.e. ``h`` times a plain
-convolution (h = 64, widths 32…512 → ≈ 1.4 G parameters, 5.6 GB per checkpoint). We factor it
+convolution (paper-size U-Net of width 32, h = 64 → ≈ 0.6 G parameters, 2.4 GB per checkpoint). We factor it
 instead: the kernel is a voxel-size–modulated mix of ``R`` learned *basis kernels*,
 
     W(v)[o] = Σ_r a_r(v)[o] · B_r[o]        (B_r: (outC, inC, k, k, k), r = 1 … R)
@@ -17,8 +17,10 @@ instead: the kernel is a voxel-size–modulated mix of ``R`` learned *basis kern
 
 where the hypernetwork ``3 → h → h → R·outC + outC`` emits per-output-channel mixing coefficients
 ``a`` and the bias ``c``. Cost: ``R`` × a plain convolution plus ``h·(R+1)·outC`` — for R = 4
-about 4× a Mesa-QSM (plain) layer instead of 64×; the shipped reduced models are < 1 MB each and
-the full (paper-width) configs stay ≈ 4× the plain U-Net. Any kernel the naive layer could express
+about 4× a Mesa-QSM (plain) layer instead of h = 16…64×. The shipped reduced Meta-QSM (width 8)
+is ≈ 2.4 M parameters (≈ 10 MB) and all four shipped checkpoints together ≈ 20 MB (≤ 50 MB
+budget); a naive width-8, h = 16 hypernetwork would already need ≈ 9.4 M parameters (38 MB) for
+Meta-QSM alone. Any kernel the naive layer could express
 within the span of the bases is reachable, and per-channel coefficients let every output channel
 move independently with voxel size. ``a`` is initialised near 1/R·(1, …, 1) so a fresh WP-Conv
 starts as an ordinary convolution with kernel mean(B_r).
