@@ -72,10 +72,7 @@ def entity_prefix(entities: dict, datatype: str = "anat") -> str:
     parts = []
     for k in ENTITY_ORDER:
         if k in ent:
-            v = ent[k]
-            if k == "run":
-                v = str(int(v)) if str(v).isdigit() else str(v)
-            parts.append(f"{k}-{v}")
+            parts.append(f"{k}-{ent[k]}")  # labels/indices verbatim (run-02 stays run-02)
     return "_".join(parts)
 
 

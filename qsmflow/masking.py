@@ -154,7 +154,8 @@ def phase_quality_mask(residual=None, *, phase=None, magnitude=None, residual_ma
     :class:`qsmflow.phase.FieldFit`); kept where ``residual ≤ residual_max_rad`` (default:
     5× the median residual inside ``mask``). ``phase`` (3D, e.g. the first echo, rad) with
     optional ``magnitude``: kept where the local phase coherence ≥ ``coherence_min``.
-    Criteria given are combined with AND; holes are filled and the largest component kept.
+    Criteria given are combined with AND and the largest component is kept (holes are not
+    filled: an unreliable region inside the brain stays out).
     """
     if residual is None and phase is None:
         raise ValueError("give the fit residual and/or a phase volume for the quality mask")
@@ -173,8 +174,7 @@ def phase_quality_mask(residual=None, *, phase=None, magnitude=None, residual_ma
         if np.shape(phase) != shape:
             raise ValueError(f"phase shape {np.shape(phase)} differs from {shape}")
         keep &= phase_coherence(phase, magnitude) >= coherence_min
-    keep = ndimage.binary_fill_holes(largest_component(keep))
-    return keep
+    return largest_component(keep)
 
 
 def combine_masks(*masks) -> np.ndarray:

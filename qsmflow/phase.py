@@ -25,6 +25,11 @@ TWO_PI = 2.0 * np.pi
 #: relative tolerance on the ±π range of phase stored in radians (float rounding, DICOM 4095/4096)
 _RAD_TOL = 1e-3
 
+def _wrap(x):
+    """Fast real wrap to [−π, π) (no complex exponential; physics.wrap is (−π, π])."""
+    return x - TWO_PI * np.floor((x + np.pi) / TWO_PI)
+
+
 # --------------------------------------------------------------------------------------------
 # scaling
 # --------------------------------------------------------------------------------------------
@@ -261,7 +266,7 @@ def laplacian_unwrap(phase, voxel_size=(1.0, 1.0, 1.0), mask=None, workers=None)
     for ax in range(3):
         if ph.shape[ax] < 2:
             continue
-        g = physics.wrap(np.diff(ph, axis=ax)).astype(np.float32)
+        g = _wrap(np.diff(ph, axis=ax)).astype(np.float32)
         if m is not None:
             lo = [slice(None)] * 3
             hi = [slice(None)] * 3
@@ -312,7 +317,7 @@ def unwrap_quality(phase, magnitude=None, mask=None) -> np.ndarray:
         if ph.shape[ax] < 2:
             continue
         a, b = _shift_pairs(ax)
-        w = 1.0 - np.abs(physics.wrap(ph[b] - ph[a])).astype(np.float32) / np.float32(np.pi)
+        w = 1.0 - np.abs(_wrap(ph[b] - ph[a])).astype(np.float32) / np.float32(np.pi)
         if mag is not None:
             lo = np.minimum(mag[a], mag[b])
             hi = np.maximum(mag[a], mag[b])
@@ -329,50 +334,53 @@ def unwrap_quality(phase, magnitude=None, mask=None) -> np.ndarray:
     return q
 
 
-def _neighbour_mean(values, valid, box):
-    """Sum and count of valid 6-neighbours' values inside ``box`` (a tuple of slices)."""
-    v = values[box]
-    ok = valid[box]
-    s = np.zeros(v.shape, np.float64)
-    c = np.zeros(v.shape, np.int8)
-    vv = np.where(ok, v, 0.0)
-    for ax in range(3):
-        if v.shape[ax] < 2:
-            continue
-        a, b = _shift_pairs(ax)
-        s[a] += vv[b]
-        c[a] += ok[b]
-        s[b] += vv[a]
-        c[b] += ok[a]
-    return s, c
-
-
-def _grow(wrapped, unwrapped, done, todo, quality, n_levels=6, max_iter=10000):
+def _grow(wrapped, unwrapped, done, todo, quality, n_levels=6, max_iter=100000):
     """Unwrap ``todo`` voxels from the ``done`` region outwards, best quality first: each
     newly reached voxel takes ``wrapped + 2π·k`` closest to the mean of its unwrapped
-    neighbours. Vectorised per front (all voxels at the current quality level at once)."""
+    6-neighbours. Vectorised per front over the remaining voxels only (flat indices into a
+    one-voxel padded copy, so neighbours never wrap across rows). Updates in place."""
     rem = todo & ~done
     if not rem.any():
         return
-    idx = np.nonzero(rem | ndimage.binary_dilation(rem))
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
-    qs = quality[box][rem[box]]
-    levels = np.unique(np.quantile(qs, np.linspace(1, 0, n_levels + 1)[1:]))[::-1]
+    shp = tuple(n + 2 for n in wrapped.shape)
+    pad = (slice(1, -1),) * 3
+    w = np.zeros(shp)
+    w[pad] = wrapped
+    u = np.zeros(shp)
+    u[pad] = unwrapped
+    dn = np.zeros(shp, bool)
+    dn[pad] = done
+    q = np.full(shp, -np.inf, np.float32)
+    q[pad] = quality
+    rm = np.zeros(shp, bool)
+    rm[pad] = rem
+    w, u, dn, q = w.ravel(), u.ravel(), dn.ravel(), q.ravel()
+    offs = [shp[1] * shp[2], shp[2], 1]
+    offs = offs + [-o for o in offs]
+    rem_idx = np.flatnonzero(rm)
+    levels = np.unique(np.quantile(q[rem_idx], np.linspace(1, 0, n_levels + 1)[1:]))[::-1]
     it = 0
     for thr in levels:
-        while it < max_iter:
+        while it < max_iter and rem_idx.size:
             it += 1
-            s, c = _neighbour_mean(unwrapped, done, box)
-            front = rem[box] & (c > 0) & (quality[box] >= thr)
+            cand = rem_idx[q[rem_idx] >= thr]
+            s = np.zeros(cand.size)
+            c = np.zeros(cand.size, np.int8)
+            for o in offs:
+                nb = cand + o
+                d = dn[nb]
+                s += np.where(d, u[nb], 0.0)
+                c += d
+            front = c > 0
             if not front.any():
                 break
-            ref = s[front] / c[front]
-            w = wrapped[box][front]
-            sub_u = unwrapped[box]
-            sub_u[front] = w + TWO_PI * np.round((ref - w) / TWO_PI)
-            done[box] |= front
-            rem[box] &= ~front
-    return
+            idx = cand[front]
+            wi = w[idx]
+            u[idx] = wi + TWO_PI * np.round((s[front] / c[front] - wi) / TWO_PI)
+            dn[idx] = True
+            rem_idx = rem_idx[~dn[rem_idx]]
+    unwrapped[...] = u.reshape(shp)[pad]
+    done[...] = dn.reshape(shp)[pad]
 
 
 def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
@@ -465,16 +473,16 @@ def bipolar_correction(phase4d, te_s, mag4d=None, *, voxel_size=(1.0, 1.0, 1.0),
         acc += t if k % 2 == 0 else np.conj(t)
     beta = np.angle(_smooth_complex(acc, physics.check_voxel_size(voxel_size), sigma_mm)) / 4.0
     signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-    corrected = physics.wrap(ph - beta[..., None] * signs)
+    corrected = _wrap(ph - beta[..., None] * signs)
     return corrected.astype(np.float32), beta
 
 
 def _temporal_unwrap(p, mag, te, omega):
-    """Unwrap offset-free wrapped phases ``p`` (X, Y, Z, E) in time from a first frequency guess
+    """Unwrap offset-free wrapped phases ``p`` (..., E) in time from a first frequency guess
     ``omega`` (rad/s), refining it from the echoes already unwrapped (WLS through 0)."""
     out = np.empty(p.shape, np.float64)
-    num = np.zeros(p.shape[:3])
-    den = np.zeros(p.shape[:3])
+    num = np.zeros(p.shape[:-1])
+    den = np.zeros(p.shape[:-1])
     for k in range(p.shape[-1]):
         pk = p[..., k].astype(np.float64)
         uk = pk + TWO_PI * np.round((omega * te[k] - pk) / TWO_PI)
@@ -520,7 +528,7 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
         return u[..., None]
     m1 = None if mag is None else mag[..., 0]
     m2 = None if mag is None else mag[..., 1]
-    psi = physics.wrap(ph[..., 1].astype(np.float64) - ph[..., 0])
+    psi = _wrap(ph[..., 1].astype(np.float64) - ph[..., 0])
     psi_u = region_growing_unwrap(psi, None if mag is None else np.sqrt(m1 * m2), m)
     omega = psi_u / (te[1] - te[0])
     z0 = np.exp(1j * (ph[..., 0] - omega * te[0]))
@@ -529,9 +537,12 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
     phi0 = np.angle(_smooth_complex(z0, vs, offset_sigma_mm)) if offset_sigma_mm else np.angle(z0)
     phi0 = _snap(phi0, laplacian_unwrap(phi0, vs, m))
     phi0 -= TWO_PI * np.round(np.mean(phi0[m]) / TWO_PI)
-    p = physics.wrap(ph - phi0[..., None])
-    u = _snap(ph, _temporal_unwrap(p, mag, te, omega) + phi0[..., None])
-    u[~m] = ph[~m]
+    # temporal unwrapping on the mask's voxels only (N, E)
+    pm = ph[m].astype(np.float64)
+    p0 = phi0[m][:, None]
+    um = _temporal_unwrap(_wrap(pm - p0), None if mag is None else mag[m], te, omega[m]) + p0
+    u = ph.astype(np.float64)
+    u[m] = _snap(pm, um)
     return u
 
 

@@ -93,9 +93,10 @@ def test_missing_magnitude_uses_phase_quality_mask(tmp_path):
     node = wf.get_node("single_subject_01_wf.qsm_main_wf.brain_mask")
     assert node.inputs.method == "phase-quality"
     edges = _edges(wf)
-    # the mask is judged after the fit (its residual), and no magnitude sink exists
+    # the mask is judged after the fit (its residual); the mask stands in for the magnitude
     assert any(u.endswith("fit_field") and v.endswith("brain_mask") for u, v in edges)
-    assert not any(n.name == "ds_magnitude" for n in wf._get_all_nodes())
+    ds_mag = wf.get_node("single_subject_01_wf.ds_main_wf.ds_magnitude")
+    assert "No magnitude images were acquired" in ds_mag.inputs.sidecar["Description"]
 
 
 def test_magnitude_mask_comes_before_the_fit(tmp_path):
@@ -133,3 +134,15 @@ def test_unknown_session_and_participant_are_refused(tmp_path):
         collect_acquisitions(root, ["07"])
     with pytest.raises(InputError, match="no session ses-9"):
         collect_acquisitions(root, None, ["9"])
+
+
+def test_derivative_names_keep_entities_and_fold_rec_in_fmap():
+    from qsmflow.derivatives import derivative_relpath
+
+    ent = {"sub": "01", "ses": "1", "acq": "fast", "rec": "mag", "run": "02"}
+    assert str(derivative_relpath(ent, "chimap", desc="medi")) == (
+        "sub-01/ses-1/anat/sub-01_ses-1_acq-fast_rec-mag_run-02_desc-medi_Chimap.nii.gz")
+    assert str(derivative_relpath(ent, "local_field")) == (
+        "sub-01/ses-1/fmap/sub-01_ses-1_acq-fastMag_run-02_desc-local_fieldmap.nii.gz")
+    with pytest.raises(ValueError, match="letters and digits"):
+        derivative_relpath({"sub": "01"}, "chimap", desc="../x")

@@ -136,17 +136,16 @@ class Progress:
         self.start: dict[str, float] = {}
 
     def __call__(self, node, status):
+        if getattr(node, "run_without_submitting", False):
+            return  # bookkeeping nodes (merges, sinks): not steps
         key = node.fullname
         if status == "start":
             self.start[key] = time.time()
             return
         if status not in ("end", "exception"):
             return
-        if status == "end" and key not in self.start:
-            # Nipype reports a cached node as "end" without "start"; nodes it runs in the main
-            # process (run_without_submitting: merges, sinks) too, so those are not counted
-            if not getattr(node, "run_without_submitting", False):
-                self.cached += 1
+        if status == "end" and key not in self.start:  # Nipype: a cached node is just "end"
+            self.cached += 1
             return
         self.done += 1
         self.failed += status == "exception"
@@ -309,6 +308,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
                                    "remove_unnecessary_outputs": False,
                                    "hash_method": "timestamp",
                                    "check_version": False})
+    if cfg.plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
+        wf.config["execution"]["poll_sleep_duration"] = 0.1  # Nipype's 2 s adds up per level
     apply_resources(wf, cfg.plugin, cfg.resolved_mem_gb(), cfg.resolved_nprocs())
     from nipype.interfaces.utility import IdentityInterface
 
@@ -316,19 +317,20 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
              and not isinstance(n.interface, IdentityInterface)]
     progress = Progress(total=len(steps), quiet=False)
     plugin, plugin_args = _plugin_args(cfg, progress)
-    crashed = False
+    crashed = None
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # Nipype raises after the other subjects finished
-        crashed = True
+        crashed = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         LOG.debug("workflow error: %s", exc)
     failed_lines: dict[str, list[tuple]] = {}
     for sub in plan.subjects:
         lines = _crash_summary(log_dir / f"sub-{sub}" / run_uuid)
         if lines:
             failed_lines[sub] = lines
-    if crashed and not failed_lines:
-        failed_lines["?"] = [("workflow", "stopped with an error; rerun with -v", log_dir)]
+    if crashed and not failed_lines:  # e.g. the plugin itself failed: no crash file
+        for sub in plan.subjects:
+            failed_lines[sub] = [("workflow", f"{crashed}; rerun with -v", log_dir)]
     reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name)
     dicom_errors = export_dicom(plan, set(failed_lines)) if cfg.dicom_out else []
     dt = time.time() - t0

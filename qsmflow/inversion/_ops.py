@@ -106,8 +106,7 @@ class DipoleOp:
         self.pshape = physics.padded_shape(self.shape, int(pad))
         self.workers = physics.fft_workers()
         self.nh = self.pshape[2] // 2 + 1
-        d = physics.dipole_kernel(self.pshape, self.vs, b0_dir, dtype=np.float32)
-        self.D = np.ascontiguousarray(d[..., : self.nh])
+        self.D = physics.dipole_kernel(self.pshape, self.vs, b0_dir, dtype=np.float32, half=True)
         self._e2 = None
 
     @property

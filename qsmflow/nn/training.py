@@ -155,11 +155,11 @@ def _plot(csv_path: Path, png_path: Path):
         return
     step = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(step, [float(r["train_l1"]) for r in rows], label="train L1")
-    ax[0].plot(step, [float(r["val_l1"]) for r in rows], label="val L1")
+    ax[0].plot(step, [float(r["train_l1"]) for r in rows], label="train L1", marker=".")
+    ax[0].plot(step, [float(r["val_l1"]) for r in rows], label="val L1", marker=".")
     ax[0].set_xlabel("step"), ax[0].set_ylabel("L1 (ppm)"), ax[0].legend()
-    ax[1].plot(step, [float(r["val_rmse"]) for r in rows], label="val RMSE %")
-    ax[1].plot(step, [float(r["val_hfen"]) for r in rows], label="val HFEN %")
+    ax[1].plot(step, [float(r["val_rmse"]) for r in rows], label="val RMSE %", marker=".")
+    ax[1].plot(step, [float(r["val_hfen"]) for r in rows], label="val HFEN %", marker=".")
     ax[1].set_xlabel("step"), ax[1].legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
@@ -288,7 +288,7 @@ MODEL_CARD = """# {name}
 
 | | |
 |---|---|
-| model | `{kind}` ({arch}) , {params:,} parameters, {size_kb:.0f} kB |
+| model | `{kind}` ({arch}), {params:,} parameters, {size_kb:.0f} kB |
 | voxel size | {voxel} |
 | training | {steps} steps × batch {batch} = {samples} synthetic samples, {wall_h:.2f} h on {hardware} |
 | optimiser | RMSprop lr {lr:g}, ×{decay:g} every {decay_steps} steps, L1 loss, L2 {l2:g} |

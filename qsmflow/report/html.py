@@ -17,13 +17,16 @@ def collect_timings(work_root) -> list[dict]:
 
     rows = []
     for res in sorted(Path(work_root).rglob("result_*.pklz")):
+        if res.parent.name.startswith("_") or res.parent.parent.name == "mapflow":
+            continue  # MapNode iterations: their parent node is listed
         try:
             result = loadpkl(res)
             secs = float(getattr(result.runtime, "duration", float("nan")))
         except Exception:  # an unreadable result file is not a reason to lose the report
             continue
-        rows.append({"node": res.parent.name, "workflow": res.parent.parent.name,
-                     "seconds": secs})
+        if secs == secs and not res.parent.name.startswith("gather"):  # skip NaN, merges
+            rows.append({"node": res.parent.name, "workflow": res.parent.parent.name,
+                         "seconds": secs})
     return rows
 
 

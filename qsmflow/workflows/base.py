@@ -161,7 +161,13 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
         ds_mag = sink("magnitude", "ds_magnitude",
                       make_sidecar("magnitude", sources=raw_sources, skull_stripped=False))
         connections.append((inputnode, ds_mag, [("magnitude", "in_file")]))
-        sinks.append(ds_mag)
+    else:  # BIDS wants a magnitude beside every fieldmap: the mask stands in, and says so
+        ds_mag = sink("magnitude", "ds_magnitude", make_sidecar(
+            "magnitude", sources=[self_uri(rel["mask"])], skull_stripped=True,
+            Description="No magnitude images were acquired: this is the brain mask (1 inside), "
+                        "stored because BIDS requires a magnitude image beside each fieldmap."))
+        connections.append((inputnode, ds_mag, [("mask", "in_file")]))
+    sinks.append(ds_mag)
     connections += [(gather, s, [("out", "depends_on")]) for s in sinks]
     workflow.connect(connections)
     return workflow
