@@ -196,17 +196,19 @@ def _real(figdir):
     fit = ph.fit_multi_echo(u, mag, te, mk)
     q = masking.phase_quality_mask(fit.residual, mask=mk)
     # the crop lies inside the brain: treat the field of view minus a 2 mm rim as the "brain"
-    roi = masking.erode_ball(np.ones(mk.shape, bool), vs, 2.0) & q
-    loc, em = bgremoval.resharp(fit.field_hz, roi, vs, radius_mm=3.0)
+    roi = masking.erode_ball(np.ones(mk.shape, bool), vs, 2.0)
+    loc, em = bgremoval.resharp(fit.field_hz, roi, vs, radius_mm=2.0)
     dt = time.perf_counter() - t0
     wraps = int(np.ptp(np.round((u - phase) / TWO_PI)[mk]))
-    z = phase.shape[2] // 2
+    k = np.round((u[..., 2] - phase[..., 2]) / TWO_PI)
+    z = int(np.argmax([np.ptp(k[:, :, i]) * 1000 + np.abs(k[:, :, i]).sum()
+                       for i in range(k.shape[2])]))
     fig, ax = plt.subplots(1, 5, figsize=(17, 3.6))
     panels = [(phase[:, :, z, 2], "wrapped phase, echo 3 (rad)", "gray"),
               (u[:, :, z, 2], "unwrapped, echo 3 (rad)", "gray"),
               (fit.field_hz[:, :, z], "field (Hz)", "gray"),
               (fit.residual[:, :, z], "fit residual (rad)", "magma"),
-              (np.where(em, loc, np.nan)[:, :, z], "RESHARP 3 mm local field (Hz)", "gray")]
+              (np.where(em, loc, np.nan)[:, :, z], "RESHARP 2 mm local field (Hz)", "gray")]
     for a, (img, title, cmap) in zip(ax, panels):
         a.imshow(img.T, origin="lower", cmap=cmap)
         a.set_title(title)

@@ -101,12 +101,22 @@ def _smv_half(grid, voxel_size, radius_mm):
     anisotropic voxels (e.g. 1.5 × 1.5 × 3 mm) has unequal moments, which leaves a first-order
     background residual that RESHARP's deconvolution amplifies. Returns ``(smv, ball)`` half
     spectra (the plain ball is used for erosion)."""
-    ball = grid.half(physics.smv_kernel(grid.shape, voxel_size, radius_mm))
     r = [int(np.floor(radius_mm / d)) for d in voxel_size]
-    g = np.meshgrid(*[np.arange(-n, n + 1) * d for n, d in zip(r, voxel_size)], indexing="ij",
+    if any(2 * k + 1 > n for k, n in zip(r, grid.shape)):
+        raise ValueError(f"the mask vanishes when eroded by the {radius_mm} mm kernel (larger "
+                         "than the mask): use a smaller radius")
+    inside = physics.sphere_mask([2 * n + 1 for n in r], voxel_size, radius_mm)
+    n = int(inside.sum())
+    if n < 1:
+        raise ValueError(f"SMV radius {radius_mm} mm is smaller than a voxel {voxel_size}")
+    # the normalised ball centred at index 0 (wrap-around), real half spectrum: the same
+    # kernel as physics.smv_kernel without its full complex FFT
+    big = np.zeros(grid.shape, np.float32)
+    big[tuple(slice(0, 2 * k + 1) for k in r)] = inside / np.float32(n)
+    big = np.roll(big, [-k for k in r], axis=(0, 1, 2))
+    ball = grid.fft(big).real.astype(np.float32)
+    g = np.meshgrid(*[np.arange(-k, k + 1) * d for k, d in zip(r, voxel_size)], indexing="ij",
                     sparse=True)
-    inside = (g[0] ** 2 + g[1] ** 2 + g[2] ** 2) <= radius_mm**2
-    n = inside.sum()
     moments = [float((np.broadcast_to(g[ax] ** 2, inside.shape) * inside).sum() / n)
                for ax in range(3)]
     target = float(np.mean(moments))

@@ -137,9 +137,12 @@ def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max=28.0,
 
 def phase_coherence(phase, magnitude=None) -> np.ndarray:
     """Local phase coherence in [0, 1]: |mean of e^{iφ} over the 3×3×3 neighbourhood|
-    (magnitude-weighted when given, normalised by the mean magnitude)."""
+    (magnitude-weighted when given — a 4D magnitude is combined over echoes — normalised by
+    the mean magnitude)."""
     ph = np.asarray(phase, float)
-    w = np.ones(ph.shape) if magnitude is None else np.asarray(magnitude, float)
+    w = np.ones(ph.shape) if magnitude is None else combine_echoes(magnitude)
+    if w.shape != ph.shape:
+        raise ValueError(f"magnitude shape {w.shape} differs from phase shape {ph.shape}")
     z = w * np.exp(1j * ph)
     num = np.abs(ndimage.uniform_filter(z.real, 3) + 1j * ndimage.uniform_filter(z.imag, 3))
     den = ndimage.uniform_filter(w, 3)

@@ -7,6 +7,7 @@ then installed into a fresh virtual environment next to CPU torch, and the CLI r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,12 @@ def _arg(name: str) -> str:
         if m:
             return m.group(1)
     raise AssertionError(f"ARG {name} not in the Dockerfile")
+
+
+def _wheel_extras() -> list[str]:
+    """Pinned requirements the Dockerfile installs next to the wheel (``"name==version"``)."""
+    line = next(i for i in _dockerfile_lines() if "qsmflow-*.whl" in i and "pip install" in i)
+    return re.findall(r'"([A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+)"', line.split("&&")[0])
 
 
 def _hadolint() -> str:
@@ -92,6 +99,8 @@ def test_dockerfile_contract():
     assert torch_at < wheel_at
     assert "COPY --from=build /dist/" in text, "runtime stage installs the wheel from the build stage"
     assert "COPY qsmflow" in text and "python -m build --wheel" in text
+    assert any(e.startswith("bids-validator-deno==") for e in _wheel_extras()), (
+        "the App validates its input by default: the image needs the BIDS validator")
     # runs as any UID: HOME and matplotlib's cache in /tmp; and as a non-root user by default
     assert re.search(r"\bHOME=/tmp\b", text) and re.search(r"MPLCONFIGDIR=/tmp", text)
     users = [i.split()[1] for i in ins if i.startswith("USER ")]
@@ -166,7 +175,8 @@ def test_replay_install_in_fresh_venv_and_run_demo(tmp_path):
     r = subprocess.run(pip + [f"torch=={_arg('TORCH_VERSION')}"], capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run(pip + [str(whl)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(pip + [str(whl), *_wheel_extras()], capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
     home = tmp_path / "home"
@@ -182,12 +192,11 @@ def test_replay_install_in_fresh_venv_and_run_demo(tmp_path):
                         "torch.__version__)"], **run)
     assert str(venv) in r.stdout and "2.13.0" in r.stdout, r.stdout + r.stderr
 
-    r = subprocess.run([str(venv / "bin" / "qsmflow"), "demo", str(tmp_path / "demo")], **run)
+    r = subprocess.run([str(venv / "bin" / "qsmflow"), "demo", str(tmp_path / "demo"),
+                        "--n-subjects", "1", "--inversion", "tkd"], **run)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    chis = list((tmp_path / "demo").rglob("*_Chimap.nii.gz"))
-    assert chis, "demo wrote no χ map"
-    desc = next((tmp_path / "demo").rglob("dataset_description.json"))
-    assert "qsmflow/qsmflow:test" in desc.read_text() or any(
-        "qsmflow/qsmflow:test" in p.read_text()
-        for p in (tmp_path / "demo").rglob("dataset_description.json")), (
+    deriv = tmp_path / "demo" / "derivatives" / "qsmflow"
+    assert list(deriv.rglob("*_desc-tkd_Chimap.nii.gz")), "demo wrote no χ map"
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    assert desc["GeneratedBy"][0].get("Container", {}).get("Tag") == "qsmflow/qsmflow:test", (
         "GeneratedBy.Container does not record QSMFLOW_CONTAINER")
