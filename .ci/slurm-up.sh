@@ -27,9 +27,12 @@ die() {
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
     echo "slurm-up: installing slurm-wlm and munge (apt-get)"
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
-        || die "apt-get install slurm-wlm munge failed"
+    for try in 1 2 3; do  # a registry hiccup should not fail CI; a real "no" still does
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends slurm-wlm munge \
+            >/dev/null && break
+        [ "$try" = 3 ] && die "apt-get install slurm-wlm munge failed 3 times"
+        echo "slurm-up: apt-get failed (try $try), retrying in 10 s" >&2; sleep 10
+    done
 fi
 
 mkdir -p "$STATE"/{ctld,d,spool} /etc/slurm /run/munge /var/log/munge /var/lib/munge

@@ -176,7 +176,8 @@ def run(figdir: Path, quick: bool) -> str:
     threads = os.environ.get("QSMFLOW_NUM_THREADS", "all")
     out.append(f"\n### Speed and memory, {'×'.join(map(str, shape))} (padded to "
                f"{'×'.join(map(str, pshape))}), QSMFLOW_NUM_THREADS={threads}\n")
-    out.append(f"One complex FFT pair of {'×'.join(map(str, shape))}: {pair:.3f} s (2 workers).\n\n")
+    out.append(f"One complex FFT pair of {'×'.join(map(str, shape))}: {pair:.3f} s "
+               "(2 workers).\n\n")
     out.append(md_table(["method", "time (s)", "× FFT pair", "peak MiB (numpy, traced)"], rows))
     out.append("\nTargets on 2 cores: TKD ≤ 1 s, Tikhonov ≤ 1 s, iLSQR ≤ 30 s, TV-ADMM ≤ 30 s, "
                "FANSI ≤ 40 s, MEDI ≤ 60 s, ≤ 4 GB. The development machine's 2 cores were "

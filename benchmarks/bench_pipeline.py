@@ -76,7 +76,9 @@ def run(figdir: Path, quick: bool) -> str:
         write_bids_dataset(tmp / "bids", subjects=("01",), shape=shape, voxel_size=VOXEL,
                            te_s=(0.004, 0.008, 0.012, 0.016), oblique_deg=0.0, seed=1)
         t_sim = time.perf_counter() - t0
+        load0 = os.getloadavg()[0]
         res = run_app(tmp / "bids", tmp / "out", tmp / "work")
+        load1 = os.getloadavg()[0]
         if res["rc"] != 0:
             return (f"## Whole pipeline (BIDS App)\n\nThe run failed (exit {res['rc']}):\n\n"
                     f"```\n{res['log'][-3000:]}\n```\n")
@@ -96,7 +98,9 @@ def run(figdir: Path, quick: bool) -> str:
             "(incl. start-up, pybids indexing, report); peak memory = the largest summed RSS of "
             "the app and its worker processes. "
             f"{'(quick: smaller matrix) ' if quick else ''}Simulating the dataset took "
-            f"{t_sim:.0f} s (not counted).\n\n")
+            f"{t_sim:.0f} s (not counted). Machine load average {load0:.1f} before and "
+            f"{load1:.1f} after the run (on {os.cpu_count()} cores: above the core count the "
+            "times are inflated by other work).\n\n")
     text += md_table(["matrix", "voxel (mm)", "echoes", "wall (s)", "target met", "peak (GB)",
                       "target met"], rows)
     text += "\nTime per step (node run time from Nipype's result files, s):\n\n"

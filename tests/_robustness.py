@@ -114,15 +114,18 @@ def run_app_inprocess(*args) -> subprocess.CompletedProcess:
     from qsmflow.cli.main import main
 
     root = logging.getLogger()
-    if not root.handlers:  # keep the App's logging.basicConfig from binding pytest's streams
-        root.addHandler(logging.NullHandler())
+    guard = logging.NullHandler()  # keeps the App's logging.basicConfig from binding our streams
+    root.addHandler(guard)
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001 - reported like an interpreter would
-            traceback.print_exc(file=err)
-            rc = 1
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # reported like an interpreter would
+                traceback.print_exc(file=err)
+                rc = 1
+    finally:
+        root.removeHandler(guard)
     return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())

@@ -294,14 +294,7 @@ def _no_derivatives(out: Path) -> list[str]:
     return sorted(left)
 
 
-@pytest.mark.parametrize("breaker", BAD, ids=[b.__name__ for b in BAD])
-def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
-    bids = tmp_path / "bids"
-    shutil.copytree(base_dataset, bids)
-    c = Ctx(tmp=tmp_path, bids=bids, out=tmp_path / "out", work=tmp_path / "work")
-    expect = breaker(c)
-    before = tree_fingerprint(bids) if bids.exists() else {}
-
+def _assert_fails_cleanly(c: Ctx, expect: list[str], before: dict):
     if c.wrap:  # needs its own process (a private mount namespace)
         r = subprocess.run(c.wrap + app_cmd(*c.args()), capture_output=True, text=True,
                            timeout=300, env=app_env(), stdin=subprocess.DEVNULL)
@@ -315,12 +308,39 @@ def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
     lines = [ln for ln in err.splitlines() if all(f in ln for f in expect)]
     assert lines, f"no stderr line names {expect}:\n{err[-3000:]}"
     assert len(lines[0]) < 700, f"not a clear one-liner: {lines[0]!r}"
-    left = [] if c.out.resolve() == bids.resolve() else _no_derivatives(c.out)
+    left = [] if c.out.resolve() == c.bids.resolve() else _no_derivatives(c.out)
     assert not left, f"partial derivatives left behind: {left[:10]}"
     if before:
-        assert tree_fingerprint(bids) == before, "the input dataset was modified"
-    if c.out.exists() and os.geteuid() != 0:
-        c.out.chmod(0o755)
+        assert tree_fingerprint(c.bids) == before, "the input dataset was modified"
+
+
+@pytest.mark.parametrize("breaker", BAD, ids=[b.__name__ for b in BAD])
+def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(base_dataset, bids)
+    c = Ctx(tmp=tmp_path, bids=bids, out=tmp_path / "out", work=tmp_path / "work")
+    expect = breaker(c)
+    before = tree_fingerprint(c.bids) if c.bids.exists() else {}
+    try:
+        _assert_fails_cleanly(c, expect, before)
+    finally:
+        if c.out.exists() and os.geteuid() != 0:
+            c.out.chmod(0o755)
+
+
+def test_real_phase_with_nan_fails_cleanly(shared_data, tmp_path):
+    """Real scanner phase with 1,280 NaN voxels (shared/data/real-gre-small), wrapped as a 4D
+    phase-only acquisition: refused with the file named, not processed into garbage."""
+    src = shared_data / "real-gre-small" / "phase_with_nan.nii"
+    bids = tmp_path / "bids"
+    (bids / ANAT).mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "real phase with NaN", "BIDSVersion": "1.10.0"}))
+    shutil.copy(src, bids / ANAT / "sub-01_part-phase_MEGRE.nii")
+    (bids / ANAT / "sub-01_part-phase_MEGRE.json").write_text(json.dumps(
+        {"EchoTime": [0.004, 0.008], "MagneticFieldStrength": 3.0, "Units": "rad"}))
+    c = Ctx(tmp=tmp_path, bids=bids, out=tmp_path / "out", work=tmp_path / "work")
+    _assert_fails_cleanly(c, ["sub-01_part-phase_MEGRE", "NaN"], tree_fingerprint(bids))
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,4 +404,8 @@ def test_unusual_but_valid_input_works(case, tmp_path):
     for prefix in prefixes:
         rho = _corr_with_truth(tmp_path / "out", bids, prefix)
         assert rho > 0.3, f"{case} {prefix}: χ correlates with the truth at r = {rho:.2f} only"
+    if post == "4d_nomag":  # no magnitude: the mask came from the phase, and says so
+        side = json.loads((tmp_path / "out" / ANAT / "sub-01_desc-brain_mask.json").read_text())
+        assert side.get("Masking") == "phase-quality", side.get("Masking")
+        assert not any("part-mag" in src for src in side.get("Sources", [])), side["Sources"]
     assert tree_fingerprint(bids) == before

@@ -37,3 +37,24 @@ def test_mesa_picks_nearest_voxel_size():
 def test_unknown_model_name_is_a_value_error():
     with pytest.raises(ValueError, match="no shipped model"):
         inference.metaqsm(np.zeros((4, 4, 4)), np.ones((4, 4, 4), bool), (1, 1, 1), model="nope")
+
+
+# ------------------------------------------------------------------------------------ quality
+VOXELS = ((0.75, 0.75, 3.0), (0.6, 0.9, 2.2), (1.0, 1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def small_volumes(shared_data):
+    from qsmflow.nn.evaluation import held_out_volume
+
+    return [held_out_volume(i, vs, (64, 64, 32), shared=str(shared_data), stream=7)
+            for i, vs in enumerate(VOXELS)]
+
+
+def _scores(method, vol, **kw):
+    from qsmflow import metrics
+    from qsmflow.nn.evaluation import run_method
+
+    chi = run_method(method, vol, **kw)
+    return (metrics.rmse_percent(chi, vol["chi"], vol["mask"]),
+            metrics.correlation(chi, vol["chi"], vol["mask"]))

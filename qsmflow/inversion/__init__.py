@@ -76,15 +76,18 @@ def method_parameters(method: str) -> dict[str, dict]:
 
 def resolved_parameters(method: str, **params) -> dict:
     """The parameter values a run of ``method`` with ``params`` uses (defaults filled in);
-    ``ValueError`` for a parameter the method does not have. JSON-friendly for sidecars."""
+    ``ValueError`` for a parameter the method does not have (methods taking ``**params`` check
+    their own extras). JSON-friendly for sidecars."""
     known = method_parameters(method)
+    takes_extra = any(p.kind is p.VAR_KEYWORD
+                      for p in inspect.signature(get_method(method)).parameters.values())
     unknown = sorted(set(params) - set(known))
-    if unknown:
+    if unknown and not takes_extra:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for inversion method "
                          f"{method!r}: valid are {', '.join(known) or 'none'}")
     out = {}
-    for k, spec in known.items():
-        v = params.get(k, spec["default"])
+    for k in list(known) + [k for k in params if k not in known]:
+        v = params.get(k, known[k]["default"] if k in known else None)
         if isinstance(v, np.ndarray):
             v = f"array{list(v.shape)}"
         elif isinstance(v, np.generic):
@@ -106,8 +109,8 @@ def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magni
                          f"{', '.join(REFERENCE_MODES)}")
     fn = get_method(method)
     resolved_parameters(method, **params)  # unknown-parameter check
-    if "csf_mask" in method_parameters(method) and "csf_mask" not in params and csf_mask is not None:
-        params["csf_mask"] = csf_mask  # MEDI+0 uses the CSF mask when one is given
+    if csf_mask is not None and "csf_mask" in method_parameters(method):
+        params.setdefault("csf_mask", csf_mask)  # MEDI+0 uses the CSF mask when one is given
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)
     chi = fn(f, m, vs, b, magnitude=mag, noise=noi, **params)

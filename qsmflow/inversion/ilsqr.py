@@ -39,12 +39,14 @@ def _ramp_weight(a, inside, lo=40, hi=60):
 
 
 def ilsqr(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
-          tol=1e-2, max_iter=30, threshold=0.2, sa_threshold=0.1, sa_tol=1e-2, sa_max_iter=30,
+          tol=1e-2, max_iter=5, threshold=0.2, sa_threshold=0.1, sa_tol=1e-2, sa_max_iter=30,
           pad=_ops.DEFAULT_PAD):
     """iLSQR inversion (ppm in, χ in ppm out, unreferenced, 0 outside mask).
 
-    Defaults follow Li et al. 2015 (LSQR tol 1e-2, ill-conditioned cone |D| < 0.1), with the
-    artefact LSQR capped at ``sa_max_iter`` = 30 iterations (paper: 200) for speed.
+    Defaults follow Li et al. 2015 (LSQR tol 1e-2, ill-conditioned cone |D| < 0.1), except the
+    caps: step 1 stops after ``max_iter`` = 5 LSQR iterations (on the 2016 challenge data the
+    error vs COSMOS grows from 66 % at 2 iterations to 103 % at 8: noise amplification), the
+    artefact LSQR after ``sa_max_iter`` = 30 (paper: 200).
     ``noise`` / ``magnitude`` give the data weight of step 1 (1/noise preferred).
     """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,

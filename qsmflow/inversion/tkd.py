@@ -3,7 +3,8 @@
 χ = F⁻¹[F(f) / D_t] with D_t = D where |D| > t and t·sign(D) inside the cone |D| ≤ t; D(0) = 0
 leaves the mean undetermined (set by the reference step). Truncation underestimates χ by the
 solid-angle mean of D/D_t (0.82 at t = 0.2: the gain is a function of the k direction only);
-``correct=True`` divides by that factor (Schweser et al. 2013). Cost: one FFT pair on the padded grid.
+``correct=True`` divides by that factor (Schweser et al. 2013).
+Cost: one FFT pair on the padded grid.
 """
 
 from __future__ import annotations
