@@ -43,7 +43,10 @@ def test_help_lists_every_option_with_default(capsys):
                 "--config", "--stop-on-first-crash", "--skip-bids-validation", "--verbose",
                 "--dicom-out"):
         assert opt in text, opt
-    assert "default: tkd medi" in text and "GB" in text
+    assert "default: tkd medi" in text and "GB" in text and "default: None" not in text
+    for action in run.get_parser()._actions:  # every option states its default
+        if action.option_strings and action.dest not in ("help", "version"):
+            assert "default" in action.help or action.default not in (None, False), action.dest
 
 
 def test_not_a_bids_dir(tmp_path, capsys):

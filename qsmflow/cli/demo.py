@@ -18,8 +18,10 @@ from ..config import DEFAULT_INVERSIONS
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qsmflow demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(prog="qsmflow demo", description=__doc__, formatter_class=_Help)
     p.add_argument("outdir", type=Path, help="folder for the demo (created)")
     p.add_argument("--n-subjects", type=int, default=2, help="simulated participants")
     p.add_argument("--inversion", nargs="+", default=list(DEFAULT_INVERSIONS),

@@ -30,13 +30,24 @@ LOG = logging.getLogger("qsmflow")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class _Help(argparse.HelpFormatter):
+    """Show ``(default: X)`` only where the help text does not state the default itself."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if ("default" not in h and action.option_strings
+                and action.default not in (None, False, argparse.SUPPRESS)):
+            h += " (default: %(default)s)"
+        return h
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qsmflow",
         description="qsmflow: quantitative susceptibility mapping (QSM) from multi-echo GRE, "
                     "as a BIDS App. Sub-commands: 'qsmflow demo OUTDIR', 'qsmflow dicom2bids', "
                     "'qsmflow train', 'qsmflow bench-nn'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     p.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path,
                    help="derivatives folder to write (must not be inside bids_dir)")
@@ -61,7 +72,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "there is no magnitude)")
     g.add_argument("--config", type=Path, metavar="RUN.TOML",
                    help="TOML file with any of these settings and per-method parameters "
-                        "([params.medi] lambda = 1000); command-line options win")
+                        "([params.medi] lam = 1000); command-line options win (default: none)")
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, metavar="WORK_DIR",
                    help="Nipype working folder; rerunning with the same one recomputes nothing "
@@ -69,23 +80,26 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N",
                    help="processes for MultiProc (default: 0 = all cores)")
     g.add_argument("--omp-nthreads", type=int, metavar="N", default=1,
-                   help="FFT threads per node (n_procs of the FFT-heavy nodes)")
+                   help="FFT threads per node (n_procs of the FFT-heavy nodes; default: 1)")
     g.add_argument("--mem-gb", type=float, metavar="GB",
                    help="memory limit in GB for MultiProc scheduling (default: 90%% of RAM)")
     g.add_argument("--use-plugin", type=Path, metavar="PLUGIN.YML",
                    help="Nipype plugin YAML ('plugin: SLURM' + 'plugin_args: {...}'); node "
                         "mem_gb/n_procs become --mem/--cpus-per-task (SLURM), h_vmem/-pe (SGE), "
-                        "mem/ppn (PBS)")
+                        "mem/ppn (PBS) (default: MultiProc on this machine)")
     g.add_argument("--linear", action="store_true",
-                   help="run serially with Nipype's Linear plugin (debugging)")
+                   help="run serially with Nipype's Linear plugin (debugging; default: off)")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
-                   help="stop at the first failed step instead of finishing other subjects")
+                   help="stop at the first failed step instead of finishing other subjects "
+                        "(default: off)")
     g.add_argument("--skip-bids-validation", action="store_true", default=None,
-                   help="do not run the BIDS validator on the input")
+                   help="do not run the BIDS validator on the input (default: validate)")
     g.add_argument("--dicom-out", type=Path, metavar="DIR",
-                   help="also export every χ map as DICOM (for PACS) into DIR")
+                   help="also export every χ map as DICOM (for PACS) into DIR; needs input "
+                        "converted by 'qsmflow dicom2bids' (default: no DICOM export)")
     g.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more log output (-v: steps, -vv: Nipype debug)")
+                   help="more log output (-v: Nipype errors, -vv: Nipype debug; default: "
+                        "progress and summary only)")
     p.add_argument("--version", action="version", version=f"qsmflow {__version__}")
     return p
 
