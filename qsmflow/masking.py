@@ -246,3 +246,9 @@ def mask_files(magnitude_files, out_file, *, te_s=None, erode_mm=0.0, threshold=
         mask = combine_masks(mask, phase_quality_mask(r, mask=mask))
         meta["Method"] += " AND fit-residual quality"
     return qio.save_nifti(out_file, mask, affine, sidecar=meta)
+
+
+def default_r2star_max(b0_tesla) -> float:
+    """R2* limit (1/s) of ``magnitude_mask`` at field strength ``b0_tesla`` (T): 28 s⁻¹ at 3 T,
+    scaled ∝ B0 (R2* of brain tissue grows about linearly with the field)."""
+    return 28.0 * physics.check_field_strength(b0_tesla) / 3.0

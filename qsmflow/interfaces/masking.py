@@ -24,7 +24,11 @@ def _accepted(fn, params: dict) -> dict:
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*MASK_METHODS, usedefault=True, desc="mask source")
-    magnitude = File(exists=True, desc="echo-combined magnitude (3D)")
+    magnitude = File(exists=True, desc="magnitude: 4D (echoes last) or echo-combined 3D")
+    echo_times = traits.List(traits.Float, desc="echo times (s) of a 4D magnitude: enables the "
+                             "R2* criterion that separates brain from scalp and face")
+    b0_tesla = traits.Float(3.0, usedefault=True,
+                            desc="field strength (T): the R2* limit scales with it")
     phase = File(exists=True, desc="phase (rad, 4D echoes): coherence of the first echo")
     residual = File(exists=True, desc="multi-echo fit residual (rad)")
     params = traits.Dict(desc="parameters of masking.magnitude_mask / phase_quality_mask")
@@ -57,7 +61,11 @@ class BrainMask(SimpleInterface):
             if mag is None:
                 raise ValueError(f"--masking {method} needs magnitude images: use "
                                  "--masking phase-quality for phase-only data")
-            mask = masking.magnitude_mask(mag, vs, **_accepted(masking.magnitude_mask, params))
+            kw = _accepted(masking.magnitude_mask, params)
+            if mag.ndim == 4 and self.inputs.echo_times and mag.shape[-1] >= 2:
+                kw.setdefault("te_s", list(self.inputs.echo_times))
+                kw.setdefault("r2star_max", masking.default_r2star_max(self.inputs.b0_tesla))
+            mask = masking.magnitude_mask(mag, vs, **kw)
         if method in ("phase-quality", "combined"):
             kw = _accepted(masking.phase_quality_mask, params)
             if opt(self.inputs.residual):
