@@ -101,9 +101,9 @@ def scale_phase_to_rad(data, units=None, *, stored=None, value_range=None) -> np
         return physics.wrap(x * (np.pi / 4096.0)).astype(np.float32)
     if integral and _within(lo, hi, 0, 4095, rel=0) and hi > TWO_PI * 4:
         return physics.wrap((x - 2048.0) * (np.pi / 2048.0)).astype(np.float32)
-    raise ValueError(f"phase values span [{lo:g}, {hi:g}] (Units {units!r}), not a known encoding "
-                     "(radians, Siemens 12-bit): convert to radians and set 'Units': 'rad', or pass "
-                     "value_range=(value at −π, value at +π)")
+    raise ValueError(f"phase values span [{lo:g}, {hi:g}] (Units {units!r}), not a known "
+                     "encoding (radians, Siemens 12-bit): convert to radians and set 'Units': "
+                     "'rad', or pass value_range=(value at −π, value at +π)")
 
 
 def load_phase_rad(path, sidecar=None, *, value_range=None):
@@ -205,7 +205,7 @@ def _check_volume(x, name="phase"):
     return x
 
 
-def _check_mask(mask, shape, allow_full=True):
+def _check_mask(mask, shape):
     if mask is None:
         return np.ones(shape, bool)
     m = np.asarray(mask)
@@ -214,9 +214,6 @@ def _check_mask(mask, shape, allow_full=True):
     m = m.astype(bool)
     if not m.any():
         raise ValueError("mask is empty: compute a brain mask first (qsmflow.masking)")
-    if not allow_full and m.all():
-        raise ValueError("mask covers the whole field of view: pass a brain mask "
-                         "(qsmflow.masking.magnitude_mask); this step needs tissue boundaries")
     return m
 
 
@@ -650,7 +647,8 @@ def field_map_files(phase_files, magnitude_files, out_dir, *, sidecars=None, mas
     for key, name, arr, units in (
             ("field", "fieldmap", fit.field_hz * sel, "Hz"),
             ("phase_offset", "phaseoffset", fit.phase_offset_rad * sel, "rad"),
-            ("noise", "fieldnoise", np.where(sel, np.nan_to_num(fit.noise_hz, posinf=0.0), 0), "Hz"),
+            ("noise", "fieldnoise", np.where(sel, np.nan_to_num(fit.noise_hz, posinf=0.0), 0),
+             "Hz"),
             ("residual", "fitresidual", fit.residual * sel, "rad"),
             ("unwrapped", "unwrapped", u, "rad")):
         outs[key] = qio.save_nifti(out_dir / f"{prefix}{name}.nii.gz", arr, affine,
