@@ -213,7 +213,7 @@ def _real(figdir):
     dt = time.perf_counter() - t0
     wraps = int(np.ptp(np.round((u - phase) / TWO_PI)[mk]))
     k = np.round((u[..., 2] - phase[..., 2]) / TWO_PI)
-    z = int(np.argmax([np.ptp(k[:, :, i]) * 1000 + np.abs(k[:, :, i]).sum()
+    z = int(np.argmax([(np.ptp(k[:, :, i]) * 1000 + np.abs(k[:, :, i]).sum()) * em[:, :, i].any()
                        for i in range(k.shape[2])]))
     fig, ax = plt.subplots(1, 5, figsize=(17, 3.6))
     panels = [(phase[:, :, z, 2], "wrapped phase, echo 3 (rad)", "gray"),

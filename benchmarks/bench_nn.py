@@ -1,7 +1,8 @@
 """Networks: the papers' tables (a)–(d) and CPU inference time / memory for 256×256×64.
 
 Volume count per table: ``QSMFLOW_BENCH_NN_N`` (default 20; ``--quick``: 1 volume of 64×64×32,
-tables a–c). Conventional scores are cached in ``$QSMFLOW_BENCH_NN_CACHE`` (default ``<tmp>/qsmflow_nn_cache``;
+tables a–c); ``QSMFLOW_BENCH_NN_CONVENTIONAL`` (default "tkd ilsqr medi fansi") picks the
+conventional methods. Conventional scores are cached in ``$QSMFLOW_BENCH_NN_CACHE`` (default ``<tmp>/qsmflow_nn_cache``;
 they do not change when the networks are retrained; delete it after changing an inversion).
 """
 
@@ -47,7 +48,8 @@ def run(figdir: Path, quick: bool) -> str:
     shape = (64, 64, 32) if quick else (256, 256, 64)
     tables = ("a", "b", "c") if quick else tuple(os.environ.get("QSMFLOW_BENCH_NN_TABLES", "abcd"))
     cache = os.environ.get("QSMFLOW_BENCH_NN_CACHE", str(Path(tempfile.gettempdir()) / "qsmflow_nn_cache"))
-    md = bench_report(n, shape, tables, figdir, cache)
+    conv = tuple(os.environ.get("QSMFLOW_BENCH_NN_CONVENTIONAL", "tkd ilsqr medi fansi").split())
+    md = bench_report(n, shape, tables, figdir, cache, conventional=conv)
     if not quick:
         md += "\n" + _inference_time()
     return md

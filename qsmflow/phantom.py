@@ -29,6 +29,9 @@ from . import physics
 #: susceptibility of air relative to tissue/water (ppm)
 CHI_AIR = 9.4
 
+#: largest |χ| (ppm) of non-brain tissue a brain-mask voxel may carry by partial volume
+NONBRAIN_CHI_MAX = 0.05
+
 #: label value -> tissue name (the ``dseg`` of the phantom)
 LABEL_NAMES: dict[int, str] = {
     0: "background_air", 1: "csf", 2: "grey_matter", 3: "white_matter", 4: "caudate",
@@ -494,7 +497,9 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
     tissue = np.isin(labels, [_L[n] for n in _TEXTURED])
     chi_in += np.where(tissue, 0.01 * tex_chi, 0.0)   # ± 0.01 ppm heterogeneity
     r2s *= np.where(tissue, 1.0 + 0.06 * tex_r2, 1.0)  # ± 6 % R2*
-    brain_mask = ndimage.binary_fill_holes(code_t >= 128)
+    # the brain mask holds brain tissue only: voxels whose partial volume carries bone/air χ
+    # (|χ_out| > NONBRAIN_CHI_MAX) are not brain, so the background stays harmonic inside it
+    brain_mask = ndimage.binary_fill_holes(code_t >= 128) & (np.abs(chi_out) <= NONBRAIN_CHI_MAX)
     head_mask = ndimage.binary_fill_holes(labels > 0)
     affine = np.diag([*vs, 1.0])
     affine[:3, 3] = -np.asarray(vs) * (np.asarray(shape) - 1) / 2.0

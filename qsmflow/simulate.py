@@ -59,13 +59,15 @@ def smooth_phase_offset(shape, rng) -> np.ndarray:
 
 
 def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir=None, snr=100,
-                   phase_offset=True, bipolar_rad=0.0, seed=0) -> MEGRE:
+                   phase_offset=True, bipolar_rad=0.0, seed=0, dephasing=True) -> MEGRE:
     """Simulate MEGRE magnitude and phase of ``phantom`` (see the module docstring).
 
     ``te_s`` echo times in seconds, ``b0_tesla`` in T, ``b0_dir`` a unit vector in voxel axes
     (default: from ``phantom.affine``), ``snr`` = mean brain magnitude of echo 1 / σ (None or
     0 = no noise), ``phase_offset`` adds a smooth φ0, ``bipolar_rad`` the odd/even echo offset
     (scalar or a map). ``R2*`` is used as given (the phantom's values are for 3 T).
+    ``dephasing``: attenuate the magnitude by intravoxel dephasing in the total field's
+    gradient (:func:`dephasing_factor`), as a real scan does near air and bone.
     """
     te = physics.check_echo_times(te_s)
     b0 = physics.check_field_strength(b0_tesla)
@@ -82,7 +84,8 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
                          f"{beta.shape}")
     mag = np.empty(shape + (te.size,), np.float32)
     pha = np.empty(shape + (te.size,), np.float32)
-    mag1 = phantom.m0 * np.exp(-phantom.r2star * te[0])
+    grads = dephasing_gradients(f_hz) if dephasing else [np.zeros(shape)]
+    mag1 = phantom.m0 * np.exp(-phantom.r2star * te[0]) * dephasing_factor(grads, te[0])
     brain = phantom.brain_mask if phantom.brain_mask.any() else phantom.head_mask
     sigma = 0.0
     if snr:
@@ -90,7 +93,7 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
             raise ValueError(f"snr must be positive (mean brain signal / noise σ), got {snr!r}")
         sigma = float(mag1[brain].mean() / snr) if np.isfinite(snr) else 0.0
     for n, t in enumerate(te):
-        m = phantom.m0 * np.exp(-phantom.r2star * t)
+        m = phantom.m0 * np.exp(-phantom.r2star * t) * dephasing_factor(grads, t)
         p = phi0 + 2.0 * np.pi * f_hz * t + (0.5 if n % 2 == 0 else -0.5) * beta
         if sigma > 0:
             s = m * np.exp(1j * p) + sigma * (rng.standard_normal(shape)
@@ -104,6 +107,21 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
                  voxel_size=phantom.voxel_size, total_field_hz=f_hz, local_field_ppm=local,
                  phase_offset_rad=phi0, bipolar_rad=float(beta) if beta.ndim == 0 else beta,
                  noise_sigma=sigma)
+
+
+def dephasing_gradients(field_hz) -> list:
+    """Field change across one voxel (Hz per voxel) along each array axis."""
+    return [np.abs(g) for g in np.gradient(np.asarray(field_hz, float))]
+
+
+def dephasing_factor(grads, te_s) -> np.ndarray:
+    """Intravoxel dephasing: signal fraction left at ``te_s`` (s) when the field varies
+    linearly across the voxel by ``grads`` (Hz per voxel, per axis), Π sinc(G·TE) — the
+    signal loss near air and bone that makes real magnitude masks avoid those voxels."""
+    out = np.ones(grads[0].shape)
+    for g in grads:
+        out *= np.abs(np.sinc(g * te_s))
+    return out
 
 
 def oblique_affine(shape, voxel_size, oblique_deg=0.0) -> np.ndarray:
@@ -130,7 +148,7 @@ Simulated multi-echo gradient-echo (MEGRE) data of a numerical head phantom, wri
 qsmflow {version} (`qsmflow.simulate.write_bids_dataset`). Anatomy: the Zubal segmented head with
 procedurally added deep grey nuclei, veins, a calcification and a haemorrhage; susceptibility
 in ppm relative to CSF, air +9.4 ppm, bone -2 ppm. Magnitude = M0 exp(-R2* TE) with Rician
-noise, phase = phi0 + 2 pi f TE (radians, wrapped). Field strength {b0} T, echo times {te} s,
+noise and intravoxel dephasing, phase = phi0 + 2 pi f TE (radians, wrapped). Field strength {b0} T, echo times {te} s,
 voxel size {vs} mm, oblique angle {obl} deg, SNR {snr}, seed {seed}.
 
 Ground truth (susceptibility, total and local field, brain mask, tissue labels) is in
@@ -254,11 +272,14 @@ def _write_truth(truth: Path, ents, ph: HeadPhantom, sim: MEGRE):
 
 def make_demo_dataset(root, n_subjects=2, seed=0) -> Path:
     """A small demo BIDS dataset (3 mm, 68×84×64 voxels covering the head, 4 echoes, 3 T,
-    SNR 100, B0 tilted 10°) with ground truth; a few seconds per subject. Returns ``root``."""
+    SNR 100, B0 along the third array axis) with ground truth; a few seconds per subject.
+    Returns ``root``. (Not oblique: on a 3 mm grid an oblique B0 makes the simulated field
+    of the 9.4 ppm air edges ring at the grid frequency, a simulation artefact that costs
+    ~20 points of χ NRMSE; oblique data are simulated with ``write_bids_dataset``.)"""
     n = int(n_subjects)
     if n < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects!r}")
     return write_bids_dataset(root, subjects=[f"{i + 1:02d}" for i in range(n)],
                               shape=(68, 84, 64), voxel_size=(3.0, 3.0, 3.0), te_s=DEFAULT_TE_S,
-                              b0_tesla=3.0, snr=100, oblique_deg=10.0, seed=seed,
+                              b0_tesla=3.0, snr=100, oblique_deg=0.0, seed=seed,
                               name="qsmflow demo")

@@ -19,7 +19,7 @@ def sim():
     from qsmflow.simulate import simulate_megre
 
     p = make_head_phantom((96, 112, 96), (2.0, 2.0, 2.0), seed=1)
-    return p, simulate_megre(p, snr=50, seed=4)
+    return p, simulate_megre(p, snr=50, seed=4, dephasing=False)
 
 
 def test_phantom_dice(sim):

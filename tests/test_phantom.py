@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from qsmflow.phantom import BRAIN_LABELS, CHI_AIR, LABEL_NAMES, make_head_phantom
+from qsmflow.phantom import (BRAIN_LABELS, CHI_AIR, LABEL_NAMES, NONBRAIN_CHI_MAX,
+                             make_head_phantom)
 
 L = {v: k for k, v in LABEL_NAMES.items()}
 
@@ -49,7 +50,12 @@ def test_masks_m0_r2star(ph):
     assert ph.brain_mask.sum() * 2.5**3 / 1000 == pytest.approx(1500, rel=0.3)  # mL, brain+CSF
     assert np.all(ph.head_mask[ph.brain_mask])
     inside = np.isin(ph.labels, BRAIN_LABELS)
-    assert (inside & ph.brain_mask).sum() > 0.95 * inside.sum()
+    # at 2.5 mm ~9 % of brain-labelled voxels carry bone/air χ by partial volume and are left out
+    assert (inside & ph.brain_mask).sum() > 0.88 * inside.sum()
+    # ... so no brain-mask voxel holds non-brain χ: the background field is harmonic inside
+    nonbrain = ph.chi - ph.chi_in
+    assert np.abs(nonbrain[ph.brain_mask]).max() <= NONBRAIN_CHI_MAX + 1e-6
+    assert np.abs(nonbrain[ph.head_mask & ~ph.brain_mask]).max() > 1.0  # bone/air are outside
     assert np.all(ph.chi_brain[~ph.brain_mask] == 0)
     air = ph.m0[ph.labels == L["background_air"]]
     assert np.median(air) == 0 and air.mean() < 0.02  # only partial volume at the skin
@@ -105,7 +111,8 @@ def test_seed_reproducible_and_varied():
     np.testing.assert_array_equal(a.chi, b.chi)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.r2star, b.r2star)
-    assert np.abs(a.chi_brain - c.chi_brain).mean() > 0.003
+    brain = a.brain_mask | c.brain_mask
+    assert np.abs(a.chi_brain - c.chi_brain)[brain].mean() > 0.008  # ppm
     assert (a.labels != c.labels).mean() > 0.01
 
 

@@ -21,7 +21,7 @@ def ph():
 
 def test_noise_free_signal_equations(ph):
     b0 = (0.0, 0.3, 0.95)
-    sim = simulate_megre(ph, te_s=TE, b0_tesla=7.0, b0_dir=b0, snr=None, bipolar_rad=0.4, seed=2)
+    sim = simulate_megre(ph, te_s=TE, b0_tesla=7.0, b0_dir=b0, snr=None, bipolar_rad=0.4, seed=2, dephasing=False)
     assert sim.magnitude.shape == ph.shape + (3,) and sim.phase.shape == ph.shape + (3,)
     f_hz = physics.ppm_to_hz(ph.total_field_ppm(b0), 7.0)
     np.testing.assert_allclose(sim.total_field_hz, f_hz, atol=1e-9)
@@ -41,7 +41,7 @@ def test_noise_free_signal_equations(ph):
 
 
 def test_no_phase_offset_and_default_b0(ph):
-    sim = simulate_megre(ph, te_s=TE, snr=0, phase_offset=False)
+    sim = simulate_megre(ph, te_s=TE, snr=0, phase_offset=False, dephasing=False)
     np.testing.assert_allclose(sim.b0_dir, [0, 0, 1])  # axial affine
     expected = physics.wrap(2 * np.pi * sim.total_field_hz * TE[0])
     d = np.angle(np.exp(1j * (sim.phase[..., 0] - expected)))
@@ -52,9 +52,9 @@ def test_no_phase_offset_and_default_b0(ph):
 
 def test_noise_level_and_seed(ph):
     snr = 50.0
-    a = simulate_megre(ph, te_s=TE, snr=snr, seed=5)
-    b = simulate_megre(ph, te_s=TE, snr=snr, seed=5)
-    c = simulate_megre(ph, te_s=TE, snr=snr, seed=6)
+    a = simulate_megre(ph, te_s=TE, snr=snr, seed=5, dephasing=False)
+    b = simulate_megre(ph, te_s=TE, snr=snr, seed=5, dephasing=False)
+    c = simulate_megre(ph, te_s=TE, snr=snr, seed=6, dephasing=False)
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
     np.testing.assert_array_equal(a.phase, b.phase)
     assert not np.array_equal(a.magnitude, c.magnitude)
@@ -181,3 +181,15 @@ def test_bids_naming_helpers(tmp_path):
         write_dataset_description(tmp_path, "x", "derived")
     with pytest.raises(ValueError, match="n_subjects"):
         make_demo_dataset(tmp_path / "d", n_subjects=0)
+
+
+def test_intravoxel_dephasing_signal_loss():
+    """A field ramp of G Hz per voxel leaves |sinc(G·TE)| of the signal per axis: none at a
+    uniform field, ≈ 0 where G·TE = 1 (a full cycle across the voxel)."""
+    from qsmflow.simulate import dephasing_factor, dephasing_gradients
+    x = np.arange(10.0)[:, None, None] * np.ones((10, 4, 4))
+    g = dephasing_gradients(50.0 * x)  # 50 Hz per voxel along axis 0
+    assert g[0] == pytest.approx(50.0) and np.all(g[1] == 0) and np.all(g[2] == 0)
+    assert np.allclose(dephasing_factor(g, 0.01), np.sinc(0.5))  # 2/π
+    assert np.allclose(dephasing_factor(g, 0.02), 0.0, atol=1e-12)
+    assert np.allclose(dephasing_factor([np.zeros((2, 2, 2))] * 3, 0.02), 1.0)
