@@ -174,17 +174,18 @@ def scheduler_args(plugin: str, mem_gb: float, n_procs: int) -> dict | None:
 
     SLURM: ``sbatch_args="--mem=<G>G --cpus-per-task=<n>"``; SGE: ``qsub_args="-l h_vmem=<G>G
     -pe smp <n>"``; PBS: ``qsub_args="-l mem=<G>gb,nodes=1:ppn=<n>"``. Appended to the global
-    arguments of the plugin YAML (``overwrite: False``). None for local plugins.
+    arguments of the plugin YAML (``overwrite: False``; the leading space matters: Nipype glues
+    them onto the global arguments without one). None for local plugins.
     """
     g = max(1, int(-(-float(mem_gb) // 1)))  # ceil, at least 1 GB
     n = max(1, int(n_procs))
     base = plugin.replace("Graph", "")
     if base == "SLURM":
-        return {"sbatch_args": f"--mem={g}G --cpus-per-task={n}", "overwrite": False}
+        return {"sbatch_args": f" --mem={g}G --cpus-per-task={n}", "overwrite": False}
     if base == "SGE":
-        return {"qsub_args": f"-l h_vmem={g}G -pe smp {n}", "overwrite": False}
+        return {"qsub_args": f" -l h_vmem={g}G -pe smp {n}", "overwrite": False}
     if base == "PBS":
-        return {"qsub_args": f"-l mem={g}gb,nodes=1:ppn={n}", "overwrite": False}
+        return {"qsub_args": f" -l mem={g}gb,nodes=1:ppn={n}", "overwrite": False}
     return None
 
 

@@ -54,7 +54,7 @@ def check_label(label: str, what: str = "label") -> str:
     for prefix in ("sub-", "ses-"):
         if label.startswith(prefix):
             label = label[len(prefix):]
-    if not _LABEL_RE.match(label):
+    if not _LABEL_RE.fullmatch(label):  # fullmatch: "$" alone lets "01\n" through
         raise ValueError(f"{what} {label!r} is not a BIDS label: use letters and digits only "
                          "(e.g. 01), without 'sub-'/'ses-' prefixes, slashes or dots")
     return label
@@ -66,6 +66,8 @@ def entity_prefix(entities: dict, datatype: str = "anat") -> str:
     In ``fmap/`` (no ``rec`` allowed by BIDS) a ``rec`` label is folded into ``acq``.
     """
     ent = {k: entities.get(k) for k in ENTITY_ORDER if entities.get(k) not in (None, "")}
+    for k, v in ent.items():  # a label with path characters must never become a path
+        check_label(str(v), f"{k} entity")
     if datatype == "fmap" and "rec" in ent:
         rec = str(ent.pop("rec"))
         ent["acq"] = f"{ent.get('acq', '')}{rec[:1].upper()}{rec[1:]}"
@@ -138,7 +140,8 @@ def dataset_description(bids_root=None, source_name: str | None = None) -> dict:
            "CodeURL": "https://github.com/qsmflow/qsmflow"}
     tag = container_tag()
     if tag:
-        gen["Container"] = {"Type": "docker", "Tag": tag}
+        gen["Container"] = {"Type": os.environ.get("QSMFLOW_CONTAINER_TYPE", "docker"),
+                            "Tag": tag}
     desc = {
         "Name": f"qsmflow derivatives{f' of {source_name}' if source_name else ''}",
         "BIDSVersion": "1.10.0",

@@ -149,7 +149,7 @@ def test_config_precedence_and_roundtrip(tmp_path):
     back = tomllib.loads(cfg.to_toml())  # the effective config is valid TOML with every setting
     assert back["bgremoval"] == "vsharp" and back["params"]["medi"]["lam"] == 500
     assert back["execution"]["plugin_args"]["sbatch_args"] == "--partition=debug"
-    assert scheduler_args("PBS", 2.2, 2)["qsub_args"] == "-l mem=3gb,nodes=1:ppn=2"
+    assert scheduler_args("PBS", 2.2, 2)["qsub_args"] == " -l mem=3gb,nodes=1:ppn=2"
     assert scheduler_args("MultiProc", 2, 2) is None
 
 

@@ -123,7 +123,7 @@ def test_node_resources_scale_and_become_scheduler_args(tmp_path):
     apply_resources(big, "SLURM", max_mem_gb=2.0, max_procs=2)
     node = big.get_node("invert_medi")
     assert node.mem_gb == 2.0  # clamped to what the run may use
-    assert node.plugin_args["sbatch_args"] == f"--mem=2G --cpus-per-task={node.n_procs}"
+    assert node.plugin_args["sbatch_args"] == f" --mem=2G --cpus-per-task={node.n_procs}"
     apply_resources(small, "SGE", max_mem_gb=64, max_procs=4)
     assert "-l h_vmem=" in small.get_node("fit_field").plugin_args["qsub_args"]
 

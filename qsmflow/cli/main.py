@@ -23,7 +23,9 @@ SUBCOMMANDS = {
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    # "qsmflow demo out participant" is the BIDS App on a dataset folder named "demo"
+    is_app = len(argv) >= 3 and argv[2] == "participant"
+    if argv and argv[0] in SUBCOMMANDS and not is_app:
         mod = importlib.import_module(SUBCOMMANDS[argv[0]])
         return int(mod.main(argv[1:]) or 0)
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:

@@ -283,6 +283,8 @@ def export_dicom(plan, failed: set[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
+    # Nipype's batch plugins name jobs after $LOGNAME, which containers and cron jobs lack
+    os.environ.setdefault("LOGNAME", os.environ.get("USER", "qsmflow"))
     parser = get_parser()
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
