@@ -21,14 +21,20 @@ ENTITY_ORDER = (
 #: current BIDS version written into dataset_description.json
 BIDS_VERSION = "1.10.0"
 
-_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9]+")
+
+
+def is_label(value) -> bool:
+    """True when ``value`` is a BIDS label: letters and digits only (nothing else, not even a
+    trailing newline — so a label can never carry a path into a file name)."""
+    return _LABEL_RE.fullmatch(str(value)) is not None
 
 
 def _clean_value(key: str, value) -> str:
     v = str(value)
     if v.startswith(f"{key}-"):
         v = v[len(key) + 1:]
-    if not _LABEL_RE.match(v):
+    if not is_label(v):
         raise ValueError(f"BIDS {key} label {value!r} must be alphanumeric (no '_', '-' or "
                          "spaces): e.g. sub='01', desc='brain'")
     return v
@@ -43,7 +49,7 @@ def bids_filename(entities: dict, suffix: str, ext: str = ".nii.gz") -> str:
                          f"{', '.join(ENTITY_ORDER)}")
     if not entities.get("sub"):
         raise ValueError("a BIDS file name needs the 'sub' entity: pass {'sub': '01', ...}")
-    if not suffix or not _LABEL_RE.match(suffix):
+    if not suffix or not is_label(suffix):
         raise ValueError(f"BIDS suffix {suffix!r} must be alphanumeric, e.g. 'MEGRE', 'Chimap'")
     parts = [f"{k}-{_clean_value(k, entities[k])}" for k in ENTITY_ORDER
              if entities.get(k) not in (None, "")]

@@ -20,15 +20,13 @@ dropped). BIDS allows no ``rec`` entity in ``fmap/``: there it is folded into ``
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from . import __version__
+from .bids import is_label
 
 #: entity order of BIDS file names (the subset qsmflow reads and writes)
 ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run")
-#: allowed characters of a BIDS label
-_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 #: output kind -> (datatype, desc, suffix, Units, description)
 OUTPUTS = {
@@ -54,7 +52,7 @@ def check_label(label: str, what: str = "label") -> str:
     for prefix in ("sub-", "ses-"):
         if label.startswith(prefix):
             label = label[len(prefix):]
-    if not _LABEL_RE.fullmatch(label):  # fullmatch: "$" alone lets "01\n" through
+    if not is_label(label):
         raise ValueError(f"{what} {label!r} is not a BIDS label: use letters and digits only "
                          "(e.g. 01), without 'sub-'/'ses-' prefixes, slashes or dots")
     return label

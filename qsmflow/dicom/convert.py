@@ -10,7 +10,6 @@ atomically (built in a temporary folder next to ``bids_dir``, moved into place a
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import pydicom
 
 from .. import __version__
+from ..bids import is_label
 from ..io import save_nifti, write_json
 from . import geometry, vendor
 from .scan import PHILIPS_SCALE_SLOPE_TAG, DicomImage, _private, group_series, scan_folder
@@ -347,11 +347,10 @@ def dicom_source(ds, patient: bool = True) -> dict:
 # --------------------------------------------------------------------------------------------
 # BIDS writing
 # --------------------------------------------------------------------------------------------
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def _check_label(name, value):
-    if value is not None and not _LABEL.match(str(value)):
+    if value is not None and not is_label(value):
         raise ValueError(f"--{name} {value!r}: BIDS labels are letters and digits only, e.g. 01")
 
 
