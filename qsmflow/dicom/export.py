@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -147,7 +146,9 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
     return written
 
 
-def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset:
+def new_mr_dataset() -> Dataset:
+    """An empty classic MR Image Storage dataset with its file meta and a new SOP instance UID
+    (explicit VR little endian)."""
     sop_uid = generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -156,10 +157,14 @@ def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop_uid
+    return ds
+
+
+def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset:
+    ds = new_mr_dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["DERIVED", "SECONDARY", "QSM"]
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.ContentDate, ds.ContentTime = date, time

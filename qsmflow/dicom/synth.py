@@ -13,23 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from .export import new_mr_dataset
 
 PHILIPS_MAG_SLOPE, PHILIPS_SCALE_SLOPE = 1.5, 0.0123
 PHILIPS_PHASE_SLOPE, PHILIPS_PHASE_INTERCEPT = 2 * np.pi / 4095, -np.pi
 
 
 def _base(common: dict, series_uid, number, description, image_type) -> Dataset:
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+    ds = new_mr_dataset()
     ds.Modality = "MR"
     ds.ImageType = image_type
     for k, v in common.items():
