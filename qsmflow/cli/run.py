@@ -138,6 +138,8 @@ def _setup_logging(verbose: int) -> None:
         h.setFormatter(logging.Formatter("%(message)s"))
         LOG.addHandler(h)
         LOG.propagate = False
+    for h in LOG.handlers:  # each run writes to the stdout of now, not of the first run
+        h.stream = sys.stdout  # (setStream would flush a stream pytest may have closed)
     LOG.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
