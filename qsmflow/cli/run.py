@@ -121,6 +121,23 @@ def _cli_settings(opts) -> dict:
     return d
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to ``sys.stdout`` as it is at each message (not as it was when the handler was
+    made), so an in-process rerun never logs into a closed stream. Other handlers that test
+    runners attach to the logger are left alone."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _setup_logging(verbose: int) -> None:
     """Quiet by default: qsmflow prints progress and a summary of failures itself (with the
     crash files); ``-v`` adds Nipype's errors and tracebacks, ``-vv`` everything."""
@@ -133,13 +150,11 @@ def _setup_logging(verbose: int) -> None:
                                     "utils_level": "WARNING", "log_to_file": False},
                         "monitoring": {"enabled": False}})
     nlog.update_logging(ncfg)
-    if not LOG.handlers:
-        h = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in LOG.handlers):
+        h = _StdoutHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         LOG.addHandler(h)
         LOG.propagate = False
-    for h in LOG.handlers:  # each run writes to the stdout of now, not of the first run
-        h.stream = sys.stdout  # (setStream would flush a stream pytest may have closed)
     LOG.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
