@@ -261,6 +261,28 @@ def test_training_smoke_resume_and_export(tmp_path, shared_data):
         assert torch.allclose(net(x, (1, 1, 1)), ref(x, (1, 1, 1)))
 
 
+def test_training_init_from_weights_fine_tunes(tmp_path, shared_data):
+    """``[train] init`` starts from a weights file: with lr 0 the result equals that file."""
+    cfg = {
+        "model": {"kind": "mesaqsm", "width": 2},
+        "data": {"crop": [16, 16, 16], "margin": 1.0, "sources": ["cosmos"],
+                 "fixed_voxel": [1.0, 1.0, 2.0], "shared_data": str(shared_data)},
+        "train": {"steps": 1, "batch_size": 2, "n_samples": 10, "n_val": 1, "val_every": 1,
+                  "checkpoint_every": 1, "num_threads": 1, "lr": 0.0, "l2": 0.0},
+    }
+    torch.manual_seed(5)
+    start = {k: v.clone() for k, v in models.build_model(**cfg["model"]).state_dict().items()}
+    w = tmp_path / "start.pt"
+    torch.save(start, w)
+    training.train({**cfg, "train": {**cfg["train"], "init": str(w)}}, tmp_path / "run", progress=False)
+    got = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    conv = [k for k in start if k.endswith("weight") and start[k].dim() == 5]
+    assert conv and all(torch.equal(got[k], start[k]) for k in conv)
+    with pytest.raises(ValueError, match="does not exist"):
+        training.train({**cfg, "train": {**cfg["train"], "init": str(tmp_path / "nope.pt")}},
+                       tmp_path / "run2", progress=False)
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="unknown \\[train\\] option"):
         training.normalise_config({"model": {"kind": "metaqsm"}, "train": {"stepz": 3}})
