@@ -504,6 +504,8 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
     affine = np.diag([*vs, 1.0])
     affine[:3, 3] = -np.asarray(vs) * (np.asarray(shape) - 1) / 2.0
     chi = chi_in + chi_out
+    if chi_ext is not None:  # the extended grid carries the same χ in the FOV (texture included)
+        chi_ext[fov] = chi
     return HeadPhantom(chi=chi, labels=labels, label_names=dict(LABEL_NAMES),
                        brain_mask=brain_mask, head_mask=head_mask, m0=np.clip(m0, 0, None),
                        r2star=np.clip(r2s, 0, None), voxel_size=vs, affine=affine,

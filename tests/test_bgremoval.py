@@ -105,9 +105,9 @@ def test_phantom_resharp_target():
     res = {k: bg.remove_background(k, total, m, p.voxel_size, b0) for k in METHODS}
     common = np.logical_and.reduce([e for _, e in res.values()])
     err = {k: metrics.nrmse(v[0], local, common) for k, v in res.items()}
-    assert err["resharp"] < 40, err
-    assert err["vsharp"] < 55 and err["pdf"] < 60, err
-    assert min(metrics.correlation(v[0], local, common) for v in res.values()) > 0.85
+    assert err["resharp"] < 34, err  # 31.7 % (and 31.8 % at 1 mm in the benchmark)
+    assert err["vsharp"] < 52 and err["pdf"] < 34, err  # 47.9 %, 30.5 %
+    assert min(metrics.correlation(v[0], local, common) for v in res.values()) > 0.87
 
 
 @pytest.mark.parametrize("kw,match", [
