@@ -159,3 +159,21 @@ def test_dataset_description_is_a_valid_derivative(tmp_path):
     d = dataset_description(tmp_path, "raw")
     assert d["DatasetType"] == "derivative" and d["GeneratedBy"][0]["Name"] == "qsmflow"
     json.dumps(d)
+
+
+def test_graph_plugin_reports_submission_not_success(ds, tmp_path, capsys, monkeypatch):
+    """SLURMGraph/SGEGraph/PBSGraph return once the jobs are queued: qsmflow must say so and
+    write no report (the derivatives do not exist yet)."""
+    from nipype.pipeline.engine import Workflow
+
+    calls = []
+    monkeypatch.setattr(Workflow, "run", lambda self, plugin=None, plugin_args=None: calls.append(plugin))
+    y = tmp_path / "slurmgraph.yml"
+    y.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: '--partition=debug '\n")
+    out = tmp_path / "out"
+    rc = run.main([str(ds), str(out), "participant", "--use-plugin", str(y), "--inversion", "tkd",
+                   "--skip-bids-validation", "-w", str(tmp_path / "work")])
+    text = capsys.readouterr().out
+    assert rc == run.EXIT_OK and calls == ["SLURMGraph"]
+    assert "submitted" in text and "nothing is finished" in text and "succeeded" not in text
+    assert not list(out.rglob("*.html"))

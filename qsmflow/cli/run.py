@@ -356,6 +356,12 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     except Exception as exc:  # Nipype raises after the other subjects finished
         crashed = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         LOG.debug("workflow error: %s", exc)
+    if cfg.plugin.endswith("Graph") and not crashed:  # the jobs are queued, not done
+        print(f"\nqsmflow submitted {len(steps)} step(s) of {nsub} participant(s) to "
+              f"{cfg.plugin.replace('Graph', '')} as one dependency graph; nothing is finished "
+              f"yet. When the jobs are done, rerun this same command (same --work-dir "
+              f"{plan.work_dir}) to check them and write the reports.")
+        return EXIT_OK
     failed_lines: dict[str, list[tuple]] = {}
     for sub in plan.subjects:
         lines = _crash_summary(log_dir / f"sub-{sub}" / run_uuid)
