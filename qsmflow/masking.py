@@ -74,8 +74,15 @@ def combine_echoes(mag) -> np.ndarray:
     return m
 
 
-def r2star_map(mag, te_s) -> np.ndarray:
-    """R2* (1/s) by magnitude²-weighted log-linear fit over echoes (X, Y, Z, E)."""
+def r2star_map(mag, te_s, *, dephasing=True) -> np.ndarray:
+    """R2* (1/s) by magnitude²-weighted fit of ln(magnitude) over echoes (X, Y, Z, E).
+
+    With ``dephasing`` and ≥ 4 echoes the fit is ``ln m = a − R2*·TE − q·TE²``: the quadratic
+    term (q ≥ 0, 1/s²) absorbs intravoxel dephasing in a field gradient G (Hz/voxel),
+    ``|sinc(G·TE)| ≈ exp(−π²G²TE²/6)``, which otherwise inflates R2* near air and bone (the
+    frontal and temporal lobes, most at 7 T); voxels with q < 0, and 2–3 echoes (too noisy
+    for three parameters), get the log-linear fit.
+    """
     m = np.asarray(mag, float)
     te = physics.check_echo_times(te_s)
     if m.ndim != 4 or m.shape[-1] != te.size or te.size < 2:
@@ -83,23 +90,56 @@ def r2star_map(mag, te_s) -> np.ndarray:
                          f"and {te.size} TEs")
     lg = np.log(np.maximum(m, 1e-12 * max(float(m.max()), 1e-30)))
     w = m**2
-    sw = np.maximum(w.sum(-1), 1e-30)
-    tb = (w * te).sum(-1) / sw
-    lb = (w * lg).sum(-1) / sw
-    dt = te - tb[..., None]
-    return -(w * dt * (lg - lb[..., None])).sum(-1) / np.maximum((w * dt**2).sum(-1), 1e-30)
+    # centred, scaled time τ = (TE − t0)/s for conditioning; weighted moments Σw·τ^k, Σw·τ^k·ln m
+    t0, s = float(te.mean()), float(np.ptp(te)) or 1.0
+    tau = (te - t0) / s
+    sw = [np.maximum(w.sum(-1), 1e-30)] + [(w * tau**k).sum(-1) for k in range(1, 5)]
+    sl = [(w * tau**k * lg).sum(-1) for k in range(3)]
+    d2 = sw[0] * sw[2] - sw[1] ** 2
+    ok = d2 > 1e-12 * sw[0] ** 2
+    b1 = np.where(ok, (sw[0] * sl[1] - sw[1] * sl[0]) / np.where(ok, d2, 1), 0.0)
+    r2 = -b1 / s
+    if dephasing and te.size >= 4:
+        # 3×3 normal equations [S0 S1 S2; S1 S2 S3; S2 S3 S4]·b = [L0 L1 L2] by Cramer's rule
+        s0, s1, s2, s3, s4 = sw
+        det = s0 * (s2 * s4 - s3**2) - s1 * (s1 * s4 - s2 * s3) + s2 * (s1 * s3 - s2**2)
+        ok3 = det > 1e-9 * s0**3
+        dd = np.where(ok3, det, 1.0)
+        l0, l1, l2 = sl
+        c1 = (s0 * (l1 * s4 - s3 * l2) - l0 * (s1 * s4 - s2 * s3) + s2 * (s1 * l2 - l1 * s2)) / dd
+        c2 = (s0 * (s2 * l2 - l1 * s3) - s1 * (s1 * l2 - l1 * s2) + l0 * (s1 * s3 - s2**2)) / dd
+        # d(ln m)/dTE at TE = 0 is (c1 + 2·c2·τ(0))/s
+        quad = ok3 & (c2 < 0)
+        r2 = np.where(quad, -(c1 - 2.0 * c2 * t0 / s) / s, r2)
+    return r2
 
 
-def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max=28.0,
-                   threshold=None, open_mm=5.0, fill_holes=True) -> np.ndarray:
+def _auto_r2star_max(r2, fg) -> float:
+    """Data-derived R2* limit (1/s): 1.6 × the median R2* of the central foreground (the voxels
+    at least half the largest depth inside the filled head: brain in any head or brain FOV)."""
+    head = ndimage.binary_fill_holes(fg)
+    if head.all():
+        centre = fg
+    else:
+        d = ndimage.distance_transform_edt(head)
+        centre = fg & (d >= 0.5 * d.max())
+    ref = float(np.median(r2[centre])) if centre.any() else np.nan
+    return 1.6 * ref if np.isfinite(ref) and ref > 0 else np.inf
+
+
+def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max="auto",
+                   threshold=None, open_mm=None, fill_holes=True) -> np.ndarray:
     """Brain mask (bool) from magnitude (3D or 4D with echoes last), no FSL.
 
     1. echoes combined by root-sum-of-squares; 2. foreground = above ``threshold`` (default:
     half of Otsu's threshold of the non-zero voxels — tissue is kept, noise and bone are not)
-    and, with ≥ 2 echoes and ``te_s`` given, R2* (3×3×3 median) below ``r2star_max`` (1/s;
-    default 28 at 3 T — brain 15–25, muscle/scalp/fat ≥ 30; scale ∝ B0, ``None`` = off), which
-    cuts the bridges to scalp and face; 3. opening by a ball of ``open_mm`` (mm), largest
-    component = brain; 4. geodesic reconstruction restores the edge inside the foreground;
+    and, with ≥ 2 echoes and ``te_s`` given, R2* (:func:`r2star_map`, dephasing-corrected,
+    3×3×3 median) below ``r2star_max`` (1/s; ``"auto"``: 1.6 × the median R2* of the central
+    head, i.e. ≈ 28 s⁻¹ for brain at 3 T — muscle/scalp/fat lie above — and following B0 by
+    itself; a number; ``None`` = off), which cuts the bridges to scalp and face; 3. opening
+    by a ball of ``open_mm`` (mm; default 5 with the R2* criterion, 15 without it — single
+    echo or no TEs — so that the erosion alone breaks the scalp off through the dark skull),
+    largest component = brain; 4. geodesic reconstruction restores the edge inside the foreground;
     5. holes filled (3D and slice-wise, for deep grey matter and veins excluded by R2*);
     6. eroded by ``erode_mm`` (mm).
     """
@@ -113,10 +153,29 @@ def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max=28.0,
         raise ValueError("magnitude is all zero: no signal to mask")
     thr = 0.5 * otsu_threshold(pos) if threshold is None else float(threshold)
     fg = m > thr
-    if te_s is not None and r2star_max is not None and np.ndim(mag) == 4 and np.shape(mag)[-1] >= 2:
-        fg &= ndimage.median_filter(r2star_map(mag, te_s), 3) < r2star_max
+    use_r2 = (te_s is not None and r2star_max is not None and np.ndim(mag) == 4
+              and np.shape(mag)[-1] >= 2)
+    open_mm = (5.0 if use_r2 else 15.0) if open_mm is None else float(open_mm)
+    if use_r2:
+        r2 = ndimage.median_filter(r2star_map(mag, te_s), 3)
+        lim = _auto_r2star_max(r2, fg) if r2star_max == "auto" else float(r2star_max)
+        fg &= r2 < lim
     if not fg.any():
         raise ValueError(f"no voxel above the magnitude threshold {thr:g}: lower `threshold`")
+    brain = brain_from_foreground(fg, vs, open_mm, fill_holes)
+    if er > 0:
+        brain = largest_component(erode_ball(brain, vs, er))
+    if not brain.any():
+        raise ValueError(f"mask is empty after {er} mm erosion: lower erode_mm")
+    return brain
+
+
+def brain_from_foreground(fg, voxel_size, open_mm, fill_holes=True) -> np.ndarray:
+    """The brain out of a foreground that may also hold scalp, face and neck (bool): erosion by
+    a ball of ``open_mm`` (mm) breaks the thin bridges through the skull, the largest component
+    is the brain core, and dilation (1.2 × ``open_mm``) within ``fg`` restores its edge; then
+    the largest component, with holes filled (3D and slice-wise) when ``fill_holes``."""
+    vs = physics.check_voxel_size(voxel_size)
     core = largest_component(erode_ball(fg, vs, open_mm)) if open_mm > 0 else largest_component(fg)
     if not core.any():
         core = largest_component(fg)
@@ -128,10 +187,6 @@ def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max=28.0,
             brain = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(brain, ax, 0)],
                              axis=0)
             brain = np.moveaxis(brain, 0, ax)
-    if er > 0:
-        brain = largest_component(erode_ball(brain, vs, er))
-    if not brain.any():
-        raise ValueError(f"mask is empty after {er} mm erosion: lower erode_mm")
     return brain
 
 
@@ -150,7 +205,7 @@ def phase_coherence(phase, magnitude=None) -> np.ndarray:
 
 
 def phase_quality_mask(residual=None, *, phase=None, magnitude=None, residual_max_rad=None,
-                       coherence_min=0.6, mask=None) -> np.ndarray:
+                       coherence_min=0.6, mask=None, voxel_size=None, open_mm=0.0) -> np.ndarray:
     """Phase-quality mask (bool): voxels where the phase is trustworthy.
 
     ``residual``: per-voxel RMS residual of the multi-echo fit (rad,
@@ -158,7 +213,10 @@ def phase_quality_mask(residual=None, *, phase=None, magnitude=None, residual_ma
     5× the median residual inside ``mask``). ``phase`` (3D, e.g. the first echo, rad) with
     optional ``magnitude``: kept where the local phase coherence ≥ ``coherence_min``.
     Criteria given are combined with AND and the largest component is kept (holes are not
-    filled: an unreliable region inside the brain stays out).
+    filled: an unreliable region inside the brain stays out). With ``voxel_size`` (mm) and
+    ``open_mm`` > 0 the brain is first separated from scalp and face by
+    :func:`brain_from_foreground` (phase-only data: no magnitude mask to do it; at 4.5 mm on the
+    head phantom, coherence ≥ 0.9 and 15 mm give Dice 0.87 instead of 0.67).
     """
     if residual is None and phase is None:
         raise ValueError("give the fit residual and/or a phase volume for the quality mask")
@@ -177,6 +235,8 @@ def phase_quality_mask(residual=None, *, phase=None, magnitude=None, residual_ma
         if np.shape(phase) != shape:
             raise ValueError(f"phase shape {np.shape(phase)} differs from {shape}")
         keep &= phase_coherence(phase, magnitude) >= coherence_min
+    if voxel_size is not None and open_mm > 0:
+        return brain_from_foreground(keep, voxel_size, open_mm, fill_holes=False)
     return largest_component(keep)
 
 
@@ -212,7 +272,7 @@ def bet_mask(mag_file, out_file, frac=0.5):
 
 
 def mask_files(magnitude_files, out_file, *, te_s=None, erode_mm=0.0, threshold=None,
-               open_mm=5.0, r2star_max=28.0, residual_file=None, method="magnitude") -> Path:
+               open_mm=None, r2star_max="auto", residual_file=None, method="magnitude") -> Path:
     """File level: magnitude NIfTI(s) (3D per echo, or one 4D) → brain mask NIfTI (+ JSON).
 
     ``te_s`` defaults to the sidecars' ``EchoTime`` (enables the R2* criterion).
@@ -240,15 +300,11 @@ def mask_files(magnitude_files, out_file, *, te_s=None, erode_mm=0.0, threshold=
     mask = magnitude_mask(mag, vs, erode_mm=erode_mm, te_s=te_s, r2star_max=r2star_max,
                           threshold=threshold, open_mm=open_mm)
     meta = {"Type": "Brain", "Method": "magnitude threshold + morphology (qsmflow.masking)",
-            "ErodeMm": erode_mm, "OpenMm": open_mm}
+            "ErodeMm": erode_mm, "OpenMm": "auto" if open_mm is None else open_mm,
+            "R2starMax": r2star_max}
     if residual_file is not None:
         r, _, _ = qio.load_nifti(residual_file)
         mask = combine_masks(mask, phase_quality_mask(r, mask=mask))
         meta["Method"] += " AND fit-residual quality"
     return qio.save_nifti(out_file, mask, affine, sidecar=meta)
 
-
-def default_r2star_max(b0_tesla) -> float:
-    """R2* limit (1/s) of ``magnitude_mask`` at field strength ``b0_tesla`` (T): 28 s⁻¹ at 3 T,
-    scaled ∝ B0 (R2* of brain tissue grows about linearly with the field)."""
-    return 28.0 * physics.check_field_strength(b0_tesla) / 3.0

@@ -97,6 +97,19 @@ def test_region_growing_exact_with_noise():
     assert np.mean(n == np.median(n)) == 1.0
 
 
+def test_region_growing_follows_steep_gradient():
+    """Phase 0.05·x² (rad): the gradient reaches 1.5π per voxel; growing from the low-gradient
+    core by linear extrapolation stays exact where a neighbour's value alone would be > π off."""
+    x = np.arange(48, dtype=float)[:, None, None] * np.ones((1, 8, 8))
+    true = 0.05 * x**2
+    rng = np.random.default_rng(0)
+    w = physics.wrap(true + 0.05 * rng.standard_normal(true.shape))
+    u = ph.region_growing_unwrap(w, None, None, quality=-x.astype(np.float32),
+                                 core_quantile=0.6)  # core x < 19: < 0.6π per voxel
+    n = np.round((u - true) / TWO_PI)
+    assert np.all(n == n[0, 0, 0])
+
+
 # ------------------------------------------------------------------------------------------
 # phantom: unwrapping, fit, noise, offset
 # ------------------------------------------------------------------------------------------
@@ -112,7 +125,7 @@ def _exact_fraction(u, truth, mask):
     return float(np.mean(n == np.median(n)))
 
 
-@pytest.mark.parametrize("b0,min_exact", [(3.0, 0.998), (7.0, 0.985)])
+@pytest.mark.parametrize("b0,min_exact", [(3.0, 0.999), (7.0, 0.993)])
 def test_unwrap_and_fit_phantom(phantom, b0, min_exact):
     """Exact unwrapping on a noisy 3 T / 7 T simulation; field, φ0 and noise vs truth.
     (At 2 mm the phantom has ~0.1 % (3 T) / ~5 % (7 T) brain voxels whose true echo-difference

@@ -28,7 +28,8 @@ class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     echo_times = traits.List(traits.Float, desc="echo times (s) of a 4D magnitude: enables the "
                              "R2* criterion that separates brain from scalp and face")
     b0_tesla = traits.Float(3.0, usedefault=True,
-                            desc="field strength (T): the R2* limit scales with it")
+                            desc="field strength (T); unused by the magnitude mask, whose R2* "
+                            "limit follows the data's own brain R2* (masking.magnitude_mask)")
     phase = File(exists=True, desc="phase (rad, 4D echoes): coherence of the first echo")
     residual = File(exists=True, desc="multi-echo fit residual (rad)")
     params = traits.Dict(desc="parameters of masking.magnitude_mask / phase_quality_mask")
@@ -64,10 +65,11 @@ class BrainMask(SimpleInterface):
             kw = _accepted(masking.magnitude_mask, params)
             if mag.ndim == 4 and self.inputs.echo_times and mag.shape[-1] >= 2:
                 kw.setdefault("te_s", list(self.inputs.echo_times))
-                kw.setdefault("r2star_max", masking.default_r2star_max(self.inputs.b0_tesla))
             mask = masking.magnitude_mask(mag, vs, **kw)
         if method in ("phase-quality", "combined"):
             kw = _accepted(masking.phase_quality_mask, params)
+            if method == "phase-quality":  # no magnitude mask: separate brain from scalp here
+                kw = {"voxel_size": vs, "open_mm": 15.0, "coherence_min": 0.9, **kw}
             if opt(self.inputs.residual):
                 kw["residual"] = load_nifti(self.inputs.residual)[0]
             if opt(self.inputs.phase):
