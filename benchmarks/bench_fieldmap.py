@@ -1,7 +1,7 @@
 """Field mapping benchmark: unwrapping, multi-echo fit, masking, background removal.
 
-Accuracy against the head phantom's truth (1 mm isotropic; ``--quick``: 2 mm), speed and peak
-memory at three volume sizes, and figures on the real in-vivo data (real-gre-small).
+Accuracy against the head phantom's truth (1 mm isotropic; ``--quick``: 2 mm) and figures on
+the real in-vivo data (real-gre-small). Speed and memory: ``bench_fieldmap_speed.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _util import md_table, measure
+from _util import md_table
 from qsmflow import bgremoval, masking, metrics, physics
 from qsmflow import phase as ph
 
@@ -93,17 +93,6 @@ def _accuracy(figdir, quick):
                        f"{metrics.nrmse(loc, local, em):.1f}", f"{100 * em.sum() / m.sum():.0f}",
                        f"{metrics.correlation(loc, local, common):.3f}", f"{times[name]:.1f}"])
     leak = float((np.abs(p.chi - p.chi_in)[m] > 0.01).mean())
-    # the same with the non-brain χ that the phantom's interpolation leaves inside brain_mask
-    # moved out of it (background then harmonic inside the mask, as the method assumes)
-    from qsmflow.phantom import CHI_AIR
-
-    clean = physics.forward_field(np.where(m, p.chi_in, p.chi) - CHI_AIR, vs, b0dir)
-    t0 = time.perf_counter()
-    loc_c, em_c = bgremoval.resharp(clean, m, vs)
-    rows_b.append(["resharp, mask free of non-brain χ", f"{metrics.nrmse(loc_c, local, common):.1f}",
-                   f"{metrics.nrmse(loc_c, local, em_c):.1f}", f"{100 * em_c.sum() / m.sum():.0f}",
-                   f"{metrics.correlation(loc_c, local, common):.3f}",
-                   f"{time.perf_counter() - t0:.1f}"])
     # figures
     import matplotlib
 
@@ -147,45 +136,11 @@ def _accuracy(figdir, quick):
            "true local field inside the common eroded mask (and each method's own mask)\n",
            md_table(["method", "NRMSE % common", "NRMSE % own mask", "own mask % of brain",
                      "r (common)", "s"], rows_b),
-           f"\nNote: {100 * leak:.1f} % of the phantom's brain-mask voxels carry non-brain χ "
-           "(air/bone partial volume from the phantom's interpolation), so the 'background' is not "
-           "harmonic there; this dominates the own-mask errors of V-SHARP and PDF at the brain "
-           "edge and costs RESHARP ~4 points (last row: the same phantom with that χ moved out "
-           "of the brain mask).\n",
+           f"\nNote: {100 * leak:.1f} % of the phantom's brain-mask voxels carry > 0.01 ppm of "
+           "non-brain χ (air/bone partial volume); their field counts as background, which is "
+           "then not harmonic in those voxels.\n",
            "\n![phantom](figures/fieldmap_phantom.png)\n"]
     return "\n".join(txt)
-
-
-def _speed(quick):
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
-
-    sizes = [((96, 96, 48), (2.0, 2.0, 3.0))]
-    if not quick:
-        sizes += [((164, 205, 205), (1.0, 1.0, 1.0)), ((256, 256, 128), (0.9, 0.9, 1.4))]
-    rows = []
-    for shape, vs in sizes:
-        p = make_head_phantom(shape, vs, seed=0)
-        s = simulate_megre(p, b0_tesla=3.0, snr=100, b0_dir=(0, 0, 1), seed=1)
-        m = p.brain_mask
-        total = s.total_field_hz
-        u = ph.unwrap_echoes(s.phase, s.magnitude, s.te_s, vs, mask=m)
-        steps = [
-            ("Laplacian unwrap (1 echo)", ph.laplacian_unwrap, (s.phase[..., 0], vs), {}, 3),
-            ("quality-guided unwrap (4 echoes)", ph.unwrap_echoes,
-             (s.phase, s.magnitude, s.te_s, vs), {"mask": m}, 30),
-            ("multi-echo fit", ph.fit_multi_echo, (u, s.magnitude, s.te_s, m), {}, 5),
-            ("magnitude mask", masking.magnitude_mask, (s.magnitude, vs), {"te_s": s.te_s}, None),
-            ("RESHARP", bgremoval.resharp, (total, m, vs), {}, 10),
-            ("V-SHARP", bgremoval.vsharp, (total, m, vs), {}, 10),
-            ("PDF", bgremoval.pdf, (total, m, vs, (0, 0, 1)), {}, 60),
-        ]
-        for name, fn, args, kw, target in steps:
-            r = measure(fn, *args, repeat=1, **kw)
-            rows.append(["×".join(map(str, shape)), name, r["median_s"], r["peak_mb"],
-                         "" if target is None else f"≤ {target} s"])
-        del p, s, u
-    return md_table(["volume", "step", "s", "peak MB", "target (164×205×205)"], rows)
 
 
 def _real(figdir):
@@ -241,10 +196,8 @@ def run(figdir: Path, quick: bool) -> str:
     figdir = Path(figdir)
     out = ["## Field mapping (phase → total field → local field)\n",
            _accuracy(figdir, quick),
-           "\n### Speed and peak memory\n",
-           f"QSMFLOW_NUM_THREADS={physics.fft_workers()}; each step once in a forked process "
-           "(peak = resident-memory increase). The machine was shared with other jobs.\n",
-           _speed(quick),
+           "\nSpeed and memory of these steps: section *Field mapping: speed* "
+           "(`python benchmarks/run.py --only fieldmap_speed`).\n",
            "\n### Real data\n",
            _real(figdir)]
     return "\n".join(out)
