@@ -115,7 +115,8 @@ def test_report_has_its_figures(demo_run):
     assert len(imgs) == 3
     for rel in imgs:
         assert (d / rel).stat().st_size > 5000
-    for text in ("Methods", "Run time per step", "invert_medi", "RESHARP", "Parameters"):
+    for text in ("Methods", "Run time per step", "invert_medi", "RESHARP", "Parameters",
+                 "<td>this run</td>"):
         assert text in page
 
 
@@ -133,6 +134,8 @@ def test_rerun_recomputes_nothing_and_leaves_the_input_alone(demo_run):
     after = {p: p.stat().st_mtime_ns for p in work.rglob("result_*.pklz")}
     assert after == results, "a node was recomputed"
     assert " done (" not in buf.getvalue()  # no step ran
+    page = (demo_run["deriv"] / "sub-01.html").read_text()  # the report says so
+    assert "reused from an earlier run" in page and "<td>this run</td>" not in page
     assert {p: p.stat().st_mtime_ns for p in demo_run["deriv"].rglob("*.nii.gz")} == outputs
     assert _digest(demo_run["bids"]) == raw
 

@@ -240,8 +240,10 @@ def prepare_output(plan, run_uuid: str) -> Path:
     return log_dir
 
 
-def write_reports(plan, workflow, failed: set[str], work_root: Path) -> dict[str, Path]:
-    """One HTML page per successful subject."""
+def write_reports(plan, workflow, failed: set[str], work_root: Path,
+                  since: float | None = None) -> dict[str, Path]:
+    """One HTML page per successful subject (steps finished before ``since``, a Unix time,
+    are marked as reused)."""
     from ..derivatives import derivative_relpath
     from ..report import collect_timings, write_subject_report
 
@@ -265,7 +267,7 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path) -> dict[str
                                       for k in ("mask", "field", "chi")},
                           "outputs": [str(o) for o in outputs if (plan.output_dir / o).exists()]})
         ssw = workflow.get_node(f"single_subject_{sub}_wf")
-        timings = collect_timings(work_root / f"single_subject_{sub}_wf")
+        timings = collect_timings(work_root / f"single_subject_{sub}_wf", since=since)
         reports[sub] = write_subject_report(plan.output_dir, sub, items, settings=settings,
                                             timings=timings, methods=ssw.__desc__ or "")
     return reports
@@ -370,7 +372,7 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     if crashed and not failed_lines:  # e.g. the plugin itself failed: no crash file
         for sub in plan.subjects:
             failed_lines[sub] = [("workflow", f"{crashed}; rerun with -v", log_dir)]
-    reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name)
+    reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name, since=t0)
     dicom_errors = export_dicom(plan, set(failed_lines)) if cfg.dicom_out else []
     dt = time.time() - t0
     ok = [s for s in plan.subjects if s not in failed_lines]

@@ -10,9 +10,13 @@ from pathlib import Path
 from .. import __version__
 
 
-def collect_timings(work_root) -> list[dict]:
+def collect_timings(work_root, since: float | None = None) -> list[dict]:
     """Run time of every finished node under ``work_root`` (a workflow's work folder), from
-    Nipype's result files: ``[{"node", "workflow", "seconds"}]`` sorted by path."""
+    Nipype's result files: ``[{"node", "workflow", "seconds", "finished", "reused"}]`` sorted by
+    path. ``finished``: when the node ended (ISO time); ``reused``: it ended before ``since``
+    (a Unix time, e.g. this run's start), so this run took its cached result."""
+    from datetime import datetime
+
     from nipype.utils.filemanip import loadpkl
 
     rows = []
@@ -22,11 +26,16 @@ def collect_timings(work_root) -> list[dict]:
         try:
             result = loadpkl(res)
             secs = float(getattr(result.runtime, "duration", float("nan")))
+            end = str(getattr(result.runtime, "endTime", "") or "")
         except Exception:  # an unreadable result file is not a reason to lose the report
             continue
         if secs == secs and not res.parent.name.startswith("gather"):  # skip NaN, merges
+            try:
+                reused = since is not None and datetime.fromisoformat(end).timestamp() < since
+            except ValueError:
+                reused = False
             rows.append({"node": res.parent.name, "workflow": res.parent.parent.name,
-                         "seconds": secs})
+                         "seconds": secs, "finished": end[:19], "reused": bool(reused)})
     return rows
 
 
@@ -74,10 +83,16 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
     parts.append("<h2>Parameters</h2>" + _table(["setting", "value"],
                                                  [(k, v) for k, v in settings.items()]))
     if timings:
-        total = sum(t["seconds"] for t in timings)
-        parts.append(f"<h2>Run time per step</h2><p>total {total:.1f} s of node time</p>" + _table(
-            ["workflow", "step", "seconds"],
-            [(t["workflow"], t["node"], f"{t['seconds']:.2f}") for t in timings]))
+        fresh = [t for t in timings if not t.get("reused")]
+        total = sum(t["seconds"] for t in fresh)
+        note = (f"; {len(timings) - len(fresh)} step(s) reused from an earlier run (their time is "
+                "that run's)" if len(fresh) < len(timings) else "")
+        parts.append(f"<h2>Run time per step</h2><p>total {total:.1f} s of node time in this run"
+                     f"{note}</p>" + _table(
+                         ["workflow", "step", "seconds", "run"],
+                         [(t["workflow"], t["node"], f"{t['seconds']:.2f}",
+                           f"reused (ran {t.get('finished', '').replace('T', ' ')})"
+                           if t.get("reused") else "this run") for t in timings]))
     parts.append(f"<h2>Methods</h2><div class='methods'>{methods_html(methods)}</div>")
     parts.append("</body></html>")
     path = out_dir / f"sub-{subject}.html"
