@@ -293,3 +293,18 @@ def test_non_gre_series_listed_and_skipped(tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         dicom_to_bids(tmp_path / "dcm", tmp_path / "bids", "01", session="1", progress=False)
     assert json.loads((tmp_path / "bids" / "dataset_description.json").read_text())["DatasetType"] == "raw"
+
+
+@pytest.mark.parametrize("unit,scale", [("rad", 1.0), ("degrees", 180 / np.pi), ("mrad", 1000.0)])
+def test_philips_phase_units_recognised(unit, scale):
+    """Philips display values (after slope/intercept) in rad, degrees or mrad all come out in
+    rad, and the sidecar record says which unit was found."""
+    from qsmflow.dicom.vendor import phase_to_rad
+
+    ds = pydicom.Dataset()
+    ds.BitsStored, ds.PixelRepresentation = 12, 0
+    truth = np.linspace(-np.pi, np.pi, 4095, endpoint=False)
+    ds.RescaleSlope, ds.RescaleIntercept = f"{2 * np.pi * scale / 4095:.12g}", f"{-np.pi * scale:.12g}"
+    out, rec = phase_to_rad(truth * scale, ds, "philips")
+    np.testing.assert_allclose(out, truth, atol=1e-9)
+    assert unit in rec["Method"]

@@ -6,7 +6,7 @@ converter writes that dict into the BIDS sidecar, so no correction is ever silen
 - Siemens: phase stored as integers over the full ``BitsStored`` range (0..4095 without rescale
   tags, -4096..4094 with slope 2 / intercept -4096): that nominal range maps linearly to -π..π.
 - Philips: stored values × RescaleSlope + RescaleIntercept (the "display value") are in rad
-  (range ±π) or mrad (±1000π); the private scale slope (2005,100E) is recorded, not applied
+  (range ±π), degrees (±180, some software versions) or mrad (±1000π); the private scale slope (2005,100E) is recorded, not applied
   (it converts to the "floating point value", which is not a phase in rad).
 - GE: real and imaginary images → complex → magnitude and phase; GE's phase has the opposite
   sign to the convention here (positive frequency offset = positive phase), so the phase is
@@ -64,6 +64,9 @@ def phase_to_rad(values, ds, vendor: str) -> tuple[np.ndarray, dict]:
         if m <= np.pi * (1 + 1e-3):
             rec["Method"] = "display value (slope/intercept applied) is in rad"
             out = v
+        elif 90.0 < m <= 180.0 * (1 + 1e-3):  # a full-range phase image in degrees
+            rec["Method"] = "display value (slope/intercept applied) is in degrees; times pi/180"
+            out = v * (np.pi / 180.0)
         elif m <= 1000 * np.pi * (1 + 1e-3):
             rec["Method"] = "display value (slope/intercept applied) is in mrad; divided by 1000"
             out = v / 1000.0
