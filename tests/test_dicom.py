@@ -1,4 +1,5 @@
-"""DICOM in (dicom2bids) and out (χ map export): vendors, geometry vs dcm2niix, bad input."""
+"""DICOM in (dicom2bids) and out (χ map export): vendors, enhanced (multi-frame) DICOM, geometry
+vs dcm2niix, bad input."""
 
 from __future__ import annotations
 
@@ -125,6 +126,77 @@ def test_ge_repeated_echo_tags(tmp_path):
         assert np.max(np.abs(np.angle(np.exp(1j * (ph - _to_nifti(t["phase_rad"][..., e])))))) < 1e-5
         assert sc["EchoTime"] == pytest.approx(TE_MS[e] / 1000)
         assert "acquisition order" in sc["PhaseScaling"]["EchoOrderFrom"]
+
+
+# ------------------------------------------------------------------------------------------
+# Enhanced (multi-frame) MR DICOM: the same result as classic images of the same data
+# ------------------------------------------------------------------------------------------
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+GEOMETRY = dict(orientation=OBLIQUE, pixel_spacing=(0.9, 1.3), slice_spacing=2.2)
+
+
+@pytest.mark.parametrize("vendor,layout,acq", [("siemens", "series", "3D"), ("philips", "series", "2D"),
+                                               ("philips", "image", "3D")])
+def test_enhanced_matches_classic_and_truth(tmp_path, vendor, layout, acq):
+    """Siemens XA style (a magnitude and a phase file, every echo and slice a frame, phase slope 2 /
+    intercept -4096), Philips style (one file of magnitude and phase frames, rescale per frame) and
+    one single-frame enhanced file per image give what the classic images of the same data give."""
+    mag, phase = _truth(seed=6)
+    t_cls = write_gre_dicoms(tmp_path / "cls", vendor, mag, phase, TE_MS, acquisition=acq, **GEOMETRY)
+    t = write_gre_dicoms(tmp_path / "enh", vendor, mag, phase, TE_MS, acquisition=acq, enhanced=layout,
+                         **GEOMETRY)
+    assert len(t["files"]) == {"series": 2 if vendor == "siemens" else 1, "image": 2 * S * len(TE_MS)}[layout]
+    ds = pydicom.dcmread(t["files"][0], stop_before_pixels=True)
+    n_parts = 1 if vendor == "siemens" else 2  # Philips: magnitude and phase frames in one file
+    assert ds.SOPClassUID == ENHANCED_MR
+    assert ds.NumberOfFrames == (1 if layout == "image" else len(TE_MS) * S * n_parts)
+    assert "EchoTime" not in ds and "ImagePositionPatient" not in ds and "ScanningSequence" not in ds
+    for k in ("cls", "enh"):
+        dicom_to_bids(tmp_path / k, tmp_path / f"bids_{k}", "01", progress=False, log=lambda m: None)
+    for e in range(len(TE_MS)):
+        ph, aff, sc = _load(tmp_path / "bids_enh", e + 1, "phase")
+        mg, aff_m, sc_m = _load(tmp_path / "bids_enh", e + 1, "mag")
+        ph_c, aff_c, sc_c = _load(tmp_path / "bids_cls", e + 1, "phase")
+        mg_c, _, _ = _load(tmp_path / "bids_cls", e + 1, "mag")
+        np.testing.assert_allclose(aff, aff_c, atol=1e-4)             # geometry == classic conversion
+        np.testing.assert_allclose(aff_m, aff, atol=0)
+        exp_ph, exp_mag = _to_nifti(t["phase_rad"][..., e]), _to_nifti(t["magnitude"][..., e])
+        if acq == "3D":
+            exp_ph, exp_mag = (nib.orientations.apply_orientation(x, nib.io_orientation(_affine_2d(t_cls, aff)))
+                               for x in (exp_ph, exp_mag))
+        assert np.max(np.abs(np.angle(np.exp(1j * (ph - exp_ph))))) < 1e-5  # stored values → rad exactly
+        assert np.max(np.abs(np.angle(np.exp(1j * (ph - ph_c))))) < 1e-5
+        np.testing.assert_allclose(mg, exp_mag, rtol=1e-6)
+        np.testing.assert_allclose(mg, mg_c, rtol=1e-6)
+        assert sc["EchoTime"] == pytest.approx(TE_MS[e] / 1000)
+        for key in ("MagneticFieldStrength", "ImagingFrequency", "RepetitionTime", "FlipAngle", "SliceThickness",
+                    "MRAcquisitionType", "Manufacturer", "SeriesNumber"):
+            assert sc[key] == sc_c[key], key
+        assert sc["DicomSource"]["PatientID"] == sc_c["DicomSource"]["PatientID"]
+        assert set(sc["DicomSource"]) == set(sc_c["DicomSource"]) - {"SequenceVariant"}
+    if vendor == "siemens":
+        assert sc["PhaseScaling"]["StoredRange"] == [-4096, 4094] and sc["PhaseScaling"]["RescaleSlope"] == 2
+    else:
+        assert sc["PhaseScaling"]["RescaleSlope"] == pytest.approx(2 * np.pi / 4095, rel=1e-8)
+        assert sc_m["MagnitudeScaling"]["RescaleSlope"] == 1.5
+
+
+@needs_dcm2niix
+@pytest.mark.parametrize("vendor,acq,n_echo", [("siemens", "3D", 1), ("philips", "2D", 3)])
+def test_enhanced_geometry_matches_dcm2niix(tmp_path, vendor, acq, n_echo):
+    """dcm2niix's affine of the same enhanced files (it splits the synthetic Siemens-style files
+    into slices but not echoes, so those are written single-echo)."""
+    mag, phase = _truth(seed=7)
+    write_gre_dicoms(tmp_path / "enh", vendor, mag[..., :n_echo], phase[..., :n_echo], TE_MS[:n_echo],
+                     acquisition=acq, enhanced="series", **GEOMETRY)
+    dicom_to_bids(tmp_path / "enh", tmp_path / "bids", "01", progress=False, log=lambda m: None)
+    ph, aff, _ = _load(tmp_path / "bids", 1, "phase")
+    d2n = _dcm2niix(tmp_path / "enh", tmp_path / "d2n")
+    assert len(d2n) == 2 * n_echo
+    for f in d2n:
+        ref = nib.load(f)
+        assert ref.shape[:3] == ph.shape
+        np.testing.assert_allclose(ref.affine, aff, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,16 +328,34 @@ def _spin_echo(ds, part, e, s):
     return ds
 
 
-@pytest.mark.parametrize("mutate,pattern", [
-    (_drop_slice, r"series 6 'gre_qsm'.*slice.*missing"),
-    (_mixed_matrix, r"series 5 'gre_qsm'.*mixed matrix sizes.*12x10 in \d+ file\(s\), 8x8 in 1"),
-    (_no_phase_echo3, r"series 5 'gre_qsm' \+ series 6 'gre_qsm': echo 3 \(TE 10 ms\) has magnitude "
-                      r"images but no phase"),
-    (_spin_echo, r"no multi-echo gradient-echo series.*series 5 'gre_qsm' \(not a gradient-echo"),
+def _enhanced_no_te(ds, part, e, s):
+    """Enhanced: frame 9 of the phase file (echo 2, slice 3) without MREchoSequence."""
+    if part == "phase" and e == 1 and s == 2:
+        del ds.EchoTime
+    return ds
+
+
+def _enhanced_tilted_frame(ds, part, e, s):
+    """Enhanced: frame 17 of the magnitude file (echo 3, slice 5) in another plane."""
+    if part == "mag" and e == 2 and s == 4:
+        ds.ImageOrientationPatient = [f"{v:.8g}" for v in OBLIQUE]
+    return ds
+
+
+@pytest.mark.parametrize("mutate,enhanced,pattern", [
+    (_drop_slice, None, r"series 6 'gre_qsm'.*slice.*missing"),
+    (_mixed_matrix, None, r"series 5 'gre_qsm'.*mixed matrix sizes.*12x10 in \d+ file\(s\), 8x8 in 1"),
+    (_no_phase_echo3, None, r"series 5 'gre_qsm' \+ series 6 'gre_qsm': echo 3 \(TE 10 ms\) has magnitude "
+                            r"images but no phase"),
+    (_spin_echo, None, r"no multi-echo gradient-echo series.*series 5 'gre_qsm' \(not a gradient-echo"),
+    (_drop_slice, "series", r"series 6 'gre_qsm'.*slice.*missing"),
+    (_enhanced_no_te, "series", r"series 6 'gre_qsm': IM\d{5} frame 9 has no echo time \(MREchoSequence"),
+    (_enhanced_tilted_frame, "series", r"series 5 'gre_qsm': mixed slice orientations.*\(IM\d{5} frame 17\)"),
+    (_spin_echo, "series", r"no multi-echo gradient-echo series.*series 5 'gre_qsm' \(not a gradient-echo"),
 ])
-def test_bad_input_clear_error_nothing_written(tmp_path, capsys, mutate, pattern):
+def test_bad_input_clear_error_nothing_written(tmp_path, capsys, mutate, enhanced, pattern):
     mag, phase = _truth(seed=4)
-    write_gre_dicoms(tmp_path / "in" / "dcm", "siemens", mag, phase, TE_MS, mutate=mutate)
+    write_gre_dicoms(tmp_path / "in" / "dcm", "siemens", mag, phase, TE_MS, mutate=mutate, enhanced=enhanced)
     rc = dicom2bids_main([str(tmp_path / "in" / "dcm"), str(tmp_path / "out" / "bids"),
                           "--subject", "01", "--quiet"])
     err = capsys.readouterr().err

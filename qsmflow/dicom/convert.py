@@ -3,7 +3,8 @@
 :func:`find_acquisitions` pairs series into acquisitions (magnitude + phase series, or one series
 holding real + imaginary or magnitude + phase images) and lists every other series with the
 reason it is skipped; :func:`load_acquisition` stacks one acquisition into 4D magnitude and phase
-(rad) arrays with a dcm2niix-identical affine; :func:`dicom_to_bids` writes the BIDS dataset
+(rad) arrays with a dcm2niix-identical affine (classic single-frame images and the frames of
+enhanced multi-frame files alike, see :mod:`.enhanced`); :func:`dicom_to_bids` writes the BIDS dataset
 atomically (built in a temporary folder next to ``bids_dir``, moved into place at the end).
 """
 
@@ -22,7 +23,7 @@ import pydicom
 from .. import __version__
 from ..bids import is_label
 from ..io import save_nifti, write_json
-from . import geometry, vendor
+from . import enhanced, geometry, vendor
 from .scan import PHILIPS_SCALE_SLOPE_TAG, DicomImage, _private, group_series, scan_folder
 
 BIDS_VERSION = "1.10.0"
@@ -75,9 +76,9 @@ def _series_label(series) -> str:
 
 def _skip_reason(series) -> str | None:
     im = series[0]
-    if any(s.n_frames > 1 for s in series):
-        return ("multi-frame (enhanced) DICOM is not supported: export classic DICOM from the scanner "
-                "or convert this series with dcm2niix")
+    if any(s.n_frames > 1 and s.frame is None for s in series):
+        return ("multi-frame DICOM without functional groups (not Enhanced MR) is not supported: export "
+                "classic or Enhanced MR DICOM from the scanner")
     if im.is_derived:
         return "derived images (ImageType DERIVED), not raw gradient-echo data"
     if not im.is_gre:
@@ -137,7 +138,8 @@ def find_acquisitions(images) -> tuple[list[Acquisition], list[tuple[str, str]]]
 # --------------------------------------------------------------------------------------------
 # stacking one acquisition
 # --------------------------------------------------------------------------------------------
-def _check_same_grid(acq: Acquisition) -> None:
+def _check_headers(acq: Acquisition) -> None:
+    """Same matrix, orientation and pixel spacing everywhere; position and (enhanced) TE present."""
     for series in acq.series:
         sizes = {}
         for im in series:
@@ -148,16 +150,19 @@ def _check_same_grid(acq: Acquisition) -> None:
                              "remove the stray files or export the series again")
     ref = acq.images[0]
     for im in acq.images:
+        if not np.all(np.isfinite(im.position)) or not np.all(np.isfinite(im.orientation)):
+            raise ValueError(f"{im.label}: {im.source} has no ImagePositionPatient/"
+                             "ImageOrientationPatient; cannot place it in space")
+        if im.frame is not None and im.echo_time_ms is None:
+            raise ValueError(f"{im.label}: {im.source} has no echo time (MREchoSequence EffectiveEchoTime "
+                             "in the functional groups); cannot tell the echoes apart, export the series again")
         if (im.rows, im.columns) != (ref.rows, ref.columns):
             raise ValueError(f"{acq.label}: magnitude and phase have different matrix sizes "
                              f"({ref.rows}x{ref.columns} vs {im.rows}x{im.columns}); they cannot be paired")
         if not np.allclose(im.orientation, ref.orientation, atol=1e-4) or \
                 not np.allclose(im.pixel_spacing, ref.pixel_spacing, atol=1e-4):
             raise ValueError(f"{im.label}: mixed slice orientations or pixel spacings in one acquisition "
-                             f"({im.path.name}); split the series or remove the stray files")
-        if not np.all(np.isfinite(im.position)) or not np.all(np.isfinite(im.orientation)):
-            raise ValueError(f"{im.label}: {im.path.name} has no ImagePositionPatient/"
-                             "ImageOrientationPatient; cannot place it in space")
+                             f"({im.source}); split the series or remove the stray files")
 
 
 def _group_echoes(imgs: list[DicomImage], label: str, echo_times_ms) -> tuple[list[list], list[float], str]:
@@ -205,12 +210,16 @@ def _sorted_echo(echo_imgs, label) -> tuple[list, np.ndarray, float]:
     return [echo_imgs[i] for i in order], dist, step
 
 
-def _read_pixels(imgs, bar=None) -> np.ndarray:
-    """Pixel data of sorted images → (columns, reversed rows, slices) display values."""
+def _read_pixels(imgs, bar=None, cache=None) -> np.ndarray:
+    """Pixel data of sorted images → (columns, reversed rows, slices) display values.
+
+    ``cache``: dict reused across calls so that an enhanced file is decoded once."""
+    cache = {} if cache is None else cache
     planes = []
     for im in imgs:
-        ds = pydicom.dcmread(str(im.path))
-        planes.append(geometry.pixels_to_nifti(vendor.rescale(ds.pixel_array, ds)))
+        stored = (pydicom.dcmread(str(im.path)).pixel_array if im.frame is None
+                  else enhanced.frame_pixels(im.path, im.frame, cache))
+        planes.append(geometry.pixels_to_nifti(vendor.rescale(stored, im.ds)))
         if bar is not None:
             bar.update()
     return np.stack(planes, axis=-1)
@@ -218,7 +227,7 @@ def _read_pixels(imgs, bar=None) -> np.ndarray:
 
 def load_acquisition(acq: Acquisition, echo_times_ms=None, progress: bool = False) -> Volumes:
     """Stack one acquisition → :class:`Volumes` (magnitude, phase in rad, TE in s, affine)."""
-    _check_same_grid(acq)
+    _check_headers(acq)
     parts = ("real", "imag") if acq.kind == "complex" else ("mag", "phase")
     grouped = {}
     for part in parts:
@@ -235,10 +244,10 @@ def load_acquisition(acq: Acquisition, echo_times_ms=None, progress: bool = Fals
                          f"{names[miss]} series complete")
     from tqdm.auto import tqdm
 
-    n_files = sum(len(e) for echoes, _, _ in grouped.values() for e in echoes)
-    bar = tqdm(total=n_files, desc="reading pixels", unit="file", disable=not progress)
+    n_images = sum(len(e) for echoes, _, _ in grouped.values() for e in echoes)
+    bar = tqdm(total=n_images, desc="reading pixels", unit="image", disable=not progress)
     ref_dist = None
-    stacks = {}
+    stacks, cache = {}, {}
     for part, (echoes, tes, _) in grouped.items():
         order = np.argsort(tes)
         vols = []
@@ -250,7 +259,7 @@ def load_acquisition(acq: Acquisition, echo_times_ms=None, progress: bool = Fals
             elif dist.shape != ref_dist.shape or not np.allclose(dist, ref_dist, atol=1e-2):
                 raise ValueError(f"{lab}: {dist.size} slices where the first echo has {ref_dist.size} "
                                  "(or at other positions); a slice is missing, re-export the series")
-            vols.append(_read_pixels(imgs, bar))
+            vols.append(_read_pixels(imgs, bar, cache))
         stacks[part] = np.stack(vols, axis=-1)
     bar.close()
     tes_ms = np.sort(np.asarray(te0, float))
@@ -498,7 +507,7 @@ def read_series_volume(images, progress: bool = False) -> tuple[np.ndarray, np.n
                                         step_vec, first.rows)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(imgs), desc="reading pixels", unit="file", disable=not progress) as bar:
+    with tqdm(total=len(imgs), desc="reading pixels", unit="image", disable=not progress) as bar:
         data = _read_pixels(imgs, bar)
     return geometry.to_closest_canonical(data, affine) if _is_3d(first) else (data, affine)
 

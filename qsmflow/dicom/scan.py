@@ -1,8 +1,9 @@
 """Walk a folder of DICOM files, read headers and classify each image.
 
 Pure header logic, no pixel data: :func:`scan_folder` returns one :class:`DicomImage` per
-classic (single-frame) image file and a list of skipped files; :func:`group_series` groups
-them by ``SeriesInstanceUID``. Classification of the image *part* (magnitude, phase, real,
+classic (single-frame) image file and per frame of an enhanced (multi-frame) file (see
+:mod:`.enhanced`), and a list of skipped files; :func:`group_series` groups them by
+``SeriesInstanceUID``. Classification of the image *part* (magnitude, phase, real,
 imaginary) follows, in order of precedence: ``ComplexImageComponent`` (0008,9208), GE's private
 image type (0043,102F: 0 mag, 1 phase, 2 real, 3 imaginary), Philips' private image type
 (2005,1011: M/P/R/I), then the ``ImageType`` tokens (Siemens ``M``/``P``/``R``/``I``).
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from . import enhanced
 
 PARTS = ("mag", "phase", "real", "imag")
 
@@ -39,7 +42,8 @@ PHILIPS_SCALE_SLOPE_TAG = (0x2005, 0x100E)
 
 @dataclass
 class DicomImage:
-    """Header of one classic DICOM image (geometry in DICOM LPS mm, times in ms as stored)."""
+    """Header of one classic DICOM image or of one frame of an enhanced file (geometry in DICOM
+    LPS mm, times in ms as stored)."""
 
     path: Path
     series_uid: str
@@ -62,11 +66,17 @@ class DicomImage:
     is_gre: bool
     is_derived: bool
     n_frames: int
-    ds: pydicom.Dataset = field(repr=False)   # header only (no pixel data)
+    ds: pydicom.Dataset = field(repr=False)   # header only (no pixel data); per frame if enhanced
+    frame: int | None = None    # frame index (0-based) in an enhanced file, None for classic
 
     @property
     def label(self) -> str:
         return f"series {self.series_number} '{self.series_description}'"
+
+    @property
+    def source(self) -> str:
+        """File name, plus the frame number (1-based) for an enhanced file."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
 
 
 def _private(ds, tag):
@@ -144,15 +154,29 @@ def _order_key(ds) -> tuple:
     return (run, uid_key, int(ds.get("InstanceNumber", 0) or 0))
 
 
-def read_header(path) -> DicomImage | None:
-    """Header of one file → :class:`DicomImage`; ``None`` for a non-image or non-DICOM file."""
+def read_images(path) -> list[DicomImage]:
+    """Header of one file → one :class:`DicomImage` (one per frame for an enhanced file); empty
+    for a non-image or non-DICOM file."""
     path = Path(path)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError):
-        return None
+        return []
     if "SeriesInstanceUID" not in ds or "Rows" not in ds:
-        return None  # DICOMDIR, structured reports, presentation states ...
+        return []  # DICOMDIR, structured reports, presentation states ...
+    if enhanced.is_enhanced(ds):
+        return [_image(path, fds, i) for i, fds in enumerate(enhanced.frame_datasets(ds, path))]
+    return [_image(path, ds)]
+
+
+def read_header(path) -> DicomImage | None:
+    """Header of one file (its first frame if enhanced) → :class:`DicomImage`; ``None`` for a
+    non-image or non-DICOM file."""
+    images = read_images(path)
+    return images[0] if images else None
+
+
+def _image(path: Path, ds, frame: int | None = None) -> DicomImage:
     part, source = classify_part(ds)
     manufacturer = str(ds.get("Manufacturer", "") or "")
     en = ds.get("EchoNumbers")
@@ -180,11 +204,12 @@ def read_header(path) -> DicomImage | None:
         columns=int(ds.get("Columns", 0)),
         pixel_spacing=tuple(float(v) for v in ps) if ps else (np.nan, np.nan),
         instance_number=int(ds.get("InstanceNumber", 0) or 0),
-        order_key=_order_key(ds),
+        order_key=_order_key(ds) + (frame or 0,),
         is_gre=_is_gre(ds),
         is_derived=bool(image_type) and image_type[0] == "DERIVED",
         n_frames=int(ds.get("NumberOfFrames", 1) or 1),
         ds=ds,
+        frame=frame,
     )
 
 
@@ -207,8 +232,8 @@ def scan_folder(folder, progress: bool = True) -> tuple[list[DicomImage], list[P
     files = list_files(folder)
     images, skipped = [], []
     for f in tqdm(files, desc="reading DICOM headers", unit="file", disable=not progress):
-        img = read_header(f)
-        (images.append(img) if img is not None else skipped.append(f))
+        imgs = read_images(f)
+        (images.extend(imgs) if imgs else skipped.append(f))
     return images, skipped
 
 

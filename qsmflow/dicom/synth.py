@@ -5,7 +5,8 @@ rows × columns × slices × echoes) the way Siemens (separate magnitude / phase
 0..4095 without rescale tags), Philips (one series, private image type, rescale slope/intercept,
 private scale slope) or GE (one series of real / imaginary images with GE's private image type,
 GE's opposite phase sign, optionally the first echo's EchoNumbers/EchoTime repeated) store them.
-Files get shuffled names in one folder, like an unsorted export.
+Files get shuffled names in one folder, like an unsorted export. With ``enhanced`` the same
+images are written as Enhanced MR (multi-frame) files instead (:func:`enhanced_dataset`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import dictionary_VR
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from .enhanced import ENHANCED_MR_IMAGE_STORAGE, FRAME_ATTRIBUTES, convert_value
 from .export import new_mr_dataset
 
 PHILIPS_MAG_SLOPE, PHILIPS_SCALE_SLOPE = 1.5, 0.0123
@@ -43,14 +48,21 @@ def _pixels(ds, arr, bits=16, signed=False):
 def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orientation=(1, 0, 0, 0, 1, 0),
                      first_position=(-60.0, -70.0, -10.0), pixel_spacing=(1.0, 1.25), slice_spacing=2.0,
                      series_number=5, repeat_echo_tags=False, scanning_sequence="GR", b0=3.0, acquisition="3D",
-                     mutate=None, seed=0) -> dict:
+                     mutate=None, seed=0, enhanced: str | None = None) -> dict:
     """Write one multi-echo GRE acquisition → dict with the expected values after conversion.
 
     ``magnitude``, ``phase_rad``: (rows, columns, slices, echoes), phase in the convention of
     qsmflow (positive frequency = positive phase). ``mutate(ds, part, echo, slice)`` may edit a
-    header or return ``None`` to drop that file (bad-input tests). Returned: ``phase_rad`` and
-    ``magnitude`` as representable in the stored integers, ``te_s``, ``files``.
+    header or return ``None`` to drop that file (bad-input tests). ``enhanced``: ``None`` writes
+    classic images; ``"series"`` one Enhanced MR file per series with all its echoes and slices as
+    frames (Siemens XA: a magnitude and a phase file, phase stored with slope 2 / intercept -4096;
+    Philips: one file with magnitude and phase frames, rescale per frame); ``"image"`` one
+    single-frame Enhanced MR file per image. ``mutate`` then edits the classic image that becomes a
+    frame. Returned: ``phase_rad`` and ``magnitude`` as representable in the stored integers,
+    ``te_s``, ``files``.
     """
+    if enhanced not in (None, "series", "image"):
+        raise ValueError(f"enhanced={enhanced!r}: use None, 'series' or 'image'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mag = np.asarray(magnitude, float)
@@ -70,7 +82,7 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
                   ImageOrientationPatient=[f"{v:.8g}" for v in o])
     rng = np.random.default_rng(seed)
     expected_mag, expected_phase = mag.copy(), phs.copy()
-    jobs = []  # (series key, part, echo, slice, ds)
+    jobs = []  # (part, echo, slice, ds)
     uids = {}
 
     def series(key, number, desc, image_type):
@@ -131,11 +143,24 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
                     acq = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
                     acq.add_new(0xA2, "SL", e + 1)   # raw data run number: echo order
                     acq.add_new(0xA9, "DS", str(ne))
+                if enhanced:
+                    ds.ComplexImageComponent = _CIC[part]
+                    if vendor == "siemens":  # Siemens XA: phase display values -4096..4094
+                        ds.RescaleSlope, ds.RescaleIntercept = ("2", "-4096") if part == "phase" else ("1", "0")
                 if mutate is not None:
                     ds = mutate(ds, part, e, s)
                     if ds is None:
                         continue
-                jobs.append(ds)
+                jobs.append((part, e, s, ds))
+    if enhanced == "series":
+        by_series = {}
+        for job in jobs:
+            by_series.setdefault(job[3].SeriesInstanceUID, []).append(job)
+        jobs = [enhanced_dataset(frames) for frames in by_series.values()]
+    elif enhanced == "image":
+        jobs = [enhanced_dataset([job]) for job in jobs]
+    else:
+        jobs = [job[3] for job in jobs]
     names = rng.permutation(len(jobs))
     files = []
     for ds, n in zip(jobs, names):
@@ -144,3 +169,76 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
         files.append(f)
     return {"magnitude": expected_mag, "phase_rad": expected_phase, "te_s": np.asarray(te_ms, float) / 1e3,
             "files": files}
+
+
+_CIC = {"mag": "MAGNITUDE", "phase": "PHASE", "real": "REAL", "imag": "IMAGINARY"}
+#: frame attributes of the classic images that enhanced files do not have at the top level
+_NOT_TOP_LEVEL = {"SOPClassUID", "SOPInstanceUID", "InstanceNumber", "PixelData", "SliceLocation", "EchoNumbers",
+                  "ScanningSequence", "SequenceVariant"} | {cl for p in FRAME_ATTRIBUTES.values() for _, cl in p}
+#: (functional group macro, attribute) that index each frame: part, echo, slice
+_DIMENSIONS = (("MRImageFrameTypeSequence", "ComplexImageComponent"), ("MREchoSequence", "EffectiveEchoTime"),
+               ("FrameContentSequence", "InStackPositionNumber"))
+
+
+def enhanced_dataset(frames) -> Dataset:
+    """Classic images of one series, ``[(part, echo, slice, ds), ...]`` → one Enhanced MR Image
+    Storage dataset with these frames in this order. Frame attributes go into the functional group
+    macros of :data:`FRAME_ATTRIBUTES`: shared when equal for all frames, else per frame. Private
+    tags are dropped; ``ScanningSequence`` becomes ``EchoPulseSequence``/``EchoPlanarPulseSequence``."""
+    first = frames[0][3]
+    for *_, f in frames:
+        if (f.Rows, f.Columns, f.BitsStored, f.PixelRepresentation) != \
+                (first.Rows, first.Columns, first.BitsStored, first.PixelRepresentation):
+            raise ValueError("frames of one enhanced file need the same matrix size and pixel format")
+    ds = new_mr_dataset()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR_IMAGE_STORAGE
+    for el in first:
+        if not el.tag.is_private and el.keyword not in _NOT_TOP_LEVEL:
+            ds.add(el)
+    ds.InstanceNumber = 1
+    types = {tuple(f.ImageType) for *_, f in frames}
+    ds.ImageType = list(types.pop()) if len(types) == 1 else list(first.ImageType[:2]) + ["MIXED"]
+    cics = {str(f.get("ComplexImageComponent", "")) for *_, f in frames}
+    ds.ComplexImageComponent = cics.pop() if len(cics) == 1 else "MIXED"
+    sq = first.get("ScanningSequence", "")
+    seq = {str(v) for v in (sq if isinstance(sq, MultiValue) else [sq])}
+    ds.EchoPulseSequence = "BOTH" if {"GR", "SE"} <= seq else "GRADIENT" if "GR" in seq else "SPIN"
+    ds.EchoPlanarPulseSequence = "YES" if "EP" in seq else "NO"
+    org = generate_uid()
+    ds.DimensionOrganizationSequence = [Dataset()]
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = org
+    ds.DimensionIndexSequence = []
+    for macro, attr in _DIMENSIONS:
+        d = Dataset()
+        d.DimensionOrganizationUID, d.DimensionIndexPointer, d.FunctionalGroupPointer = org, Tag(attr), Tag(macro)
+        ds.DimensionIndexSequence.append(d)
+    parts = list(dict.fromkeys(p for p, *_ in frames))
+    items = []  # per frame: {macro keyword: item}
+    for part, e, s, f in frames:
+        macros = {}
+        for macro, pairs in FRAME_ATTRIBUTES.items():
+            item = Dataset()
+            for src, cl in pairs:
+                if cl in f:
+                    setattr(item, src, convert_value(f[cl].value, dictionary_VR(src)))
+            if len(item):
+                macros[macro] = item
+        content = Dataset()
+        content.StackID, content.InStackPositionNumber = "1", s + 1
+        content.DimensionIndexValues = [parts.index(part) + 1, e + 1, s + 1]
+        macros["FrameContentSequence"] = content
+        items.append(macros)
+    shared, per_frame = Dataset(), [Dataset() for _ in frames]
+    for macro in dict.fromkeys(k for m in items for k in m):
+        values = [m.get(macro) for m in items]
+        if macro != "FrameContentSequence" and all(v is not None and v == values[0] for v in values):
+            setattr(shared, macro, [values[0]])
+        else:
+            for pf, v in zip(per_frame, values):
+                if v is not None:
+                    setattr(pf, macro, [v])
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = b"".join(f.PixelData for *_, f in frames)
+    return ds
