@@ -56,7 +56,7 @@ def _inference_time(shape=(256, 256, 64)) -> str:
     return ("### CPU inference (target ≤ 30 s, ≤ 6 GB on 2 cores)\n\n"
             f"torch threads: {torch.get_num_threads()}; fastest of 2 runs after a warm-up, in a fresh "
             "process; peak memory = the whole process' max RSS (Python + torch + data + model: an upper bound) (the brain-mask "
-            "bounding box is cropped before the network runs). Shared 2-core machine, other jobs "
+            "bounding box is cropped before the network runs). 2-core machine, no other job "
             "running.\n\n"
             + md_table(["model", "matrix", "time (s)", "process peak RSS (MB)"], rows))
 

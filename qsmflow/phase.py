@@ -601,23 +601,26 @@ def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> F
          else mag.astype(np.float64) ** 2)
     sw = w.sum(-1)
     sw_safe = np.where(sw > 0, sw, 1.0)
+    # weighted sums over echoes as matrix products (no 4D temporaries but w·φ); TE centred on
+    # its mean for conditioning: Σw·(t−t̄)² = Σw·t_c² − t̄_c·Σw·t_c, Σw·(t−t̄)(φ−φ̄) = Σw·t_c·φ − t̄_c·Σw·φ
+    tm = float(te.mean()) if fit_offset else 0.0
+    tc = te - tm
+    wp = w * ph
+    swp = wp.sum(-1)
+    swtp = wp @ tc
+    swt = w @ tc
+    tbar_c = swt / sw_safe if fit_offset else np.zeros(ph.shape[:3])
+    sxx = w @ (tc * tc) - tbar_c * swt
+    ok = (sw > 0) & (sxx > 0)
+    slope = np.where(ok, (swtp - tbar_c * swp) / np.where(ok, sxx, 1.0), 0.0)
     if fit_offset:
-        tbar = (w * te).sum(-1) / sw_safe
-        pbar = (w * ph).sum(-1) / sw_safe
-        dt = te - tbar[..., None]
-        sxx = (w * dt**2).sum(-1)
-        sxy = (w * dt * (ph - pbar[..., None])).sum(-1)
-        ok = (sw > 0) & (sxx > 0)
-        slope = np.where(ok, sxy / np.where(ok, sxx, 1.0), 0.0)
-        phi0 = np.where(ok, pbar - slope * tbar, 0.0)
+        phi0 = np.where(ok, swp / sw_safe - slope * (tbar_c + tm), 0.0)
     else:
-        sxx = (w * te**2).sum(-1)
-        ok = sxx > 0
-        slope = np.where(ok, (w * te * ph).sum(-1) / np.where(ok, sxx, 1.0), 0.0)
         phi0 = np.zeros(ph.shape[:3])
+    del wp
     r = ph - (phi0[..., None] + slope[..., None] * te)
     dof = n - (2 if fit_offset else 1)
-    chi2 = (w * r**2).sum(-1)
+    chi2 = np.einsum("...k,...k->...", w * r, r)
     residual = np.sqrt(chi2 / sw_safe) * (sw > 0)
     sigma = 1.0
     if dof > 0:

@@ -60,11 +60,12 @@ def _scores(method, vol, **kw):
             metrics.correlation(chi, vol["chi"], vol["mask"]))
 
 
-# Measured with the shipped reduced CPU weights (2026-11-28) on these three 64×64×32 volumes:
+# Measured with the shipped reduced CPU weights (2026-11-28; Meta-QSM after 6523 steps) on these
+# three 64×64×32 volumes:
 #   voxel (mm)        TKD RMSE/r    Meta-QSM     QSMInvNet    Mesa (nearest)
-#   0.75×0.75×3.0     78.1 / 0.72   72.9 / 0.75  73.5 / 0.70  63.3 / 0.79
-#   0.6×0.9×2.2       58.2 / 0.82   58.1 / 0.87  74.1 / 0.84  48.0 / 0.88
-#   1.0×1.0×1.0       45.0 / 0.90   58.4 / 0.82  58.4 / 0.82  99.2 / 0.21 (far from its voxel)
+#   0.75×0.75×3.0     78.1 / 0.72   61.0 / 0.81  73.5 / 0.70  63.3 / 0.79
+#   0.6×0.9×2.2       58.2 / 0.82   43.8 / 0.90  74.1 / 0.84  48.0 / 0.88
+#   1.0×1.0×1.0       45.0 / 0.90   52.8 / 0.86  58.4 / 0.82  99.2 / 0.21 (far from its voxel)
 @pytest.mark.parametrize("method", ["metaqsm", "qsminvnet"])
 def test_shipped_networks_reconstruct_held_out_volumes(method, small_volumes):
     for vol in small_volumes:
@@ -76,10 +77,10 @@ def test_shipped_networks_reconstruct_held_out_volumes(method, small_volumes):
 def test_metaqsm_beats_tkd_on_anisotropic_volumes(small_volumes):
     rm, rr = _scores("metaqsm", small_volumes[0])
     tm, tr = _scores("tkd", small_volumes[0])
-    assert rm < tm - 2.0 and rr > tr + 0.01
-    _, rr1 = _scores("metaqsm", small_volumes[1])
-    _, tr1 = _scores("tkd", small_volumes[1])
-    assert rr1 > tr1 + 0.02
+    assert rm < tm - 10.0 and rr > tr + 0.05
+    rm1, rr1 = _scores("metaqsm", small_volumes[1])
+    tm1, tr1 = _scores("tkd", small_volumes[1])
+    assert rm1 < tm1 - 8.0 and rr1 > tr1 + 0.05
 
 
 def test_mesa_beats_tkd_at_its_own_voxel_size(small_volumes):
@@ -87,7 +88,7 @@ def test_mesa_beats_tkd_at_its_own_voxel_size(small_volumes):
     assert _scores("mesaqsm", vol)[0] < _scores("tkd", vol)[0] - 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped weights are reduced CPU trainings (~1000 steps); "
+@pytest.mark.xfail(strict=True, reason="the shipped weights are reduced CPU trainings (1000–6500 steps, width 8); "
                    "the paper target RMSE <= 0.75 x TKD needs the full model trained on a GPU")
 def test_metaqsm_meets_paper_target_vs_tkd(small_volumes):
     meta = np.mean([_scores("metaqsm", v)[0] for v in small_volumes])
