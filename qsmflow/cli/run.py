@@ -126,9 +126,6 @@ class _StdoutHandler(logging.StreamHandler):
     made), so an in-process rerun never logs into a closed stream. Other handlers that test
     runners attach to the logger are left alone."""
 
-    def __init__(self):
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stdout

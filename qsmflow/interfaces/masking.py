@@ -27,9 +27,6 @@ class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, desc="magnitude: 4D (echoes last) or echo-combined 3D")
     echo_times = traits.List(traits.Float, desc="echo times (s) of a 4D magnitude: enables the "
                              "R2* criterion that separates brain from scalp and face")
-    b0_tesla = traits.Float(3.0, usedefault=True,
-                            desc="field strength (T); unused by the magnitude mask, whose R2* "
-                            "limit follows the data's own brain R2* (masking.magnitude_mask)")
     phase = File(exists=True, desc="phase (rad, 4D echoes): coherence of the first echo")
     residual = File(exists=True, desc="multi-echo fit residual (rad)")
     params = traits.Dict(desc="parameters of masking.magnitude_mask / phase_quality_mask")

@@ -18,7 +18,7 @@ instead: the kernel is a voxel-size–modulated mix of ``R`` learned *basis kern
 where the hypernetwork ``3 → h → h → R·outC + outC`` emits per-output-channel mixing coefficients
 ``a`` and the bias ``c``. Cost: ``R`` × a plain convolution plus ``h·(R+1)·outC`` — for R = 4
 about 4× a Mesa-QSM (plain) layer instead of h = 16…64×. The shipped reduced Meta-QSM (width 8)
-is ≈ 2.4 M parameters (≈ 10 MB) and all four shipped checkpoints together ≈ 18 MB (≤ 50 MB
+is ≈ 2.4 M parameters (≈ 10 MB) and all five shipped checkpoints together ≈ 28 MB (≤ 50 MB
 budget); a naive width-8, h = 16 hypernetwork would already need ≈ 9.4 M parameters (38 MB) for
 Meta-QSM alone. Any kernel the naive layer could express
 within the span of the bases is reachable, and per-channel coefficients let every output channel

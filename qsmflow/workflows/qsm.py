@@ -135,7 +135,6 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
             (scale_phase, fit_field, [("out_magnitude", "in_magnitude")]),
             (scale_phase, brain_mask, [("out_magnitude", "magnitude"),
                                        ("echo_times", "echo_times")]),
-            (inputnode, brain_mask, [("b0_tesla", "b0_tesla")]),
         ]
     if masking == "magnitude":  # mask first: unwrap and fit inside it
         connections += [(brain_mask, fit_field, [("out_mask", "mask")])]
