@@ -204,8 +204,13 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     else:
         if csv_path.exists():
             csv_path.unlink()
-        if tr["init"]:
-            model.load_state_dict(load_init_weights(tr["init"], device))
+        if tr["init"]:  # fine-tuning: start from a plain state dict (shipped or a run's model.pt)
+            from .inference import load_state_dict
+
+            if not Path(tr["init"]).is_file():
+                raise ValueError(f"[train] init = {tr['init']!r} does not exist: give a weights "
+                                 "file (e.g. qsmflow/nn/weights/metaqsm.pt) or leave init empty")
+            model.load_state_dict(load_state_dict(tr["init"]))
     synth = Synthesizer(cfg["data"], device=device, seed=int(tr["data_seed"]))
     train_idx, _ = split_indices(int(tr["n_samples"]), float(tr["val_fraction"]), int(tr["data_seed"]))
     val = validation_set(synth, cfg)
@@ -261,16 +266,6 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
             _export_weights(model, out / "model.pt")
     bar.close()
     return _write_summary(out, cfg, model, step, device, t0, val, last_val)
-
-
-def load_init_weights(path, device) -> dict:
-    """The plain state dict at ``path`` (a shipped ``.pt`` or a run's ``model.pt``) to start
-    training from (fine-tuning); ``[train] init`` in the config. Refuses anything but tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"[train] init = {str(path)!r} does not exist: give a weights file "
-                         "(e.g. qsmflow/nn/weights/metaqsm.pt) or leave init empty")
-    return torch.load(path, map_location=device, weights_only=True)
 
 
 def _write_summary(out, cfg, model, step, device, t0, val, last_val) -> dict:
