@@ -59,15 +59,23 @@ def held_out_volume(index: int, voxel_size=None, shape=TEST_SHAPE, sources=("cos
 
 
 def run_method(method: str, vol: dict, **params) -> np.ndarray:
-    """χ (ppm, mean 0 in the mask) of ``method`` on ``vol``; ``mesaqsm_<voxel>`` selects a
-    specific shipped Mesa-QSM model."""
+    """χ (ppm, mean 0 in the mask) of ``method`` on ``vol``; ``mesaqsm_<voxel>`` or
+    ``metaqsm_<variant>`` selects a specific shipped model."""
     from ..inversion import invert
 
-    for net in ("mesaqsm", "metaqsm"):  # a specific shipped model: mesaqsm_<voxel>, metaqsm_<variant>
-        if method.startswith(net + "_"):
-            params = {"model": method, **params}
-            method = net
-    return invert(method, vol["field"], vol["mask"], vol["voxel_size"], (0.0, 0.0, 1.0), **params)
+    net = _model_family(method)
+    if net != method:
+        params = {"model": method, **params}
+    return invert(net, vol["field"], vol["mask"], vol["voxel_size"], (0.0, 0.0, 1.0), **params)
+
+
+#: inversions with several shipped models, named ``<family>_<model>`` in the tables
+_FAMILIES = ("mesaqsm", "metaqsm")
+
+
+def _model_family(method: str) -> str:
+    """``mesaqsm_0.5x0.5x2.0`` → ``mesaqsm``, ``metaqsm_nocosmos`` → ``metaqsm``; else ``method``."""
+    return next((f for f in _FAMILIES if method.startswith(f + "_")), method)
 
 
 def score(chi, truth, mask) -> dict:
@@ -208,10 +216,10 @@ def available_methods(candidates) -> list[str]:
     ok = []
     for m in candidates:
         try:
-            get_method(m.split("_")[0] if m.startswith(("mesaqsm_", "metaqsm_")) else m)
+            get_method(_model_family(m))
         except ValueError:
             continue
-        if m in ("metaqsm", "qsminvnet") or m.startswith(("mesaqsm_", "metaqsm_")):
+        if m in ("metaqsm", "qsminvnet") or _model_family(m) != m:
             if m not in shipped:
                 continue
         elif m == "mesaqsm" and not any(k.startswith("mesaqsm_") for k in shipped):
@@ -257,6 +265,11 @@ def _figure(first: dict, methods, path: Path, title: str):
     plt.close(fig)
 
 
+NOCOSMOS_NOTE = ("`metaqsm_nocosmos` is the same reduced Meta-QSM trained on the project's head "
+                 "phantoms only, never on the COSMOS head that the held-out volumes and the "
+                 "2016 challenge data come from.")
+
+
 def bench_report(n: int = 20, shape=TEST_SHAPE, tables=("a", "b", "c", "d"), figdir=None,
                  cache_dir=None, log=print, conventional=CONVENTIONAL) -> str:
     """Markdown with the papers' tables (a)–(d) on ``n`` held-out volumes per table; PNGs (one
@@ -271,8 +284,7 @@ def bench_report(n: int = 20, shape=TEST_SHAPE, tables=("a", "b", "c", "d"), fig
             "mask. RMSE = 100·‖χ−χ_true‖/‖χ_true‖, HFEN (LoG σ 1.5 voxels), 3D SSIM; mean ± sd. "
             f"Conventional methods available in this build: {', '.join(conv) or 'none'}.\n"]
     if "metaqsm_nocosmos" in nets_a:
-        text.append("`metaqsm_nocosmos` is the same reduced Meta-QSM trained on the project's head "
-                    "phantoms only (never on the COSMOS head these volumes are made from).\n")
+        text.append(f"{NOCOSMOS_NOTE}\n")
     figdir = Path(figdir) if figdir else None
 
     def one(tag, title, methods, voxel, stream):
@@ -309,8 +321,7 @@ def bench_report(n: int = 20, shape=TEST_SHAPE, tables=("a", "b", "c", "d"), fig
         text.append("### (d) 2016 QSM challenge: local field → χ, against χ33 (and COSMOS)\n")
         text.append(_md(["method", "RMSE vs χ33 (%)", "NRMSE (demeaned, %)", "HFEN (%)", "SSIM",
                          "RMSE vs COSMOS (%)", "time (s)"], rows))
-        held_out = ("`metaqsm_nocosmos` is the same reduced Meta-QSM trained on the project's head "
-                    "phantoms only, never on this head: the honest row for (d)."
+        held_out = (f"{NOCOSMOS_NOTE} It is the honest row for (d)."
                     if "metaqsm_nocosmos" in meths else
                     "A variant trained without COSMOS (head phantoms only) is not shipped in this "
                     "build: see docs/networks.md.")
