@@ -436,15 +436,18 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
         main = done.copy()
         lap = laplacian_unwrap(ph, (1.0, 1.0, 1.0))  # smooth, globally consistent estimate
         gap = out - lap
-        lab, n = ndimage.label(left)
-        for i in range(1, n + 1):
+        lab, _ = ndimage.label(left)
+        for i, bbox in enumerate(ndimage.find_objects(lab), 1):
             isl = lab == i
             j = np.unravel_index(np.argmax(np.where(isl, q, -1)), ph.shape)
             done_i = np.zeros_like(isl)
             done_i[j] = True
             _grow(ph, out, done_i, isl, q)
-            near = main & ndimage.binary_dilation(isl, np.ones((3, 3, 3), bool), iterations=4)
-            ref = np.median(gap[near]) if near.any() else np.median(gap[main])
+            # unwrapped voxels within 4 voxels of the island (its bounding box + 4 holds them all)
+            box = tuple(slice(max(b.start - 4, 0), b.stop + 4) for b in bbox)
+            near = main[box] & ndimage.binary_dilation(isl[box], np.ones((3, 3, 3), bool),
+                                                       iterations=4)
+            ref = np.median(gap[box][near]) if near.any() else np.median(gap[main])
             out[isl] -= TWO_PI * np.round(np.median(out[isl] - lap[isl] - ref) / TWO_PI)
     k = np.round(np.mean(out[m]) / TWO_PI)
     out[m] -= TWO_PI * k
