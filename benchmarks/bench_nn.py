@@ -66,7 +66,7 @@ def run(figdir: Path, quick: bool) -> str:
 
     n = 1 if quick else int(os.environ.get("QSMFLOW_BENCH_NN_N", "20"))
     shape = (64, 64, 32) if quick else (256, 256, 64)
-    tables = ("a", "b", "c") if quick else tuple(os.environ.get("QSMFLOW_BENCH_NN_TABLES", "abcd"))
+    tables = ("a", "b", "c") if quick else tuple(os.environ.get("QSMFLOW_BENCH_NN_TABLES", "anbcd"))
     cache = os.environ.get("QSMFLOW_BENCH_NN_CACHE", str(Path(tempfile.gettempdir()) / "qsmflow_nn_cache"))
     conv = tuple(os.environ.get("QSMFLOW_BENCH_NN_CONVENTIONAL", "tkd ilsqr medi fansi").split())
     md = bench_report(n, shape, tables, figdir, cache, conventional=conv)

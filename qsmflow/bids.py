@@ -40,21 +40,26 @@ def _clean_value(key: str, value) -> str:
     return v
 
 
-def bids_filename(entities: dict, suffix: str, ext: str = ".nii.gz") -> str:
-    """``sub-01_ses-1_echo-2_part-phase_MEGRE.nii.gz`` from entities (any order), a suffix and
-    an extension (with or without the dot). Empty / None entity values are skipped."""
+def entity_string(entities: dict) -> str:
+    """``sub-01_ses-1_echo-2_part-phase``: the entities (any order) in BIDS order, labels
+    checked; empty / None values are skipped."""
     unknown = set(entities) - set(ENTITY_ORDER)
     if unknown:
         raise ValueError(f"unknown BIDS entities {sorted(unknown)}: use the short keys "
                          f"{', '.join(ENTITY_ORDER)}")
+    return "_".join(f"{k}-{_clean_value(k, entities[k])}" for k in ENTITY_ORDER
+                    if entities.get(k) not in (None, ""))
+
+
+def bids_filename(entities: dict, suffix: str, ext: str = ".nii.gz") -> str:
+    """``sub-01_ses-1_echo-2_part-phase_MEGRE.nii.gz`` from entities (any order), a suffix and
+    an extension (with or without the dot). Empty / None entity values are skipped."""
     if not entities.get("sub"):
         raise ValueError("a BIDS file name needs the 'sub' entity: pass {'sub': '01', ...}")
     if not suffix or not is_label(suffix):
         raise ValueError(f"BIDS suffix {suffix!r} must be alphanumeric, e.g. 'MEGRE', 'Chimap'")
-    parts = [f"{k}-{_clean_value(k, entities[k])}" for k in ENTITY_ORDER
-             if entities.get(k) not in (None, "")]
     ext = ext if not ext or ext.startswith(".") else "." + ext
-    return "_".join(parts + [suffix]) + ext
+    return f"{entity_string(entities)}_{suffix}{ext}"
 
 
 def entity_dir(entities: dict, datatype: str | None = "anat") -> Path:

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from . import __version__
-from .bids import is_label
+from .bids import entity_string, is_label
 
 #: entity order of BIDS file names (the subset qsmflow reads and writes)
 ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run")
@@ -69,11 +69,7 @@ def entity_prefix(entities: dict, datatype: str = "anat") -> str:
     if datatype == "fmap" and "rec" in ent:
         rec = str(ent.pop("rec"))
         ent["acq"] = f"{ent.get('acq', '')}{rec[:1].upper()}{rec[1:]}"
-    parts = []
-    for k in ENTITY_ORDER:
-        if k in ent:
-            parts.append(f"{k}-{ent[k]}")  # labels/indices verbatim (run-02 stays run-02)
-    return "_".join(parts)
+    return entity_string(ent)  # labels/indices verbatim (run-02 stays run-02)
 
 
 def derivative_relpath(entities: dict, kind: str, desc: str | None = None,

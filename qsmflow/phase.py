@@ -438,17 +438,17 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
         gap = out - lap
         lab, _ = ndimage.label(left)
         for i, bbox in enumerate(ndimage.find_objects(lab), 1):
-            isl = lab == i
-            j = np.unravel_index(np.argmax(np.where(isl, q, -1)), ph.shape)
+            # the island grows inside its bounding box only (views: out_b writes through)
+            isl, q_b, out_b = lab[bbox] == i, q[bbox], out[bbox]
             done_i = np.zeros_like(isl)
-            done_i[j] = True
-            _grow(ph, out, done_i, isl, q)
+            done_i[np.unravel_index(np.argmax(np.where(isl, q_b, -1)), isl.shape)] = True
+            _grow(ph[bbox], out_b, done_i, isl, q_b)
             # unwrapped voxels within 4 voxels of the island (its bounding box + 4 holds them all)
             box = tuple(slice(max(b.start - 4, 0), b.stop + 4) for b in bbox)
-            near = main[box] & ndimage.binary_dilation(isl[box], np.ones((3, 3, 3), bool),
+            near = main[box] & ndimage.binary_dilation(lab[box] == i, np.ones((3, 3, 3), bool),
                                                        iterations=4)
             ref = np.median(gap[box][near]) if near.any() else np.median(gap[main])
-            out[isl] -= TWO_PI * np.round(np.median(out[isl] - lap[isl] - ref) / TWO_PI)
+            out_b[isl] -= TWO_PI * np.round(np.median(out_b[isl] - lap[bbox][isl] - ref) / TWO_PI)
     k = np.round(np.mean(out[m]) / TWO_PI)
     out[m] -= TWO_PI * k
     return out

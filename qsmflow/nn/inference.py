@@ -40,7 +40,9 @@ DEFAULT_MODELS = {"metaqsm": "metaqsm", "qsminvnet": "qsminvnet"}
 B0_WARN_DEG = 5.0
 B0_MAX_DEG = 30.0
 #: parameter units for sidecars (read by qsmflow.inversion.method_parameters)
-UNITS = {"model": "shipped model name", "weights": "path to a .pt state dict", "device": "cpu|cuda"}
+UNITS = {"model": "shipped model name", "weights": "path to a .pt state dict", "device": "cpu|cuda",
+         "consistency": "off | auto | λ: blend the network's χ with the measured field "
+                        "(qsmflow.inversion.consistency; not in the papers)"}
 
 
 def load_state_dict(path) -> dict:
@@ -151,25 +153,35 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights):
+def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency="off"):
     _check_b0(b0_dir)
+    if consistency != "off" and not (consistency == "auto" or isinstance(consistency, (int, float))):
+        raise ValueError(f"consistency must be 'off', 'auto' or a positive number, got {consistency!r}")
     device = device or default_device()
     if device.startswith("cuda"):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     model, _ = load_model(weights or name, device)
-    return predict(model, field_ppm, mask, voxel_size, device)
+    chi = predict(model, field_ppm, mask, voxel_size, device)
+    if consistency == "off":
+        return chi
+    from ..inversion.consistency import data_consistency
+
+    return data_consistency(chi, field_ppm, mask, voxel_size, b0_dir, lam=consistency)[0]
 
 
 def metaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
-            model: str = "metaqsm", weights=None, device=None, **params) -> np.ndarray:
+            model: str = "metaqsm", weights=None, device=None, consistency="off",
+            **params) -> np.ndarray:
     """Meta-QSM (one WP-Conv U-Net for any voxel size): local field (ppm) → χ (ppm), masked.
 
     ``model``: a shipped model name; ``weights``: a ``.pt`` path (with its ``.json``) instead;
-    ``device``: "cpu" / "cuda" (default: CUDA when available). ``magnitude``/``noise`` unused.
+    ``device``: "cpu" / "cuda" (default: CUDA when available); ``consistency``: "off" (the
+    network alone, as in the paper), "auto" or λ to blend its χ with the measured field
+    (:mod:`qsmflow.inversion.consistency`). ``magnitude``/``noise`` unused.
     """
     _no_params("metaqsm", params)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
 
 
 def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
@@ -189,23 +201,27 @@ def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
 
 
 def mesaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
-            model: str | None = None, weights=None, device=None, **params) -> np.ndarray:
+            model: str | None = None, weights=None, device=None, consistency="off",
+            **params) -> np.ndarray:
     """Mesa-QSM (plain-conv U-Net trained at one voxel size): the shipped model whose voxel size
-    is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given."""
+    is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given;
+    ``consistency`` as for :func:`metaqsm`."""
     _no_params("mesaqsm", params)
     if model is None and weights is None:
         model = nearest_mesa_model(voxel_size)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
 
 
 def qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
-              model: str = "qsminvnet", weights=None, device=None, **params) -> np.ndarray:
-    """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask)."""
+              model: str = "qsminvnet", weights=None, device=None, consistency="off",
+              **params) -> np.ndarray:
+    """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask);
+    ``consistency`` as for :func:`metaqsm`."""
     _no_params("qsminvnet", params)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
 
 
 def _no_params(name, params):
     if params:
         raise ValueError(f"{name} got unknown parameter(s) {sorted(params)}: it accepts model=, "
-                         "weights=, device=")
+                         "weights=, device=, consistency=")
