@@ -1,8 +1,9 @@
 """Data consistency of a prior χ with the measured field (qsmflow.inversion.consistency).
 
 On the 64×64×48, 2.5 mm head phantom (noise-free true local field) when written: a blurred truth
-(Gaussian σ 1.5 voxels, the kind of error a network makes) has RMSE 65 %; after the blend with
-the automatic λ (0.011) 44.5 %, TKD 55 %; with B0 along the wrong axis 143 %.
+(Gaussian σ 1.5 voxels, the kind of error a network makes) has RMSE 65 %; with the automatic λ
+(0.011) the closed-form blend alone gives 44.5 %, plus 10 masked CG steps 32.1 %; TKD 55 %; with
+B0 along the wrong axis 143 %.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _rmse(x, ph):
 
 def test_zero_prior_is_identity_tikhonov(phantom):
     f, m = phantom["field"], phantom["mask"]
-    chi, lam = data_consistency(np.zeros_like(f), f, m, VS, lam=0.05)
+    chi, lam = data_consistency(np.zeros_like(f), f, m, VS, lam=0.05, iterations=0)
     ref = tikhonov(f, m, VS, lam=0.05, reg="identity")
     assert lam == 0.05
     np.testing.assert_allclose(chi, ref, atol=1e-6 * np.abs(ref).max())
@@ -56,7 +57,9 @@ def test_blend_restores_detail_of_a_blurred_prior(phantom):
     chi, lam = data_consistency(prior, f, m, VS, lam="auto")
     r = _rmse(chi, phantom)
     assert LAM_MIN <= lam < 0.03  # noise-free: small (the residual's anatomy sets the floor)
-    assert r < 0.75 * r_prior and r < 0.85 * r_tkd, (r, r_prior, r_tkd)
+    assert r < 0.6 * r_prior and r < 0.65 * r_tkd, (r, r_prior, r_tkd)
+    blend_only, _ = data_consistency(prior, f, m, VS, lam=lam, iterations=0)
+    assert r < _rmse(blend_only, phantom) - 8.0  # the masked data term beats the unmasked blend
     # with the wrong B0 axis the field no longer matches the prior: the blend must get worse
     wrong, _ = data_consistency(prior, f, m, VS, (1.0, 0.0, 0.0), lam=lam)
     assert _rmse(wrong, phantom) > r + 15.0

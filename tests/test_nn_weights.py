@@ -89,15 +89,15 @@ def test_mesa_beats_tkd_at_its_own_voxel_size(small_volumes):
 
 
 # The same volumes, Meta-QSM followed by the data-consistency step (consistency="auto"), when
-# written: 58.1 / 38.2 / 36.4 % (σ from the training range); noise-free: TKD 41.3 / 44.9 / 43.4,
-# Meta-QSM 58.6 / 43.6 / 52.7, Meta-QSM + consistency 38.9 / 33.1 / 35.2 %.
+# written: 57.8 / 35.5 / 30.9 % (σ from the training range); noise-free: TKD 41.3 / 44.9 / 43.4,
+# Meta-QSM 58.6 / 43.6 / 52.7, Meta-QSM + consistency 33.4 / 17.2 / 26.3 % (0.59 × TKD).
 def test_data_consistency_improves_the_network(small_volumes, shared_data):
     for vol in small_volumes:
         assert _scores("metaqsm", vol, consistency="auto")[0] < _scores("metaqsm", vol)[0] - 2.0
     clean = [held_out_volume_clean(i, vs, shared_data) for i, vs in enumerate(VOXELS)]
     dc = np.mean([_scores("metaqsm", v, consistency="auto")[0] for v in clean])
-    assert dc < 0.9 * np.mean([_scores("tkd", v)[0] for v in clean])
-    assert dc < np.mean([_scores("metaqsm", v)[0] for v in clean]) - 10.0
+    assert dc < 0.75 * np.mean([_scores("tkd", v)[0] for v in clean])
+    assert dc < np.mean([_scores("metaqsm", v)[0] for v in clean]) - 15.0
 
 
 def held_out_volume_clean(i, vs, shared_data):

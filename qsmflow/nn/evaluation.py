@@ -285,7 +285,7 @@ NOCOSMOS_NOTE = ("`metaqsm_nocosmos` is the same reduced Meta-QSM trained on the
 
 
 DC_NOTE = ("Rows `…+dc`: the network's χ followed by the data-consistency step of "
-           "`qsmflow.inversion.consistency` (χ = F⁻¹[(D·F(f) + λ·F(χ_net)) / (D² + λ)], λ from the "
+           "`qsmflow.inversion.consistency` (χ = argmin ‖M·(D∗χ − f)‖² + λ‖χ − χ_net‖², λ from the "
            "field's noise; parameter `consistency=\"auto\"`). It is this project's addition, not part of "
            "the papers: rows without `+dc` are the papers' networks alone.")
 
