@@ -60,12 +60,12 @@ def _scores(method, vol, **kw):
             metrics.correlation(chi, vol["chi"], vol["mask"]))
 
 
-# Measured with the shipped reduced CPU weights (2026-11-28; Meta-QSM after 6523 steps) on these
+# Measured with the shipped reduced CPU weights (2026-11-28; Meta-QSM after 12,723 steps) on these
 # three 64×64×32 volumes:
 #   voxel (mm)        TKD RMSE/r    Meta-QSM     QSMInvNet    Mesa (nearest)
-#   0.75×0.75×3.0     78.1 / 0.72   61.0 / 0.81  73.5 / 0.70  63.3 / 0.79
-#   0.6×0.9×2.2       58.2 / 0.82   43.8 / 0.90  74.1 / 0.84  48.0 / 0.88
-#   1.0×1.0×1.0       45.0 / 0.90   52.8 / 0.86  58.4 / 0.82  99.2 / 0.21 (far from its voxel)
+#   0.75×0.75×3.0     78.1 / 0.72   61.2 / 0.82  73.5 / 0.70  63.3 / 0.79
+#   0.6×0.9×2.2       58.2 / 0.82   43.9 / 0.90  74.1 / 0.84  48.0 / 0.88
+#   1.0×1.0×1.0       45.0 / 0.90   51.6 / 0.86  58.4 / 0.82  99.2 / 0.21 (far from its voxel)
 @pytest.mark.parametrize("method", ["metaqsm", "qsminvnet"])
 def test_shipped_networks_reconstruct_held_out_volumes(method, small_volumes):
     for vol in small_volumes:
@@ -89,8 +89,8 @@ def test_mesa_beats_tkd_at_its_own_voxel_size(small_volumes):
 
 
 # The same volumes, Meta-QSM followed by the data-consistency step (consistency="auto"), when
-# written: 57.8 / 35.5 / 30.9 % (σ from the training range); noise-free: TKD 41.3 / 44.9 / 43.4,
-# Meta-QSM 58.6 / 43.6 / 52.7, Meta-QSM + consistency 33.4 / 17.2 / 26.3 % (0.59 × TKD).
+# written: 57.8 / 35.7 / 30.3 % (σ from the training range); noise-free: TKD 41.3 / 44.9 / 43.4,
+# Meta-QSM 59.1 / 43.4 / 51.5, Meta-QSM + consistency 33.9 / 17.7 / 25.6 % (0.60 × TKD).
 def test_data_consistency_improves_the_network(small_volumes, shared_data):
     for vol in small_volumes:
         assert _scores("metaqsm", vol, consistency="auto")[0] < _scores("metaqsm", vol)[0] - 2.0
@@ -106,7 +106,7 @@ def held_out_volume_clean(i, vs, shared_data):
     return held_out_volume(i, vs, (64, 64, 32), shared=str(shared_data), stream=7, noise_ppm=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped weights are reduced CPU trainings (1000–6500 steps, width 8); "
+@pytest.mark.xfail(strict=True, reason="the shipped weights are reduced CPU trainings (1000–12,700 steps, width 8); "
                    "the paper target RMSE <= 0.75 x TKD needs the full model trained on a GPU")
 def test_metaqsm_meets_paper_target_vs_tkd(small_volumes):
     meta = np.mean([_scores("metaqsm", v)[0] for v in small_volumes])
