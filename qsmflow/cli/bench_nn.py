@@ -6,9 +6,10 @@
 (a) TKD / iLSQR / MEDI / FANSI / Meta-QSM / QSMInvNet at random voxel sizes, field noise σ
 uniform in 0–0.01 ppm as in training; (n) the same volumes with noise-free fields (the papers'
 protocol); (b) Meta-QSM vs each Mesa-QSM model at that model's voxel size; (c) everything at
-a voxel size no Mesa model was trained on; (d) the 2016 challenge local field against χ33. Conventional methods are used when
-this build has them; scores of conventional methods can be cached (``--cache``). Rows ``+dc``:
-the network followed by the data-consistency step (``consistency="auto"``, not in the papers).
+a voxel size no Mesa model was trained on; (d) the 2016 challenge local field against χ33.
+Conventional methods are used when this build has them; scores of conventional methods can be
+cached (``--cache``). Rows ``+dc``: the network followed by the data-consistency step
+(``consistency="auto"``, not in the papers).
 The Markdown ends with the issue's accuracy targets, measured on these tables.
 """
 

@@ -18,8 +18,9 @@ noise-free RMSE went 35.4 / 27.6 / 21.9 % (blend) → 22.5 / 19.8 / 19.1 % (10 s
 - e (ppm): expected error of the prior per voxel, ``prior_error`` × the RMS of χ₀ in the mask
   (the shipped networks' RMSE is about 50 % on held-out volumes).
 
-Cost: 2·iterations + 4 FFT pairs on the padded grid (≈ 4 s for 256×256×64 on one core). An addition of this project,
-not part of the Meta-QSM or QSMInvNet papers: ``consistency="off"`` gives the network alone.
+Cost: 2·iterations + 3 FFT pairs on the padded grid (≈ 4 s for 256×256×64 on one core). An
+addition of this project, not part of the Meta-QSM or QSMInvNet papers: ``consistency="off"``
+gives the network alone.
 """
 
 from __future__ import annotations
@@ -51,13 +52,23 @@ def field_noise(field_ppm, mask) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))) / np.sqrt(42.0))
 
 
-def consistency_weight(field_ppm, mask, chi_prior, op, prior_error=PRIOR_ERROR) -> float:
-    """λ = (σ / e)² (see module docstring), at least :data:`LAM_MIN`."""
-    resid = np.where(mask, field_ppm - op.crop(op.conv(op.pad(chi_prior))), 0.0)
-    sigma = field_noise(resid, mask)
+def check_weight(consistency):
+    """``"off"``, ``"auto"`` or a positive λ, unchanged; a one-line ``ValueError`` otherwise."""
+    if isinstance(consistency, str):
+        if consistency not in ("off", "auto"):
+            raise ValueError(f"consistency must be 'off', 'auto' or a positive number, got {consistency!r}")
+    else:
+        _ops.check_positive(consistency=consistency)
+    return consistency
+
+
+def consistency_weight(field_ppm, mask, chi_prior, prior_field, prior_error=PRIOR_ERROR) -> float:
+    """λ = (σ / e)² (see module docstring), at least :data:`LAM_MIN`; ``prior_field`` (ppm) is
+    the dipole field of ``chi_prior`` on the field's grid."""
+    sigma = field_noise(np.where(mask, field_ppm - prior_field, 0.0), mask)
     e = prior_error * float(np.sqrt(np.mean(np.square(chi_prior[mask], dtype=np.float64))))
     if e <= 0.0:
-        return float("inf")  # an all-zero prior: nothing to blend (TKD-like)
+        return float("inf")  # an all-zero prior has no error scale: it is returned unchanged
     return max((sigma / e) ** 2, LAM_MIN)
 
 
@@ -72,18 +83,17 @@ def data_consistency(chi_prior, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1
     chi0 = np.asarray(chi_prior, dtype=np.float32)
     if chi0.shape != f.shape:
         raise ValueError(f"prior χ shape {chi0.shape} differs from field shape {f.shape}")
+    if check_weight(lam) == "off":
+        raise ValueError("consistency='off' means no data-consistency step: do not call it")
     op = _ops.DipoleOp(f.shape, vs, b, pad)
-    if isinstance(lam, str):
-        if lam != "auto":
-            raise ValueError(f"consistency must be 'off', 'auto' or a positive number, got {lam!r}")
-        lam = consistency_weight(f, m, chi0, op)
-    else:
-        _ops.check_positive(consistency=lam)
+    f_pad, chi0_pad = op.pad(f), op.pad(chi0)
+    chi0_k = op.fft(chi0_pad)  # used by the noise estimate and by the blend
+    if lam == "auto":
+        lam = consistency_weight(f, m, chi0, op.crop(op.ifft(chi0_k * op.D)))
     if not np.isfinite(lam):
         return np.where(m, chi0, 0.0).astype(np.float32), float(lam)
     lam32 = np.float32(lam)
-    f_pad, chi0_pad = op.pad(f), op.pad(chi0)
-    num = op.fft(f_pad) * op.D + lam32 * op.fft(chi0_pad)
+    num = op.fft(f_pad) * op.D + lam32 * chi0_k
     num /= op.D * op.D + lam32
     chi = op.ifft(num)
     if iterations > 0:

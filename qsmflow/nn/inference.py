@@ -154,9 +154,10 @@ def default_device() -> str:
 
 
 def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency="off"):
+    from ..inversion.consistency import check_weight, data_consistency
+
     _check_b0(b0_dir)
-    if consistency != "off" and not (consistency == "auto" or isinstance(consistency, (int, float))):
-        raise ValueError(f"consistency must be 'off', 'auto' or a positive number, got {consistency!r}")
+    check_weight(consistency)  # before the network runs
     device = device or default_device()
     if device.startswith("cuda"):
         torch.backends.cudnn.deterministic = True
@@ -165,8 +166,6 @@ def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency
     chi = predict(model, field_ppm, mask, voxel_size, device)
     if consistency == "off":
         return chi
-    from ..inversion.consistency import data_consistency
-
     return data_consistency(chi, field_ppm, mask, voxel_size, b0_dir, lam=consistency)[0]
 
 
