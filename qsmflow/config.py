@@ -23,11 +23,13 @@ arguments. The effective configuration is written next to the outputs
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tomli_w
 import yaml
+
+from ._compat import tomllib
 
 #: defaults of the science settings
 DEFAULT_INVERSIONS = ("tkd", "medi")
@@ -86,7 +88,7 @@ class RunConfig:
         execution["nprocs"] = self.resolved_nprocs()
         execution["mem_gb"] = self.resolved_mem_gb()
         d["execution"] = execution
-        return _to_toml(d)
+        return tomli_w.dumps(_drop_none(d))
 
 
 _TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
@@ -205,41 +207,6 @@ def apply_resources(workflow, plugin: str, max_mem_gb: float, max_procs: int) ->
     return n
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
-
-
-def _toml_key(k) -> str:
-    k = str(k)
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
-
-
-def _to_toml(d: dict) -> str:
-    """A minimal TOML writer for the config (scalars, lists, one level of tables)."""
-    lines, tables = [], []
-    for k, v in d.items():
-        if v is None:
-            continue
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for name, t in tables:
-        sub_tables = [(k, v) for k, v in t.items() if isinstance(v, dict) and name == "params"]
-        scalars = {k: v for k, v in t.items() if (k, v) not in sub_tables and v is not None}
-        if scalars or not sub_tables:
-            lines += ["", f"[{name}]"] + [f"{_toml_key(k)} = {_toml_value(v)}"
-                                        for k, v in scalars.items()]
-        for k, v in sub_tables:
-            lines += ["", f"[{name}.{_toml_key(k)}]"] + [f"{_toml_key(a)} = {_toml_value(b)}"
-                                                      for a, b in v.items()]
-    return "\n".join(lines) + "\n"
+def _drop_none(d: dict) -> dict:
+    """``d`` without None values, recursively (TOML has no null)."""
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 
 from qsmflow.cli import demo, run
 from qsmflow.io import run_bids_validator
+from qsmflow._compat import tomllib
 
 #: accuracy the demo must reach: NRMSE (%) of χ against the phantom's truth inside the brain
 #: mask (3 mm voxels, SNR 100, the pipeline's own mask and fields). For scale: TKD of the TRUE

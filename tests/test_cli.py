@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +13,7 @@ from bids_skeleton import make_skeleton
 from qsmflow.cli import run
 from qsmflow.cli.main import main as qsmflow_main
 from qsmflow.config import build_config, scheduler_args
+from qsmflow._compat import tomllib
 
 
 def _run_bad(capsys, argv, out):

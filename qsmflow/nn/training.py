@@ -27,13 +27,13 @@ import math
 import os
 import platform
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import metrics
+from .._compat import tomllib
 from .layers import GatedConv3d, PlainConv3d, WPConv3d
 from .models import build_model, count_parameters, run_model
 from .synthesis import SynthConfig, Synthesizer, draw_voxel_size, sample_seed, split_indices
