@@ -38,7 +38,7 @@ LABEL_NAMES: dict[int, str] = {
     5: "putamen", 6: "globus_pallidus", 7: "thalamus", 8: "red_nucleus",
     9: "substantia_nigra", 10: "dentate_nucleus", 11: "brainstem", 12: "vein",
     13: "calcification", 14: "haemorrhage", 15: "bone", 16: "air_sinus", 17: "soft_tissue",
-    18: "fat", 19: "extracranial_blood",
+    18: "fat", 19: "extracranial_blood", 20: "muscle", 21: "spinal_cord",
 }
 _L = {v: k for k, v in LABEL_NAMES.items()}
 
@@ -64,6 +64,8 @@ TISSUE_PROPERTIES: dict[str, tuple[float, float, float, float]] = {
     "soft_tissue": (0.0, 0.0, 0.75, 30.0),
     "fat": (0.6, 0.1, 0.9, 40.0),
     "extracranial_blood": (0.3, 0.0, 0.7, 40.0),
+    "muscle": (-0.02, 0.3, 0.6, 35.0),
+    "spinal_cord": (-0.03, 0.2, 0.7, 24.0),
 }
 
 #: the brain classes (inside the brain mask)
@@ -79,7 +81,7 @@ _Z_BRAIN = {
 }
 _Z_OUT = {
     "bone": (4, 5, 70, 71, 76, 81, 102, 125), "air_sinus": (15, 104), "fat": (22, 98),
-    "extracranial_blood": (23,), "csf": (75, 92, 2),
+    "extracranial_blood": (23,), "csf": (75, 92, 2), "muscle": (9, 78),
 }
 _TEX_STEP = 4  # texture grid step (source voxels)
 _TEXTURED = ("grey_matter", "white_matter", "caudate", "putamen", "globus_pallidus", "thalamus",
@@ -111,6 +113,8 @@ class HeadPhantom:
     #: the total field includes the head outside the FOV, as in a real scan
     chi_ext: np.ndarray | None = field(default=None, repr=False)
     ext_offset: tuple = (0, 0, 0)
+    #: fat fraction in [0, 1] (its signal is chemically shifted, see ``simulate``)
+    fat_fraction: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple:
@@ -150,9 +154,11 @@ class HeadPhantom:
 # --------------------------------------------------------------------------------------------
 # source anatomy (Zubal, mapped to our classes), cached
 # --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _zubal_source():
-    """Mapped labels (uint8), Zubal brain mask (bool), source voxel size (mm), centre (mm)."""
+@functools.lru_cache(maxsize=2)
+def _zubal_source(neck_mm: float = 0.0):
+    """Mapped labels (uint8), Zubal brain mask (bool), source voxel size (mm); with
+    ``neck_mm`` > 0 the anatomy is extended below its last slice by a procedural neck
+    (:func:`_add_neck`)."""
     import nibabel as nib
 
     img = nib.load(str(_ASSET))
@@ -167,15 +173,65 @@ def _zubal_source():
         lut[[c + 128 for c in codes]] = _L[name]
     labels = lut[code]
     brain = code >= 128
+    if neck_mm > 0:
+        labels, brain = _add_neck(labels, brain, vs, float(neck_mm))
     labels.flags.writeable = False
     brain.flags.writeable = False
     return labels, brain, vs
 
 
-@functools.lru_cache(maxsize=1)
-def _landmarks() -> dict:
+def _add_neck(labels, brain, vs, neck_mm):
+    """Extend the head ``neck_mm`` (mm) below its lowest slice (array axis 2 = inferior →
+    superior): the lowest complete slice tapers within 30 mm into an elliptic neck (skin,
+    subcutaneous fat, muscle) holding the cervical spine (vertebral body and arch: bone), the
+    spinal canal (CSF) with the cord (not brain), the airway (air) and the carotid arteries and
+    jugular veins. The cord continues the brain's lowest part, which stays the brain mask's
+    inferior end (as at the foramen magnum). Returns ``(labels, brain)`` on the taller grid."""
+    nz = int(round(neck_mm / vs[2]))
+    k0 = 3  # lowest complete slice of the asset
+    base = labels[:, :, k0]
+    head = ndimage.binary_fill_holes(base > 0)
+    x, y = _mm_grid_coords(labels.shape[:2], vs[:2])
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    cord = brain[:, :, k0] & (base > 0)
+    cx, cy = (float(xx[cord].mean()), float(yy[cord].mean())) if cord.any() else (0.0, 0.0)
+    ell = lambda ax, ay, ox=0.0, oy=0.0: (((xx - cx - ox) / ax) ** 2  # noqa: E731
+                                          + ((yy - cy - oy) / ay) ** 2) <= 1.0
+    neck = ell(58.0, 52.0, 0.0, 22.0) & head
+    new = np.zeros(labels.shape[:2] + (nz,), np.uint8)
+    taper = 30.0
+    depth_in_head = ndimage.distance_transform_edt(np.pad(head, 1), sampling=vs[:2])[1:-1, 1:-1]
+    for k in range(nz):
+        d = (nz - k) * vs[2]  # depth below the asset's lowest slice (mm)
+        sec = neck.copy()
+        if d < taper:  # face and jaw fade into the neck
+            sec |= depth_in_head > 40.0 * d / taper
+        sl = np.where(sec, base, 0).astype(np.uint8)
+        dist = ndimage.distance_transform_edt(sec, sampling=vs[:2])
+        soft = sec & (dist <= 2.0)
+        fat = sec & (dist > 2.0) & (dist <= 7.0)
+        inner = sec & (dist > 7.0)
+        sl[inner & ~((sl == _L["bone"]) & (d < taper))] = _L["muscle"]
+        sl[fat] = _L["fat"]
+        sl[soft] = _L["soft_tissue"]
+        sl[ell(16.0, 12.0, 0.0, 20.0) & sec] = _L["bone"]   # vertebral body
+        sl[ell(13.0, 13.0) & sec] = _L["bone"]              # arch around the canal
+        sl[ell(9.0, 8.0) & sec] = _L["csf"]                 # spinal canal
+        sl[ell(5.0, 4.0) & sec] = _L["spinal_cord"]
+        sl[ell(9.0, 6.0, 0.0, 40.0) & sec] = _L["air_sinus"]  # airway
+        for side in (-1.0, 1.0):
+            sl[ell(3.5, 3.5, side * 20.0, 38.0) & sec] = _L["extracranial_blood"]  # carotid
+            sl[ell(5.0, 4.5, side * 28.0, 30.0) & sec] = _L["extracranial_blood"]  # jugular
+        new[:, :, k] = sl
+    labels = np.concatenate([new, labels[:, :, k0:]], axis=2)
+    brain = np.concatenate([np.zeros_like(new, bool), brain[:, :, k0:]], axis=2)
+    return labels, brain
+
+
+@functools.lru_cache(maxsize=2)
+def _landmarks(neck_mm: float = 0.0) -> dict:
     """Voxel lists (mm, source frame) of the structures that procedural objects attach to."""
-    labels, brain, vs = _zubal_source()
+    labels, brain, vs = _zubal_source(neck_mm)
     sh = labels.shape
     pts = lambda m: _to_mm(np.argwhere(m), sh, vs)  # noqa: E731
     lm = {"thalamus": pts((labels == _L["thalamus"]) & brain),
@@ -289,9 +345,10 @@ def _surface_point(brain, vs, centre, p, inset_mm):
     return centre + max(s - inset_mm, 0.0) * u
 
 
-def _build_source(seed: int):
-    """Source maps on the Zubal grid for ``seed``: labels, brain, chi_in, chi_out, m0, r2*."""
-    labels0, brain, vs = _zubal_source()
+def _build_source(seed: int, neck_mm: float = 0.0):
+    """Source maps on the Zubal grid for ``seed``: labels, brain, chi_in, chi_out, m0, r2*,
+    texture, fat fraction."""
+    labels0, brain, vs = _zubal_source(neck_mm)
     rng = np.random.default_rng(seed)
     labels = labels0.copy()
     shape = labels.shape
@@ -315,7 +372,7 @@ def _build_source(seed: int):
     p = _Painter(labels, brain, vs, chi, m0, r2s)
     brain_tissue = [_L[n] for n in ("grey_matter", "white_matter", "brainstem", "thalamus", "csf")]
     # landmarks: thalamic centre and midline
-    lm = _landmarks()
+    lm = _landmarks(neck_mm)
     thal_mm = lm["thalamus"]
     xmid = float(np.median(thal_mm[:, 0]))
     thal_mid = thal_mm.mean(0)
@@ -413,7 +470,8 @@ def _build_source(seed: int):
 
     chi_in = np.where(brain, chi, 0.0)
     chi_out = np.where(brain, 0.0, chi)
-    return labels, brain, vs, chi_in, chi_out, m0, r2s, tex
+    fat = (labels == _L["fat"]).astype(np.float32)
+    return labels, brain, vs, chi_in, chi_out, m0, r2s, tex, fat
 
 
 def _block_mean(a, k):
@@ -427,7 +485,8 @@ def _block_mean(a, k):
 
 
 def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, *,
-                      extend_fov=True) -> HeadPhantom:
+                      extend_fov=True, neck_mm=0.0, centre_offset_mm=(0.0, 0.0, 0.0)
+                      ) -> HeadPhantom:
     """Realistic head phantom on a grid of ``shape`` voxels of ``voxel_size`` (mm, per axis).
 
     Array axes are RAS+ (``affine`` = diag(voxel_size) with the brain centre at world 0).
@@ -436,23 +495,29 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
     nearest neighbour, χ / M0 / R2* with a box prefilter (partial volume) and linear
     interpolation. When the FOV cuts the head and ``extend_fov`` is true, χ is also built on
     a grid extended to the whole head (``chi_ext``) so the total field includes the sources
-    outside the FOV. Returns a :class:`HeadPhantom`.
+    outside the FOV. ``neck_mm`` (mm) extends the anatomy below the Zubal head by a procedural
+    neck (cervical spine, cord, airway, vessels, muscle, fat); ``centre_offset_mm`` moves the
+    FOV centre away from the brain centre (mm, RAS+; e.g. (0, 0, -20) for a whole-head FOV
+    that reaches the neck). Returns a :class:`HeadPhantom`.
     """
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"shape must be three sizes >= 2 (voxels), got {shape!r}")
     vs = physics.check_voxel_size(voxel_size)
     seed = int(seed)
-    labels_s, brain_s, svs, chi_in_s, chi_out_s, m0_s, r2_s, tex = _build_source(seed)
+    neck_mm = float(neck_mm)
+    labels_s, brain_s, svs, chi_in_s, chi_out_s, m0_s, r2_s, tex, fat_s = \
+        _build_source(seed, neck_mm)
     rng = np.random.default_rng([seed, 7])
     warp = _rotation(rng.normal(0.0, 2.0, 3)) @ np.diag(rng.uniform(0.95, 1.05, 3))
-    shift = _landmarks()["centre"] + rng.uniform(-2.0, 2.0, 3)
+    offset = np.asarray(centre_offset_mm, float)
+    shift = _landmarks(neck_mm)["centre"] + rng.uniform(-2.0, 2.0, 3) + warp @ offset
 
     # partial volume where the target voxel is coarser than the source voxel: block means of
     # k = floor(w) source voxels, then a Gaussian with the variance of the remaining box width
     w = np.asarray(vs) / np.asarray(svs)
     k = np.maximum(1, np.floor(w + 1e-6).astype(int))
-    maps = [_block_mean(m, k) for m in (chi_in_s, chi_out_s, m0_s, r2_s)]
+    maps = [_block_mean(m, k) for m in (chi_in_s, chi_out_s, m0_s, r2_s, fat_s)]
     sigma = np.sqrt(np.clip((w / k) ** 2 - 1.0, 0.0, None) / 12.0)
     if np.any(sigma > 0.05):
         maps = [ndimage.gaussian_filter(m, sigma, truncate=3.0) for m in maps]
@@ -492,7 +557,7 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
         fov = tuple(slice(a, a + m) for a, m in zip(lo_ext, shape))
         out = [o[fov] for o in out]
         code_t = code_t[fov]
-    chi_in, chi_out, m0, r2s, tex_chi, tex_r2 = out
+    chi_in, chi_out, m0, r2s, fat, tex_chi, tex_r2 = out
     labels = (code_t & 127).astype(np.int16)
     tissue = np.isin(labels, [_L[n] for n in _TEXTURED])
     chi_in += np.where(tissue, 0.01 * tex_chi, 0.0)   # ± 0.01 ppm heterogeneity
@@ -502,7 +567,7 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
     brain_mask = ndimage.binary_fill_holes(code_t >= 128) & (np.abs(chi_out) <= NONBRAIN_CHI_MAX)
     head_mask = ndimage.binary_fill_holes(labels > 0)
     affine = np.diag([*vs, 1.0])
-    affine[:3, 3] = -np.asarray(vs) * (np.asarray(shape) - 1) / 2.0
+    affine[:3, 3] = offset - np.asarray(vs) * (np.asarray(shape) - 1) / 2.0
     chi = chi_in + chi_out
     if chi_ext is not None:  # the extended grid carries the same χ in the FOV (texture included)
         chi_ext[fov] = chi
@@ -510,4 +575,28 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
                        brain_mask=brain_mask, head_mask=head_mask, m0=np.clip(m0, 0, None),
                        r2star=np.clip(r2s, 0, None), voxel_size=vs, affine=affine,
                        chi_in=np.where(brain_mask, chi_in, 0.0), seed=seed, chi_ext=chi_ext,
-                       ext_offset=tuple(int(a) for a in lo_ext))
+                       ext_offset=tuple(int(a) for a in lo_ext),
+                       fat_fraction=np.clip(fat, 0.0, 1.0).astype(np.float32))
+
+
+#: field of view (mm, RAS+ axes) of a whole-head 3D GRE: vertex to upper neck, ear to ear,
+#: nose to occiput
+WHOLE_HEAD_FOV_MM = (192.0, 232.0, 184.0)
+#: neck below the Zubal head (mm) of the whole-head phantom
+WHOLE_HEAD_NECK_MM = 60.0
+
+
+def make_whole_head_phantom(voxel_size=(1.0, 1.0, 1.0), seed=0, *, fov_mm=WHOLE_HEAD_FOV_MM,
+                            neck_mm=WHOLE_HEAD_NECK_MM) -> HeadPhantom:
+    """Head phantom in a whole-head field of view: ``fov_mm`` (mm per axis, default
+    :data:`WHOLE_HEAD_FOV_MM`) from 4 mm above the vertex down through the skull base into the
+    neck (``neck_mm`` of procedural neck below the Zubal head), on voxels of ``voxel_size``
+    (mm). The grid has ``round(fov_mm / voxel_size)`` voxels per axis."""
+    vs = physics.check_voxel_size(voxel_size)
+    fov = np.asarray(fov_mm, float)
+    shape = tuple(int(max(2, round(f / v))) for f, v in zip(fov, vs))
+    labels, _, svs = _zubal_source(float(neck_mm))
+    top = np.nonzero(np.any(labels > 0, axis=(0, 1)))[0][-1]
+    top_mm = _to_mm([0, 0, top], labels.shape, svs)[2] - _landmarks(float(neck_mm))["centre"][2]
+    offset = (0.0, 0.0, float(top_mm + 4.0 - 0.5 * shape[2] * vs[2]))
+    return make_head_phantom(shape, vs, seed, neck_mm=neck_mm, centre_offset_mm=offset)

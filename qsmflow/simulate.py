@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__, physics
 from .bids import bids_path, write_dataset_description, write_participants
 from .io import save_nifti
-from .phantom import HeadPhantom, make_head_phantom
+from .phantom import HeadPhantom, make_head_phantom, make_whole_head_phantom
 
 #: Manufacturer written into the sidecars of simulated data
 MANUFACTURER = "qsmflow"
@@ -58,8 +58,36 @@ def smooth_phase_offset(shape, rng) -> np.ndarray:
     return np.broadcast_to(phi, shape).astype(float)
 
 
+#: chemical shift of the main (methylene) fat peak relative to water (ppm)
+FAT_SHIFT_PPM = -3.4
+
+#: R2*(B0) / R2*(3 T) of brain tissue, from the T2* of grey and white matter at 1.5, 3 and 7 T
+#: of Peters et al., MRI 25:748 (2007): linear interpolation, extrapolated at the ends
+_R2STAR_RATIO = ((1.5, 0.8), (3.0, 1.0), (7.0, 2.0))
+
+
+def r2star_at_field(r2star_3t, b0_tesla):
+    """R2* (1/s) at ``b0_tesla`` (T) of tissue whose R2* at 3 T is ``r2star_3t`` (1/s)."""
+    b, r = np.array(_R2STAR_RATIO).T
+    b0 = float(b0_tesla)
+    i = 0 if b0 < b[1] else 1
+    ratio = r[i] + (r[i + 1] - r[i]) * (b0 - b[i]) / (b[i + 1] - b[i])
+    return np.asarray(r2star_3t) * max(ratio, 0.1)
+
+
+def receive_bias(shape, voxel_size, rng, amplitude=0.2):
+    """Smooth multiplicative receive-coil sensitivity (mean 1 over the FOV): brighter towards
+    the FOV's periphery (a head array) with a random linear tilt; ``amplitude`` ≈ the relative
+    change from centre to edge."""
+    g = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij", sparse=True)
+    q = 0.5 * sum(x * x for x in g) + sum(rng.uniform(-0.4, 0.4) * x for x in g)
+    b = np.exp(float(amplitude) * q)
+    return (b / b.mean()).astype(np.float32)
+
+
 def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir=None, snr=100,
-                   phase_offset=True, bipolar_rad=0.0, seed=0, dephasing=True) -> MEGRE:
+                   phase_offset=True, bipolar_rad=0.0, seed=0, dephasing=True, *,
+                   scale_r2star=False, fat_shift=False, bias=0.0) -> MEGRE:
     """Simulate MEGRE magnitude and phase of ``phantom`` (see the module docstring).
 
     ``te_s`` echo times in seconds, ``b0_tesla`` in T, ``b0_dir`` a unit vector in voxel axes
@@ -68,6 +96,10 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
     (scalar or a map). ``R2*`` is used as given (the phantom's values are for 3 T).
     ``dephasing``: attenuate the magnitude by intravoxel dephasing in the total field's
     gradient (:func:`dephasing_factor`), as a real scan does near air and bone.
+    ``scale_r2star``: R2* at ``b0_tesla`` (:func:`r2star_at_field`) instead of the 3 T values;
+    ``fat_shift``: the fat signal (``phantom.fat_fraction``) precesses at
+    :data:`FAT_SHIFT_PPM` (water–fat beating in the phase, as in any real head); ``bias``:
+    amplitude of a smooth receive-coil sensitivity (:func:`receive_bias`) on the magnitude.
     """
     te = physics.check_echo_times(te_s)
     b0 = physics.check_field_strength(b0_tesla)
@@ -85,7 +117,15 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
     mag = np.empty(shape + (te.size,), np.float32)
     pha = np.empty(shape + (te.size,), np.float32)
     grads = dephasing_gradients(f_hz) if dephasing else [np.zeros(shape)]
-    mag1 = phantom.m0 * np.exp(-phantom.r2star * te[0]) * dephasing_factor(grads, te[0])
+    r2s = r2star_at_field(phantom.r2star, b0) if scale_r2star else phantom.r2star
+    m0 = phantom.m0 * receive_bias(shape, phantom.voxel_size, rng, bias) if bias else phantom.m0
+    ff = phantom.fat_fraction if fat_shift and phantom.fat_fraction is not None else None
+    f_fat = physics.ppm_to_hz(FAT_SHIFT_PPM, b0)
+
+    def water_fat(t):  # complex water + fat signal fraction at TE t (s)
+        return 1.0 if ff is None else (1.0 - ff) + ff * np.exp(2j * np.pi * f_fat * t)
+
+    mag1 = m0 * np.exp(-r2s * te[0]) * dephasing_factor(grads, te[0]) * np.abs(water_fat(te[0]))
     brain = phantom.brain_mask if phantom.brain_mask.any() else phantom.head_mask
     sigma = 0.0
     if snr:
@@ -93,8 +133,9 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
             raise ValueError(f"snr must be positive (mean brain signal / noise σ), got {snr!r}")
         sigma = float(mag1[brain].mean() / snr) if np.isfinite(snr) else 0.0
     for n, t in enumerate(te):
-        m = phantom.m0 * np.exp(-phantom.r2star * t) * dephasing_factor(grads, t)
-        p = phi0 + 2.0 * np.pi * f_hz * t + (0.5 if n % 2 == 0 else -0.5) * beta
+        wf = water_fat(t)
+        m = m0 * np.exp(-r2s * t) * dephasing_factor(grads, t) * np.abs(wf)
+        p = phi0 + 2.0 * np.pi * f_hz * t + (0.5 if n % 2 == 0 else -0.5) * beta + np.angle(wf)
         if sigma > 0:
             s = m * np.exp(1j * p) + sigma * (rng.standard_normal(shape)
                                               + 1j * rng.standard_normal(shape))
@@ -159,7 +200,8 @@ Ground truth (susceptibility, total and local field, brain mask, tissue labels) 
 def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(128, 128, 80),
                        voxel_size=(1.5, 1.5, 1.5), te_s=DEFAULT_TE_S, b0_tesla=3.0, snr=100,
                        oblique_deg=0.0, seed=0, *, bipolar_rad=0.0, phase_offset=True,
-                       name="qsmflow simulated MEGRE") -> Path:
+                       name="qsmflow simulated MEGRE", whole_head=False, realistic=False
+                       ) -> Path:
     """Write a BIDS raw dataset of simulated MEGRE plus ground truth; returns ``root``.
 
     Raw: ``sub-X[/ses-Y]/anat/sub-X[_ses-Y][_run-Z]_echo-N_part-{mag,phase}_MEGRE.nii.gz`` +
@@ -171,7 +213,9 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     ``_magnitude`` (noise-free echo 1). Each subject is a different phantom (seed + 101·index);
     sessions and runs of a subject share the anatomy and differ in noise and φ0.
     ``oblique_deg`` tilts the acquisition about the left–right axis (B0 then oblique in voxel
-    axes).
+    axes). ``whole_head``: the FOV of :func:`qsmflow.phantom.make_whole_head_phantom` (vertex to
+    neck; ``shape`` is then ignored). ``realistic``: R2* at ``b0_tesla``, fat chemical shift and
+    a receive bias (the settings of :func:`simulate_megre` a real scan has).
     """
     root = Path(root)
     te = physics.check_echo_times(te_s)
@@ -197,8 +241,10 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
         "dataset.\n")
     _write_dseg_tsv(truth)
 
+    sim_kw = realistic_settings(b0) if realistic else {}
     for si, sub in enumerate(subjects):
-        ph = make_head_phantom(shape, voxel_size, seed=int(seed) + 101 * si)
+        ph = (make_whole_head_phantom(voxel_size, seed=int(seed) + 101 * si) if whole_head
+              else make_head_phantom(shape, voxel_size, seed=int(seed) + 101 * si))
         ph = dataclasses.replace(ph, affine=oblique_affine(ph.shape, ph.voxel_size, oblique_deg))
         b = physics.b0_direction_from_affine(ph.affine)
         for sei, ses in enumerate(sessions):
@@ -206,7 +252,8 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
                 ents = {"sub": sub, "ses": ses, "run": run}
                 sim = simulate_megre(ph, te, b0, b, snr=snr, phase_offset=phase_offset,
                                      bipolar_rad=bipolar_rad,
-                                     seed=np.random.SeedSequence([int(seed), si, sei, ri]))
+                                     seed=np.random.SeedSequence([int(seed), si, sei, ri]),
+                                     **sim_kw)
                 _write_raw(root, ents, sim)
                 _write_truth(truth, ents, ph, sim)
     return root
@@ -268,6 +315,43 @@ def _write_truth(truth: Path, ents, ph: HeadPhantom, sim: MEGRE):
         dtype = "fmap" if suffix in ("fieldmap", "magnitude") else "anat"
         save_nifti(bids_path(truth, {**ents, **extra}, suffix, datatype=dtype), data, sim.affine,
                    sidecar=side)
+
+
+def realistic_settings(b0_tesla) -> dict:
+    """:func:`simulate_megre` options of a realistic scan at ``b0_tesla`` (T): R2* at that
+    field, fat chemical shift, receive bias 0.3 (≤ 3 T) or 0.5 (7 T: stronger B1 effects)."""
+    return {"scale_r2star": True, "fat_shift": True,
+            "bias": 0.3 if float(b0_tesla) <= 3.0 else 0.5}
+
+
+#: the whole-head test and benchmark cases: :func:`write_bids_dataset` / :func:`simulate_case`
+#: settings (voxel size mm, B0 T, echo times s, oblique angle deg about left–right)
+WHOLE_HEAD_CASES = {
+    "3T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 3.0,
+               "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
+    "7T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 7.0,
+               "te_s": (0.003, 0.006, 0.009, 0.012, 0.015), "oblique_deg": 0.0},
+    "1.5T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 1.5,
+                 "te_s": (0.005, 0.012, 0.019, 0.026, 0.033), "oblique_deg": 0.0},
+    "3T-0.75x0.75x2mm": {"voxel_size": (0.75, 0.75, 2.0), "b0_tesla": 3.0,
+                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
+    "3T-0.76x0.76x3mm": {"voxel_size": (0.76, 0.76, 3.0), "b0_tesla": 3.0,
+                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
+    "3T-1mm-oblique18": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 3.0,
+                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 18.0},
+}
+
+
+def simulate_case(case, seed=0, snr=80, coarsen=1.0):
+    """``(phantom, MEGRE)`` of a :data:`WHOLE_HEAD_CASES` entry, realistic settings, with the
+    voxel size multiplied by ``coarsen`` (e.g. 2 for fast tests)."""
+    c = WHOLE_HEAD_CASES[case]
+    vs = tuple(float(coarsen) * v for v in c["voxel_size"])
+    ph = make_whole_head_phantom(vs, seed=seed)
+    ph = dataclasses.replace(ph, affine=oblique_affine(ph.shape, vs, c["oblique_deg"]))
+    sim = simulate_megre(ph, c["te_s"], c["b0_tesla"], snr=snr, seed=seed,
+                         **realistic_settings(c["b0_tesla"]))
+    return ph, sim
 
 
 def make_demo_dataset(root, n_subjects=2, seed=0) -> Path:
