@@ -342,13 +342,35 @@ WHOLE_HEAD_CASES = {
 }
 
 
-def simulate_case(case, seed=0, snr=80, coarsen=1.0):
+#: M0 (a.u.) and R2* (1/s at 3 T) that make non-brain tissue look like brain on magnitude and
+#: R2* (the hard case for a brain mask): soft tissue, muscle, cord and fat of the head and neck
+BRAIN_LIKE_CONTRAST = {"soft_tissue": (0.85, 18.0), "muscle": (0.8, 20.0),
+                       "spinal_cord": (0.8, 20.0), "fat": (1.0, 15.0)}
+
+
+def with_contrast(phantom: HeadPhantom, contrast: dict) -> HeadPhantom:
+    """A copy of ``phantom`` whose non-brain voxels of the named tissues get new
+    ``(M0, R2* at 3 T)`` (e.g. :data:`BRAIN_LIKE_CONTRAST`); χ is unchanged."""
+    from .phantom import LABEL_NAMES
+
+    ids = {v: k for k, v in LABEL_NAMES.items()}
+    m0, r2 = phantom.m0.copy(), phantom.r2star.copy()
+    for name, (m, r) in contrast.items():
+        sel = (phantom.labels == ids[name]) & ~phantom.brain_mask
+        m0[sel], r2[sel] = m, r
+    return dataclasses.replace(phantom, m0=m0, r2star=r2)
+
+
+def simulate_case(case, seed=0, snr=80, coarsen=1.0, contrast=None):
     """``(phantom, MEGRE)`` of a :data:`WHOLE_HEAD_CASES` entry, realistic settings, with the
-    voxel size multiplied by ``coarsen`` (e.g. 2 for fast tests)."""
+    voxel size multiplied by ``coarsen`` (e.g. 2 for fast tests); ``contrast``: a
+    :func:`with_contrast` table (e.g. :data:`BRAIN_LIKE_CONTRAST`)."""
     c = WHOLE_HEAD_CASES[case]
     vs = tuple(float(coarsen) * v for v in c["voxel_size"])
     ph = make_whole_head_phantom(vs, seed=seed)
     ph = dataclasses.replace(ph, affine=oblique_affine(ph.shape, vs, c["oblique_deg"]))
+    if contrast:
+        ph = with_contrast(ph, contrast)
     sim = simulate_megre(ph, c["te_s"], c["b0_tesla"], snr=snr, seed=seed,
                          **realistic_settings(c["b0_tesla"]))
     return ph, sim
