@@ -65,6 +65,7 @@ class RunConfig:
     participant_label: list[str] | None = None
     session_label: list[str] | None = None
     dicom_out: str | None = None
+    source_dicom: str | None = None                      # scanner DICOM folder for --dicom-out
 
     def resolved_nprocs(self) -> int:
         return int(self.nprocs) if self.nprocs and self.nprocs > 0 else (os.cpu_count() or 1)
@@ -92,7 +93,7 @@ class RunConfig:
 
 
 _TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
-        "session_label", "dicom_out")
+        "session_label", "dicom_out", "source_dicom")
 _EXEC = ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir", "stop_on_first_crash",
          "skip_bids_validation", "use_plugin")
 

@@ -151,7 +151,8 @@ def test_real_scanner_dicoms_through_the_app_and_back(tmp_path, shared_data):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert qsmflow_main(["dicom2bids", str(src), str(bids), "--subject", "01"]) == 0
         rc = run.main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
-                       "--inversion", "tkd", "--nprocs", "2", "--dicom-out", str(dcm)])
+                       "--inversion", "tkd", "--nprocs", "2", "--dicom-out", str(dcm),
+                       "--source-dicom", str(src)])  # the BIDS tree holds no patient data
     assert rc == 0
     from qsmflow.io import load_nifti
 
@@ -163,3 +164,5 @@ def test_real_scanner_dicoms_through_the_app_and_back(tmp_path, shared_data):
     assert len(files) == 10  # one DICOM per slice
     ds = pydicom.dcmread(files[0])
     assert "tkd" in ds.SeriesDescription.lower()
+    ref = pydicom.dcmread(next(src.iterdir()), stop_before_pixels=True)
+    assert (ds.StudyInstanceUID, ds.PatientID == ref.PatientID) == (ref.StudyInstanceUID, True)

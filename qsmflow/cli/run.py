@@ -95,8 +95,15 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", default=None,
                    help="do not run the BIDS validator on the input (default: validate)")
     g.add_argument("--dicom-out", type=Path, metavar="DIR",
-                   help="also export every χ map as DICOM (for PACS) into DIR; needs input "
-                        "converted by 'qsmflow dicom2bids' (default: no DICOM export)")
+                   help="also export every χ map as a DICOM series (for PACS) into DIR, filed under "
+                        "the source series' patient, study and frame of reference; needs "
+                        "--source-dicom, or input converted by 'qsmflow dicom2bids "
+                        "--keep-patient-info' (default: no DICOM export)")
+    g.add_argument("--source-dicom", type=Path, metavar="DIR",
+                   help="the scanner's DICOM folder the input was converted from (by dcm2niix, "
+                        "heudiconv or qsmflow dicom2bids; read only): --dicom-out finds each "
+                        "image's source series there by SeriesInstanceUID, else SeriesNumber + "
+                        "SeriesDescription, else voxel grid (default: none)")
     g.add_argument("-v", "--verbose", action="count", default=0,
                    help="more log output (-v: Nipype errors, -vv: Nipype debug; default: "
                         "progress and summary only)")
@@ -114,6 +121,7 @@ def _cli_settings(opts) -> dict:
         "skip_bids_validation": opts.skip_bids_validation,
         "participant_label": opts.participant_label, "session_label": opts.session_label,
         "dicom_out": str(opts.dicom_out) if opts.dicom_out else None,
+        "source_dicom": str(opts.source_dicom) if opts.source_dicom else None,
         "use_plugin": str(opts.use_plugin) if opts.use_plugin else None,
     }
     if opts.linear:
@@ -270,15 +278,41 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
     return reports
 
 
-def export_dicom(plan, failed: set[str]) -> list[str]:
-    """χ maps → DICOM into ``--dicom-out`` (needs qsmflow.interfaces.dicom)."""
+def find_dicom_sources(plan) -> dict[str, dict]:
+    """``--dicom-out``: the source record (patient, study, frame of reference) of every
+    acquisition, keyed by its first phase file, found before anything runs (from
+    ``--source-dicom``, else dicom2bids provenance); ``InputError`` says what to pass."""
+    import nibabel as nib
+
+    from ..dicom.source import SourceIndex, export_source
+    from ..io import sidecar_path
+
+    try:
+        index = SourceIndex(plan.config.source_dicom) if plan.config.source_dicom else None
+        sources = {}
+        for acqs in plan.subjects.values():
+            for acq in acqs:
+                img = nib.load(acq.phase[0])
+                sources[acq.phase[0]] = export_source(
+                    sidecar_path(acq.phase[0]), dict(acq.metadata), index=index,
+                    affine=img.affine, shape=img.shape)
+    except ValueError as exc:  # names the file or folder and what to pass
+        raise InputError(str(exc)) from None
+    return sources
+
+
+def export_dicom(plan, failed: set[str], sources: dict | None = None) -> list[str]:
+    """χ maps → DICOM into ``--dicom-out``; ``sources``: :func:`find_dicom_sources`' result."""
     try:
         from ..interfaces.dicom import DicomExport
     except ImportError as exc:
         return [f"--dicom-out: DICOM export is not available ({exc})"]
     from ..derivatives import derivative_relpath
-    from ..io import sidecar_path
 
+    try:
+        sources = find_dicom_sources(plan) if sources is None else sources
+    except InputError as exc:
+        return [f"--dicom-out: {exc}"]
     errors = []
     out = Path(plan.config.dicom_out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -286,8 +320,7 @@ def export_dicom(plan, failed: set[str]) -> list[str]:
         if sub in failed:
             continue
         for acq in acqs:
-            side = sidecar_path(acq.phase[0])
-            source = str(side) if side.exists() else dict(acq.metadata)
+            source = sources[acq.phase[0]]
             for m in plan.config.inversion:
                 chi = plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m)
                 try:
@@ -310,14 +343,18 @@ def main(argv=None) -> int:
         cfg = build_config(_cli_settings(opts), opts.config)
         work_dir = Path(cfg.work_dir) if cfg.work_dir else Path.cwd() / "work"
         plan = plan_run(opts.bids_dir, opts.output_dir, work_dir, cfg)
+        sources = find_dicom_sources(plan) if cfg.dicom_out else None
     except (InputError, ConfigError) as exc:
         print(f"qsmflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose)
+    return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose,
+                   dicom_sources=sources)
 
 
-def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
-    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`."""
+def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
+            dicom_sources: dict | None = None) -> int:
+    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`
+    (``dicom_sources``: :func:`find_dicom_sources`' result for ``--dicom-out``)."""
     from ..config import apply_resources
     from ..workflows import init_qsmflow_wf
 
@@ -370,7 +407,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
         for sub in plan.subjects:
             failed_lines[sub] = [("workflow", f"{crashed}; rerun with -v", log_dir)]
     reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name, since=t0)
-    dicom_errors = export_dicom(plan, set(failed_lines)) if cfg.dicom_out else []
+    dicom_errors = (export_dicom(plan, set(failed_lines), dicom_sources) if cfg.dicom_out
+                    else [])
     dt = time.time() - t0
     ok = [s for s in plan.subjects if s not in failed_lines]
     print(f"\nqsmflow finished in {dt:.0f} s: {len(ok)}/{nsub} participant(s) succeeded "

@@ -28,12 +28,19 @@ from .scan import PHILIPS_SCALE_SLOPE_TAG, DicomImage, _private, group_series, s
 
 BIDS_VERSION = "1.10.0"
 
-#: header fields copied so that a χ map can be exported back to DICOM from the BIDS data alone
+#: header fields written into every sidecar (``DicomSource``): UIDs and acquisition type only, so
+#: that an export finds its study and frame of reference; nothing that identifies the patient
 DICOM_SOURCE_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
-                       "SeriesDescription", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
-                       "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "PatientPosition")
-#: patient identification (needed to file the export under the same patient in a PACS)
-PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+                       "SeriesDescription", "ScanningSequence", "SequenceVariant", "MRAcquisitionType",
+                       "PatientPosition")
+#: patient and visit identification a PACS export needs (same patient, same study), as dcm2niix's
+#: BIDS anonymisation drops them: never in the BIDS tree; read back from the source DICOMs at export
+#: time, or kept in the private file of ``--keep-patient-info`` (:data:`PRIVATE_DIR`)
+PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                  "StudyTime", "AccessionNumber")
+#: where ``keep_patient_info=True`` puts the patient identification (relative to the BIDS root; listed
+#: in ``.bidsignore``): one ``sub-<l>[_ses-<s>]_dicomsource.json`` per subject/session
+PRIVATE_DIR = Path("sourcedata") / "qsmflow-private"
 
 
 @dataclass
@@ -340,10 +347,12 @@ def _common_sidecar(acq: Acquisition) -> dict:
     return sc
 
 
-def dicom_source(ds, patient: bool = True) -> dict:
-    """Header fields a DICOM export needs (UIDs, study; patient identification if ``patient``)."""
+def dicom_source(ds, patient: bool = False) -> dict:
+    """Header fields a DICOM export needs: :data:`DICOM_SOURCE_FIELDS` (UIDs, acquisition type)
+    and, if ``patient``, :data:`PATIENT_FIELDS` (then ``PatientID`` is always present, "" when the
+    header has none)."""
     keys = DICOM_SOURCE_FIELDS + (PATIENT_FIELDS if patient else ())
-    out = {}
+    out = {"PatientID": ""} if patient else {}
     for k in keys:
         v = ds.get(k)
         if v in (None, ""):
@@ -351,6 +360,29 @@ def dicom_source(ds, patient: bool = True) -> dict:
         out[k] = (int(v) if k == "SeriesNumber" else
                   "\\".join(map(str, v)) if isinstance(v, pydicom.multival.MultiValue) else str(v))
     return out
+
+
+def _private_records(acqs) -> dict:
+    """SeriesInstanceUID → source record with patient identification, for every series used."""
+    return {str(s[0].series_uid): dicom_source(s[0].ds, patient=True) for a in acqs for s in a.series}
+
+
+def private_path(root, name: str) -> Path:
+    """The opt-in patient file of ``sub-<l>[_ses-<s>]`` (``name``) in the BIDS dataset ``root``."""
+    return Path(root) / PRIVATE_DIR / f"{name}_dicomsource.json"
+
+
+def _write_private(root: Path, name: str, records: dict) -> Path:
+    """The opt-in patient file under ``root/PRIVATE_DIR`` (group-readable at most) + .bidsignore."""
+    path = private_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, records)
+    os.chmod(path, 0o660 & ~_umask())
+    ignore = root / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if f"{PRIVATE_DIR.as_posix()}/" not in lines:
+        _atomic_text(ignore, "\n".join(lines + [f"{PRIVATE_DIR.as_posix()}/"]) + "\n")
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,12 +467,16 @@ def write_acquisition(vols: Volumes, anat_dir: Path, prefix: str, source: dict |
 
 
 def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=None,
-                  record_patient: bool = True, progress: bool = True, log=print) -> dict:
+                  keep_patient_info: bool = False, progress: bool = True, log=print) -> dict:
     """Convert the GRE acquisitions in ``dicom_dir`` into BIDS raw data under ``bids_dir``.
 
+    No file of the BIDS tree holds patient identification (:data:`PATIENT_FIELDS`); with
+    ``keep_patient_info`` it goes into ``bids_dir/sourcedata/qsmflow-private/`` (``.bidsignore``d,
+    not group-readable by others) for a later ``--dicom-out`` without the DICOM folder.
     → summary dict: ``files`` (written paths), ``acquisitions`` (labels), ``skipped``
-    ((series label, reason) pairs). Raises ``ValueError`` naming the series and the problem;
-    then nothing is left in ``bids_dir``. ``dicom_dir`` is only read.
+    ((series label, reason) pairs), ``private`` (the patient file or ``None``). Raises
+    ``ValueError`` naming the series and the problem; then nothing is left in ``bids_dir``.
+    ``dicom_dir`` is only read.
     """
     _check_label("subject", subject)
     _check_label("session", session)
@@ -469,13 +505,16 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
         for i, acq in enumerate(acqs):
             vols = load_acquisition(acq, echo_times_ms=echo_times_ms, progress=progress)
             run = i + 1 if len(acqs) > 1 else None
-            src = dicom_source(acq.series[0][0].ds, patient=record_patient)
+            src = dicom_source(acq.series[0][0].ds)
             written += write_acquisition(vols, anat, _prefix(subject, session, run), src)
             log(f"converted {acq.label}: {vols.magnitude.shape[:3]} x {len(vols.te_s)} echoes, "
                 f"TE {', '.join(f'{t * 1e3:g}' for t in vols.te_s)} ms")
+        private_name = _prefix(subject, session, None)
         if not bids_dir.exists():
             _write_dataset_files(tmp, subject)
             _make_readable(tmp)
+            if keep_patient_info:
+                _write_private(tmp, private_name, _private_records(acqs))
             os.rename(tmp, bids_dir)
         else:
             target = bids_dir / sub_rel
@@ -483,13 +522,18 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
             _make_readable(tmp)
             os.rename(tmp / sub_rel, target)
             _write_dataset_files(bids_dir, subject)
+            if keep_patient_info:
+                _write_private(bids_dir, private_name, _private_records(acqs))
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    private = private_path(bids_dir, private_name) if keep_patient_info else None
+    if private is not None:
+        log(f"patient identification kept in {private} (do not share sourcedata/)")
     final = [bids_dir / Path(p).relative_to(tmp) for p in written]
     return {"files": final, "acquisitions": [a.label for a in acqs], "skipped": skipped,
-            "non_dicom_files": [str(f) for f in bad_files]}
+            "non_dicom_files": [str(f) for f in bad_files], "private": private}
 
 
 def read_series_volume(images, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from .. import __version__
-from ..io import load_json, load_nifti
+from ..io import load_nifti
 from . import geometry
 
 INT16_MAX = 32000  # headroom below 32767
@@ -47,25 +47,27 @@ def quantize_ppm(chi) -> tuple[np.ndarray, float]:
 
 
 def resolve_source(source) -> dict:
-    """The DICOM source record from a dict/sidecar path (``DicomSource``) or a DICOM folder/file."""
+    """The DICOM source record: a dict (a sidecar or its ``DicomSource`` block), a raw sidecar path
+    (its ``DicomSource``, completed by the ``dicom2bids --keep-patient-info`` private file), or a
+    DICOM folder/file (its first series; patient identification read from the headers)."""
+    from .source import SourceIndex, export_source
+
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if p.suffix == ".json":
-            source = load_json(p)
-            if not source:
+            if not p.is_file():
                 raise ValueError(f"{p}: sidecar not found; pass the raw echo sidecar written by dicom2bids")
+            source = export_source(p)
+        elif p.is_dir():
+            source = SourceIndex(p).match({}, label=p.name)
         elif p.exists():
-            from .convert import dicom_source, find_acquisitions
-            from .scan import read_header, scan_folder
-            if p.is_dir():
-                images, _ = scan_folder(p, progress=False)
-                acqs, _ = find_acquisitions(images) if images else ([], [])
-                im = acqs[0].series[0][0] if acqs else (images[0] if images else None)
-            else:
-                im = read_header(p)
+            from .convert import dicom_source
+            from .scan import read_header
+
+            im = read_header(p)
             if im is None:
-                raise ValueError(f"{p}: no DICOM image found to take patient/study information from")
-            return dicom_source(im.ds, patient=True)
+                raise ValueError(f"{p}: not a DICOM image; pass the source DICOM folder or a raw sidecar")
+            source = dicom_source(im.ds, patient=True)
         else:
             raise ValueError(f"{p}: source not found; pass the source DICOM folder or a raw sidecar (.json)")
     if not isinstance(source, dict):
@@ -75,9 +77,9 @@ def resolve_source(source) -> dict:
     if missing:
         raise ValueError(f"source has no {', '.join(missing)}: convert with qsmflow dicom2bids (it records "
                          "DicomSource in the sidecars) or pass the source DICOM folder")
-    if not rec.get("PatientID"):
-        raise ValueError("source has no PatientID (converted with --no-patient-info?): the series would not "
-                         "file under its patient; pass the source DICOM folder as source")
+    if "PatientID" not in rec:
+        raise ValueError("source has no PatientID (the BIDS data hold no patient identification): the "
+                         "series would not file under its patient; pass the source DICOM folder as source")
     return rec
 
 
