@@ -12,8 +12,9 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, Sim
 class _DicomExportInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="χ map (NIfTI, ppm)")
     source = traits.Either(File(exists=True), Directory(exists=True), traits.Dict(), mandatory=True,
-                           desc="raw echo sidecar written by dicom2bids (.json with DicomSource), its dict, "
-                                "or the source DICOM folder")
+                           desc="source record with patient identification (a dict, e.g. from "
+                                "qsmflow.dicom.source.export_source), the source DICOM folder, or a raw "
+                                "sidecar of 'dicom2bids --keep-patient-info'")
     method = traits.Str(desc="inversion method named in the SeriesDescription (default: the file's desc-)")
     series_description = traits.Str(desc="SeriesDescription (default 'QSM <method> (ppm)')")
     out_dir = Directory(desc="parent folder; the series goes into <out_dir>/<in_file name>/ "
