@@ -46,6 +46,7 @@ class Acquisition:
     voxel_size: tuple[float, float, float]
     metadata: dict = field(default_factory=dict)  # sidecar of the first phase echo
     phase_metadata: list = field(default_factory=list)  # sidecar (inherited) of each phase file
+    user_mask: object = None            # qsmflow.user_mask.UserMask from --derivatives, or None
 
     @property
     def subject(self) -> str:

@@ -10,6 +10,7 @@ arguments. The effective configuration is written next to the outputs
     bgremoval = "resharp"             # resharp | vsharp | pdf
     unwrapping = "romeo"              # spatial phase unwrapping
     masking = "magnitude"             # brain mask source
+    derivatives = ["/data/synthstrip"]  # BIDS derivatives with *_desc-brain_mask (used instead)
     [params.medi]                     # per-method parameters (units in the method's docs)
     lam = 1000
     [params.resharp]
@@ -65,6 +66,7 @@ class RunConfig:
     participant_label: list[str] | None = None
     session_label: list[str] | None = None
     dicom_out: str | None = None
+    derivatives: list[str] | None = None                 # folders with user brain masks
     source_dicom: str | None = None                      # scanner DICOM folder for --dicom-out
 
     def resolved_nprocs(self) -> int:
@@ -93,7 +95,7 @@ class RunConfig:
 
 
 _TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
-        "session_label", "dicom_out", "source_dicom")
+        "session_label", "dicom_out", "source_dicom", "derivatives")
 _EXEC = ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir", "stop_on_first_crash",
          "skip_bids_validation", "use_plugin")
 

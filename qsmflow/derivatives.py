@@ -127,8 +127,11 @@ def container_tag() -> str | None:
     return tag or None
 
 
-def dataset_description(bids_root=None, source_name: str | None = None) -> dict:
-    """``dataset_description.json`` of the derivatives dataset."""
+def dataset_description(bids_root=None, source_name: str | None = None,
+                        links: dict | None = None) -> dict:
+    """``dataset_description.json`` of the derivatives dataset; ``links``: ``{key: folder}`` of
+    further input datasets (``--derivatives``), added to ``DatasetLinks`` for ``bids:<key>:``
+    URIs and to ``SourceDatasets``."""
     gen = {"Name": "qsmflow", "Version": __version__,
            "Description": "Quantitative susceptibility mapping from multi-echo GRE",
            "CodeURL": "https://github.com/qsmflow/qsmflow"}
@@ -146,4 +149,8 @@ def dataset_description(bids_root=None, source_name: str | None = None) -> dict:
     if bids_root is not None:
         desc["DatasetLinks"] = {"raw": Path(bids_root).resolve().as_uri()}
         desc["SourceDatasets"] = [{"URL": Path(bids_root).resolve().as_uri()}]
+    for key, folder in (links or {}).items():
+        uri = Path(folder).resolve().as_uri()
+        desc.setdefault("DatasetLinks", {})[key] = uri
+        desc.setdefault("SourceDatasets", []).append({"URL": uri})
     return desc

@@ -9,11 +9,12 @@ that the CLI, the demo and the tests share them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bids_input import Acquisition, InputError, collect_acquisitions, make_layout
 from .config import BATCH_PLUGINS, LOCAL_PLUGINS, ConfigError, RunConfig
+from .user_mask import attach_user_masks, check_derivatives_dirs
 
 UNWRAPPING = ("romeo", "laplacian")
 
@@ -27,6 +28,7 @@ class RunPlan:
     work_dir: Path
     subjects: dict[str, list[Acquisition]]
     config: RunConfig
+    derivatives: dict[str, Path] = field(default_factory=dict)  # --derivatives, by link key
 
     @property
     def n_acquisitions(self) -> int:
@@ -114,6 +116,7 @@ def plan_run(bids_dir, output_dir, work_dir, cfg: RunConfig) -> RunPlan:
     """All up-front checks in order (cheap ones first); returns the :class:`RunPlan`."""
     bids_dir, output_dir, work_dir = check_paths(bids_dir, output_dir, work_dir)
     check_methods(cfg)
+    derivatives = check_derivatives_dirs(cfg.derivatives, output_dir)
     if cfg.dicom_out:
         d = Path(cfg.dicom_out).expanduser().resolve()
         if _inside(d, bids_dir):
@@ -121,6 +124,7 @@ def plan_run(bids_dir, output_dir, work_dir, cfg: RunConfig) -> RunPlan:
     layout = make_layout(bids_dir)
     subjects = collect_acquisitions(bids_dir, cfg.participant_label, cfg.session_label,
                                     layout=layout)
+    attach_user_masks(subjects, derivatives, cfg.masking)
     if not cfg.skip_bids_validation:
         validate_bids(bids_dir)
-    return RunPlan(bids_dir, output_dir, work_dir, subjects, cfg)
+    return RunPlan(bids_dir, output_dir, work_dir, subjects, cfg, derivatives)

@@ -70,6 +70,12 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--masking", choices=["magnitude", "phase-quality", "combined"],
                    help=f"brain mask source (default: {DEFAULT_MASKING}; phase-quality when "
                         "there is no magnitude)")
+    g.add_argument("--derivatives", nargs="+", type=Path, metavar="DIR",
+                   help="BIDS derivatives datasets (e.g. SynthStrip, FreeSurfer) searched in "
+                        "order for each acquisition's brain mask, sub-<l>[/ses-<s>]/anat/"
+                        "<source entities>[_space-orig]_desc-brain_mask.nii[.gz]: binary, on "
+                        "the echoes' grid (affine within 0.001 mm); used instead of --masking "
+                        "(default: none, the mask is computed)")
     g.add_argument("--config", type=Path, metavar="RUN.TOML",
                    help="TOML file with any of these settings and per-method parameters "
                         "([params.medi] lam = 1000); command-line options win (default: none)")
@@ -121,6 +127,8 @@ def _cli_settings(opts) -> dict:
         "skip_bids_validation": opts.skip_bids_validation,
         "participant_label": opts.participant_label, "session_label": opts.session_label,
         "dicom_out": str(opts.dicom_out) if opts.dicom_out else None,
+        "derivatives": ([str(d.expanduser().resolve()) for d in opts.derivatives]
+                        if opts.derivatives else None),
         "source_dicom": str(opts.source_dicom) if opts.source_dicom else None,
         "use_plugin": str(opts.use_plugin) if opts.use_plugin else None,
     }
@@ -233,7 +241,7 @@ def prepare_output(plan, run_uuid: str) -> Path:
     out = plan.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset_description.json",
-               dataset_description(plan.bids_dir, plan.bids_dir.name))
+               dataset_description(plan.bids_dir, plan.bids_dir.name, links=plan.derivatives))
     ignore = out / ".bidsignore"
     if not ignore.exists():
         ignore.write_text("logs/\n*.html\n**/figures\n")
@@ -261,6 +269,12 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
     for sub, acqs in plan.subjects.items():
         if sub in failed:
             continue
+        sub_settings = dict(settings)
+        if any(a.user_mask for a in acqs):
+            masks = [f"user-supplied ({a.user_mask.name})" if a.user_mask else cfg.masking
+                     for a in acqs]
+            sub_settings["masking"] = masks[0] if len(acqs) == 1 else "; ".join(
+                f"{a.name}: {m}" for a, m in zip(acqs, masks))
         items = []
         for acq in acqs:
             fig = Path(f"sub-{sub}") / "figures"
@@ -273,7 +287,7 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
                           "outputs": [str(o) for o in outputs if (plan.output_dir / o).exists()]})
         ssw = workflow.get_node(f"single_subject_{sub}_wf")
         timings = collect_timings(work_root / f"single_subject_{sub}_wf", since=since)
-        reports[sub] = write_subject_report(plan.output_dir, sub, items, settings=settings,
+        reports[sub] = write_subject_report(plan.output_dir, sub, items, settings=sub_settings,
                                             timings=timings, methods=ssw.__desc__ or "")
     return reports
 

@@ -9,9 +9,9 @@ the result with :func:`qsmflow.io.save_nifti`. Nodes get ``mem_gb``/``n_procs`` 
 from .bgremoval import BackgroundRemoval
 from .bids import DerivativesSink
 from .inversion import DipoleInversion
-from .masking import BrainMask
+from .masking import BrainMask, UserBrainMask
 from .phase import MultiEchoFit, ScalePhase
 from .reportlets import ReportFigures
 
 __all__ = ["BackgroundRemoval", "BrainMask", "DerivativesSink", "DipoleInversion",
-           "MultiEchoFit", "ReportFigures", "ScalePhase"]
+           "MultiEchoFit", "ReportFigures", "ScalePhase", "UserBrainMask"]

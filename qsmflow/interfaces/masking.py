@@ -1,14 +1,17 @@
-"""``BrainMask``: brain mask from the magnitude and/or the phase quality."""
+"""``BrainMask``: brain mask from the magnitude and/or the phase quality; ``UserBrainMask``: a
+user-supplied one (``--derivatives``)."""
 
 from __future__ import annotations
 
 import inspect
 
+import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec,
-                                    traits)
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
+                                    SimpleInterface, TraitedSpec, traits)
 
 from .. import masking
+from ..user_mask import load_user_mask
 from ..io import load_nifti, save_nifti
 from ._base import geometry, jsonable, opt, out_file
 
@@ -81,4 +84,28 @@ class BrainMask(SimpleInterface):
                              "images or choose another --masking")
         self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii"), mask, affine))
         self._results["out_meta"] = {"Masking": method, "MaskingParameters": jsonable(params)}
+        return runtime
+
+
+class _UserBrainMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="user-supplied brain mask (--derivatives)")
+    reference = InputMultiObject(File(exists=True), mandatory=True,
+                                 desc="echo images; the mask must be on the first one's grid")
+
+
+class UserBrainMask(SimpleInterface):
+    """A user-supplied mask, checked (grid, binary, not empty; :mod:`qsmflow.user_mask`) and
+    stored as a 0/1 uint8 image on its own affine: the ``BrainMask`` of ``--derivatives``."""
+
+    input_spec = _UserBrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        ref = nib.load(self.inputs.reference[0])
+        try:
+            mask, affine = load_user_mask(self.inputs.in_file, ref.shape, ref.affine)
+        except ValueError as exc:
+            raise ValueError(f"{self.inputs.in_file}: {exc}") from None
+        self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii"), mask, affine))
+        self._results["out_meta"] = {"Masking": "user"}
         return runtime

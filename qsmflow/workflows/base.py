@@ -70,6 +70,7 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
                              masking=masking, params=params,
                              has_magnitude=bool(acq.magnitude), n_voxels=acq.n_voxels,
                              n_echoes=acq.n_echoes, omp_nthreads=omp_nthreads,
+                             precomputed_mask=acq.user_mask.path if acq.user_mask else None,
                              name=f"qsm_{tag}_wf")
         descs.append(qsm_wf.__desc__)
         qsm_wf.inputs.inputnode.phase_files = list(acq.phase)
@@ -83,10 +84,13 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
         figures = pe.Node(ReportFigures(prefix=acq.name, chi_names=list(inversions)),
                           name=f"report_figures_{tag}",
                           mem_gb=estimate_mem_gb(acq.n_voxels, 4 + len(inversions)))
+        # a user mask is written as given; a computed one as eroded by the background removal
+        mask_out = "outputnode.brain_mask" if acq.user_mask else "outputnode.mask"
         workflow.connect([
             (qsm_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in (
-                "total_field", "local_field", "mask", "chi_maps", "meta_fit", "meta_mask",
+                "total_field", "local_field", "chi_maps", "meta_fit", "meta_mask",
                 "meta_bg", "meta_chi")]),
+            (qsm_wf, ds_wf, [(mask_out, "inputnode.mask")]),
             (qsm_wf, figures, [("outputnode.mask", "mask"),
                                ("outputnode.total_field", "total_field"),
                                ("outputnode.local_field", "local_field"),
@@ -108,7 +112,9 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     Every sink waits on ``gather`` (all χ maps and figures done) so that an acquisition's
     derivatives appear together or not at all. Sidecars: static parts (Units, Description,
     Sources, SkullStripped) from :func:`qsmflow.derivatives.make_sidecar`, the method and
-    parameters from the computing node (``meta_*``).
+    parameters from the computing node (``meta_*``). A user-supplied mask
+    (``acquisition.user_mask``) is named in the mask's ``Sources`` and, as ``BrainMaskSource``,
+    in the mask's and every χ map's sidecar.
     """
     ent = acquisition.entities
     rel = {k: derivative_relpath(ent, k) for k in ("magnitude", "total_field", "local_field",
@@ -118,6 +124,15 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     src_chi = [self_uri(rel["local_field"]), self_uri(rel["mask"])]
     common = {"MagneticFieldStrength": acquisition.b0_tesla,
               "EchoTime": list(acquisition.echo_times)}
+    user = acquisition.user_mask
+    mask_side = make_sidecar("mask", sources=raw_sources)
+    mask_info = {}
+    if user:
+        mask_info = {"BrainMaskMethod": "user", "BrainMaskSource": user.uri}
+        mask_side = make_sidecar("mask", sources=[user.uri], **mask_info, Description=(
+            f"Brain mask supplied by the user ({user.name}), used for unwrapping, the field fit "
+            "and background removal; the local field and the susceptibility maps are valid in "
+            "it as eroded by the background removal."))
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
@@ -136,10 +151,10 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     ds_local = sink("local_field", "ds_local_field",
                     make_sidecar("local_field", sources=[self_uri(rel["total_field"]),
                                                          self_uri(rel["mask"])], **common))
-    ds_mask = sink("mask", "ds_mask", make_sidecar("mask", sources=raw_sources))
+    ds_mask = sink("mask", "ds_mask", mask_side)
     ds_chi = pe.MapNode(
         DerivativesSink(base_directory=str(output_dir),
-                        sidecar=make_sidecar("chimap", sources=src_chi)),
+                        sidecar=make_sidecar("chimap", sources=src_chi, **mask_info)),
         iterfield=["in_file", "relpath", "meta"], name="ds_chimap", run_without_submitting=True)
     ds_chi.inputs.relpath = [str(r) for r in rel_chi]
     fig_dir = Path(f"sub-{ent['sub']}") / "figures"

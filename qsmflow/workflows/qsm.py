@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces import (BackgroundRemoval, BrainMask, DipoleInversion, MultiEchoFit,
-                          ScalePhase)
+                          ScalePhase, UserBrainMask)
 from ..interfaces._base import estimate_mem_gb
 
 #: citations of each method (methods text of the report)
@@ -39,12 +41,12 @@ _ARRAYS = {"scale": 3.0, "fit": 8.0, "mask": 6.0, "bg": {"resharp": 30.0, "vshar
 
 def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking="magnitude",
                 params=None, has_magnitude=True, n_voxels=128 * 128 * 80, n_echoes=4,
-                omp_nthreads=1, name="qsm_wf"):
+                omp_nthreads=1, precomputed_mask=None, name="qsm_wf"):
     """Build the QSM workflow of one acquisition.
 
     Steps: phase → rad and echoes stacked in TE order (``scale_phase``); brain mask
-    (``brain_mask``); spatial + temporal unwrapping and magnitude-weighted field fit
-    (``fit_field``); background removal (``remove_background``); one dipole inversion per method
+    (``brain_mask``, or ``load_brain_mask`` for a ``precomputed_mask``); spatial + temporal
+    unwrapping and magnitude-weighted field fit (``fit_field``); background removal (``remove_background``); one dipole inversion per method
     in parallel branches from the same local field (``invert_<method>``), each referenced once.
 
     Parameters
@@ -63,6 +65,9 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
         Size of one echo and number of echoes (for the nodes' ``mem_gb``).
     omp_nthreads : int
         Threads (``n_procs``) of the FFT-heavy nodes.
+    precomputed_mask : path or None
+        A user-supplied brain mask on the echoes' grid (``--derivatives``): used instead of
+        computing one (``masking`` is then ignored), before unwrapping and the field fit.
 
     Inputs (``inputnode``)
     ----------------------
@@ -71,7 +76,8 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
 
     Outputs (``outputnode``)
     ------------------------
-    magnitude (echo-combined), total_field (Hz), noise (Hz), mask (the mask χ is valid in),
+    magnitude (echo-combined), total_field (Hz), noise (Hz), brain_mask (before background
+    removal), mask (the mask χ is valid in: brain_mask eroded by the background removal),
     local_field (Hz), chi_maps (ppm, one per inversion, in order), meta_fit, meta_mask,
     meta_bg, meta_chi (sidecar entries)
     """
@@ -79,19 +85,22 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
     inversions = list(inversions)
     if not inversions:
         raise ValueError("init_qsm_wf needs at least one inversion method")
-    if not has_magnitude:
+    if precomputed_mask:
+        masking = "user"
+    elif not has_magnitude:
         masking = "phase-quality"
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = methods_text(inversions=inversions, bgremoval=bgremoval,
-                                     unwrapping=unwrapping, masking=masking, n_echoes=n_echoes)
+    workflow.__desc__ = methods_text(
+        inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
+        n_echoes=n_echoes, user_mask=Path(precomputed_mask).name if precomputed_mask else None)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["phase_files", "magnitude_files",
                                                       "sidecars", "b0_tesla", "b0_dir"]),
                         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["magnitude", "total_field", "noise",
-                                                       "mask", "local_field", "chi_maps",
-                                                       "meta_fit", "meta_mask", "meta_bg",
-                                                       "meta_chi"]),
+                                                       "brain_mask", "mask", "local_field",
+                                                       "chi_maps", "meta_fit", "meta_mask",
+                                                       "meta_bg", "meta_chi"]),
                          name="outputnode")
 
     def mem(n_arrays, echoes=1):
@@ -102,8 +111,12 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
                                      num_threads=omp_nthreads),
                         name="fit_field", mem_gb=mem(_ARRAYS["fit"], n_echoes),
                         n_procs=omp_nthreads)
-    brain_mask = pe.Node(BrainMask(method=masking, params=params.get(masking, {})),
-                         name="brain_mask", mem_gb=mem(_ARRAYS["mask"]))
+    if masking == "user":
+        brain_mask = pe.Node(UserBrainMask(in_file=str(precomputed_mask)),
+                             name="load_brain_mask", mem_gb=mem(1.0))
+    else:
+        brain_mask = pe.Node(BrainMask(method=masking, params=params.get(masking, {})),
+                             name="brain_mask", mem_gb=mem(_ARRAYS["mask"]))
     remove_background = pe.Node(
         BackgroundRemoval(method=bgremoval, params=params.get(bgremoval, {}),
                           num_threads=omp_nthreads),
@@ -124,19 +137,21 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
         (scale_phase, outputnode, [("out_magnitude_rss", "magnitude")]),
         (fit_field, outputnode, [("out_field", "total_field"), ("out_noise", "noise"),
                                  ("out_meta", "meta_fit")]),
-        (brain_mask, outputnode, [("out_meta", "meta_mask")]),
+        (brain_mask, outputnode, [("out_mask", "brain_mask"), ("out_meta", "meta_mask")]),
         (remove_background, outputnode, [("out_field", "local_field"), ("out_mask", "mask"),
                                          ("out_meta", "meta_bg")]),
         (gather_chi, outputnode, [("out", "chi_maps")]),
         (gather_meta, outputnode, [("out", "meta_chi")]),
     ]
     if has_magnitude:
-        connections += [
-            (scale_phase, fit_field, [("out_magnitude", "in_magnitude")]),
-            (scale_phase, brain_mask, [("out_magnitude", "magnitude"),
-                                       ("echo_times", "echo_times")]),
-        ]
-    if masking == "magnitude":  # mask first: unwrap and fit inside it
+        connections += [(scale_phase, fit_field, [("out_magnitude", "in_magnitude")])]
+    if has_magnitude and masking != "user":
+        connections += [(scale_phase, brain_mask, [("out_magnitude", "magnitude"),
+                                                   ("echo_times", "echo_times")])]
+    if masking == "user":  # checked against the echoes' grid, then like a magnitude mask
+        connections += [(inputnode, brain_mask, [("phase_files", "reference")]),
+                        (brain_mask, fit_field, [("out_mask", "mask")])]
+    elif masking == "magnitude":  # mask first: unwrap and fit inside it
         connections += [(brain_mask, fit_field, [("out_mask", "mask")])]
     else:  # fit the whole volume, then judge the phase quality
         connections += [(fit_field, brain_mask, [("out_residual", "residual")]),
@@ -160,16 +175,19 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
     return workflow
 
 
-def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes) -> str:
-    """The methods paragraph (with citations) for the methods actually used."""
+def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
+                 user_mask=None) -> str:
+    """The methods paragraph (with citations) for the methods actually used (``masking="user"``:
+    the brain mask ``user_mask``, a file name, was supplied by the user)."""
     unwrap = {"romeo": "a quality-guided region-growing unwrapper (ROMEO-like) with phase-offset "
                        "removal (MCPC-3D-S) and temporal unwrapping across echoes",
               "laplacian": "Laplacian unwrapping"}.get(unwrapping, unwrapping)
     mask = {"magnitude": "a magnitude-based brain mask (threshold, largest component, hole "
                          "filling, erosion)",
             "phase-quality": "a phase-quality mask from the field-fit residual",
-            "combined": "the intersection of a magnitude-based and a phase-quality mask"}.get(
-        masking, masking)
+            "combined": "the intersection of a magnitude-based and a phase-quality mask",
+            "user": f"a brain mask supplied by the user ({user_mask}, from a BIDS derivatives "
+                    "dataset) instead of a computed one"}.get(masking, masking)
     cites = ["nipype", unwrapping] + (["mcpc3ds"] if unwrapping == "romeo" else [])
     cites += [bgremoval] + list(inversions)
     refs = "; ".join(f"[{i}] {CITATIONS.get(c, c)}" for i, c in enumerate(dict.fromkeys(cites), 1))
