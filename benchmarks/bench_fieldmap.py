@@ -121,7 +121,7 @@ def _accuracy(figdir, quick):
     plt.close(fig)
     txt = [f"Phantom: `make_head_phantom({shape}, {vs})`, B0 along array axis 2, "
            f"TE {', '.join(f'{1e3 * t:g}' for t in keep['s'].te_s)} ms, SNR 100.\n",
-           "**Unwrapping and multi-echo fit** (quality-guided `unwrap_echoes(method='romeo')`; "
+           "**Unwrapping and multi-echo fit** (quality-guided `unwrap_echoes(method='region-growing')`; "
            "exact = fraction of brain voxels whose every echo equals the true phase up to one "
            "global 2π multiple; unresolvable = brain voxels whose true echo-difference phase "
            "jumps by > π to a neighbour, i.e. that no unwrapper can get right; field NRMSE = "

@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--only", nargs="*", default=None, help="benchmark names (bench_<name>.py)")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = ap.parse_args(argv)

@@ -1,7 +1,8 @@
 """The input side: find multi-echo GRE acquisitions in a BIDS dataset with pybids.
 
-One :class:`Acquisition` per ``sub``/``ses``/``acq``/``rec``/``run``/suffix group of ``MEGRE`` or
-``T2starw`` phase images, with its phase and magnitude files ordered by ``EchoTime`` (never by
+One :class:`Acquisition` per set of source entities (``sub``/``ses``/``acq``/``rec``/``run`` and any
+other, e.g. ``ce``, ``chunk``) and suffix of ``MEGRE`` or ``T2starw`` phase images (optionally
+narrowed by a ``--bids-filter-file`` and an echo selection), with its phase and magnitude files ordered by ``EchoTime`` (never by
 file name), echo times in seconds and the field strength in tesla. Echoes may be one file each
 (``echo-<n>``) or one 4D file with a list ``EchoTime``.
 
@@ -11,7 +12,9 @@ fix; this runs before any workflow is built, so a bad dataset writes nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +39,8 @@ class InputError(ValueError):
 class Acquisition:
     """One GRE acquisition: echoes of phase (and magnitude) of one run."""
 
-    entities: dict                      # sub, ses, acq, rec, run (None when absent)
+    entities: dict                      # sub, ses, acq, rec, run (None when absent), + any
+                                        # other source entity (ce, chunk, task, ...)
     suffix: str                         # MEGRE | T2starw
     phase: list[str]                    # files, ordered by echo time
     magnitude: list[str] | None         # same order, or None (no magnitude)
@@ -78,10 +82,88 @@ def make_layout(bids_dir):
     return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
 
 
+#: pybids entities that do not name an acquisition (its echoes and parts are its files)
+_NOT_IDENTITY = frozenset({"subject", "echo", "part", "suffix", "extension", "datatype"})
+
+#: query keys of ``--bids-filter-file`` and the default query each one updates (fMRIPrep's
+#: format: ``{"megre": {"acquisition": "fast", "run": 1}}``; null = entity absent, "*" = any)
+FILTER_QUERIES = {"megre": {"datatype": "anat", "suffix": list(SUFFIXES)}}
+#: entities a filter may not set: selected by other options or fixed by qsmflow
+_FILTER_FIXED = {"subject": "--participant-label", "part": "qsmflow (phase + magnitude)",
+                 "echo": "--echo-idx / --max-echoes", "extension": "qsmflow (.nii, .nii.gz)"}
+
+
+@functools.lru_cache(maxsize=None)
+def _short_keys() -> dict[str, str]:
+    """pybids entity name → BIDS file-name key (``acquisition`` → ``acq``, ``ceagent`` → ``ce``)."""
+    from bids.layout.models import Config
+
+    keys = {}
+    for name, ent in Config.load("bids").entities.items():
+        m = re.search(r"([a-z]+)-\(", ent.pattern or "")
+        if m:
+            keys[name] = m.group(1)
+    return keys
+
+
+def source_entities(f) -> dict[str, str]:
+    """The entities of a pybids file that name its acquisition, with BIDS keys and labels as in
+    the file name (``{"ses": "1", "acq": "fast", "ce": "gad", "run": "01", "chunk": "2"}``)."""
+    keys = _short_keys()
+    return {keys[k]: str(v) for k, v in f.get_entities().items()
+            if k in keys and k not in _NOT_IDENTITY}
+
+
 def _group_key(f) -> tuple:
-    e = f.get_entities()
-    return (e.get("subject"), e.get("session"), e.get("acquisition"),
-            e.get("reconstruction"), e.get("run"), e.get("suffix"))
+    return (tuple(sorted(source_entities(f).items())), f.get_entities().get("suffix"))
+
+
+def megre_query(bids_filters: dict | None) -> dict:
+    """The pybids query of the GRE phase images: :data:`FILTER_QUERIES` updated by the
+    ``"megre"`` entry of a ``--bids-filter-file`` (null → absent, ``"*"`` → any). Unknown query
+    keys, unknown entities and entities other options select raise :class:`InputError`."""
+    from bids.layout import Query
+
+    q = dict(FILTER_QUERIES["megre"])
+    filters = dict(bids_filters or {})
+    unknown = set(filters) - set(FILTER_QUERIES)
+    if unknown:
+        raise InputError(f"--bids-filter-file: unknown query {sorted(unknown)}; qsmflow reads "
+                         f"one query, {', '.join(map(repr, FILTER_QUERIES))} (its MEGRE and "
+                         "T2starw images), e.g. {\"megre\": {\"acquisition\": \"fast\"}}")
+    entry = filters.get("megre") or {}
+    if not isinstance(entry, dict):
+        raise InputError("--bids-filter-file: \"megre\" must map entity names to values, e.g. "
+                         "{\"megre\": {\"run\": 1}}")
+    long_names = {v: k for k, v in _short_keys().items()}
+    for k, v in entry.items():
+        if k in _FILTER_FIXED:
+            raise InputError(f"--bids-filter-file: {k!r} cannot be filtered here; it is set by "
+                             f"{_FILTER_FIXED[k]}")
+        if k not in _short_keys() and k not in ("suffix", "datatype"):
+            hint = f" (pybids name {long_names[k]!r})" if k in long_names else ""
+            raise InputError(f"--bids-filter-file: unknown entity {k!r}{hint}; use pybids "
+                             "entity names such as acquisition, reconstruction, run, ceagent, "
+                             "chunk, session, suffix")
+        q[k] = Query.NONE if v is None else Query.ANY if v == "*" else v
+    return q
+
+
+def select_echoes(n_echoes: int, echo_idx=None, max_echoes=None, where="") -> list[int]:
+    """0-based indices of the echoes to use, in echo-time order: ``echo_idx`` are 1-based echo
+    numbers (1 = shortest TE), then at most ``max_echoes`` of them; default all. A number beyond
+    the acquisition's echoes raises :class:`InputError` naming ``where``."""
+    idx = list(range(n_echoes))
+    if echo_idx:
+        bad = [e for e in echo_idx if not 1 <= int(e) <= n_echoes]
+        if bad:
+            raise InputError(f"{where}: --echo-idx {' '.join(map(str, bad))} is beyond its "
+                             f"{n_echoes} echo(es); echoes are numbered 1..{n_echoes} in "
+                             "echo-time order")
+        idx = sorted({int(e) - 1 for e in echo_idx})
+    if max_echoes:
+        idx = idx[:int(max_echoes)]
+    return idx
 
 
 def _echo_times(path: str, meta: dict, n_vols: int) -> list[float]:
@@ -145,14 +227,11 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
         raise InputError(f"{phase[0]}: {exc}; check the EchoTime of each echo's sidecar") from None
     # magnitude: same entities with part-mag
     mags = []
+    identity = source_entities(group[0])
     for e in entries:
-        q = dict(subject=subject, session=session if session is not None else Query.NONE, suffix=group[0].get_entities()["suffix"],
-                 part="mag", extension=_EXT, return_type="filename")
-        ents = group[0].get_entities()
-        for key in ("acquisition", "reconstruction", "run"):
-            q[key] = ents[key] if ents.get(key) is not None else Query.NONE
-        q["echo"] = e[5] if e[5] is not None else Query.NONE
-        hits = layout.get(**q)
+        q = dict(subject=subject, suffix=group[0].get_entities()["suffix"], part="mag",
+                 extension=_EXT, echo=e[5] if e[5] is not None else Query.NONE)
+        hits = [h.path for h in layout.get(**q) if source_entities(h) == identity]
         if len(hits) > 1:
             raise InputError(f"{e[1]}: {len(hits)} matching magnitude files {hits}; "
                              "keep one part-mag file per echo")
@@ -181,12 +260,16 @@ def _label(label, option) -> str:
 
 
 def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
-                         layout=None) -> dict[str, list[Acquisition]]:
+                         layout=None, *, bids_filters=None, echo_idx=None,
+                         max_echoes=None) -> dict[str, list[Acquisition]]:
     """All usable acquisitions per subject label, checked; raises :class:`InputError`.
 
     ``participant_label``/``session_label``: lists of labels (with or without ``sub-``/``ses-``)
-    or None for all. Labels that are not in the dataset are refused.
+    or None for all. Labels that are not in the dataset are refused. ``bids_filters``: the
+    ``--bids-filter-file`` dict (:func:`megre_query`); ``echo_idx``/``max_echoes``: the echoes
+    to keep (:func:`select_echoes`).
     """
+    base_query = megre_query(bids_filters)
     bids_dir = Path(bids_dir)
     layout = layout or make_layout(bids_dir)
     all_subjects = sorted(layout.get_subjects())
@@ -211,7 +294,7 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
                              f"{', '.join(sorted(have)) or 'none (dataset has no sessions)'}")
     out: dict[str, list[Acquisition]] = {}
     for sub in subjects:
-        q = dict(subject=sub, suffix=list(SUFFIXES), part="phase", extension=_EXT)
+        q = dict(base_query, subject=sub, part="phase", extension=_EXT)
         if sessions:
             q["session"] = sessions
         files = layout.get(**q)
@@ -220,8 +303,16 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
             groups.setdefault(_group_key(f), []).append(f)
         acqs = []
         for key, group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-            _, ses, acq, rec, run, suffix = key
-            phase, mags, tes, metas, shape, zooms = _collect_files(layout, group, sub, ses)
+            source, suffix = dict(key[0]), key[1]
+            phase, mags, tes, metas, shape, zooms = _collect_files(layout, group, sub,
+                                                                   source.get("ses"))
+            keep = select_echoes(len(tes), echo_idx, max_echoes, where=phase[0])
+            if len(keep) < len(tes):
+                if len(phase) != len(tes):
+                    raise InputError(f"{phase[0]}: --echo-idx/--max-echoes need one file per "
+                                     "echo (echo-<n>); split this 4D file into echoes")
+                phase, tes, metas = ([x[i] for i in keep] for x in (phase, tes, metas))
+                mags = [mags[i] for i in keep] if mags else mags
             meta = metas[0]
             b0 = meta.get("MagneticFieldStrength")
             if b0 is None:
@@ -232,8 +323,7 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
             except (ValueError, TypeError):
                 raise InputError(f"{phase[0]}: MagneticFieldStrength {b0!r} is not a number in "
                                  "tesla; write e.g. 3 (not \"3T\") in the sidecar") from None
-            ents = {"sub": sub, "ses": ses, "acq": acq, "rec": rec,
-                    "run": None if run is None else str(run)}
+            ents = {"sub": sub, "ses": None, "acq": None, "rec": None, "run": None, **source}
             acqs.append(Acquisition(entities=ents, suffix=suffix, phase=phase,
                                     magnitude=mags or None, echo_times=[float(t) for t in tes],
                                     b0_tesla=b0, shape=tuple(shape), voxel_size=tuple(zooms),

@@ -8,8 +8,10 @@ arguments. The effective configuration is written next to the outputs
 
     inversion = ["tkd", "medi"]       # dipole inversions, one χ map each
     bgremoval = "resharp"             # resharp | vsharp | pdf
-    unwrapping = "romeo"              # spatial phase unwrapping
+    unwrapping = "region-growing"     # spatial phase unwrapping (or laplacian, romeo)
     masking = "magnitude"             # brain mask source
+    bids_filters = {megre = {acquisition = "fast"}}   # --bids-filter-file, inline
+    echo_idx = [1, 2, 3]              # echoes to use (1 = shortest TE); max_echoes = 3
     derivatives = ["/data/synthstrip"]  # BIDS derivatives with *_desc-brain_mask (used instead)
     [params.medi]                     # per-method parameters (units in the method's docs)
     lam = 1000
@@ -24,6 +26,7 @@ arguments. The effective configuration is written next to the outputs
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from ._compat import tomllib
 #: defaults of the science settings
 DEFAULT_INVERSIONS = ("tkd", "medi")
 DEFAULT_BGREMOVAL = "resharp"
-DEFAULT_UNWRAPPING = "romeo"
+from .phase import DEFAULT_UNWRAPPING  # noqa: E402  (the unwrapping registry lives there)
 DEFAULT_MASKING = "magnitude"
 
 #: plugins qsmflow knows how to hand resources to
@@ -66,8 +69,11 @@ class RunConfig:
     participant_label: list[str] | None = None
     session_label: list[str] | None = None
     dicom_out: str | None = None
-    derivatives: list[str] | None = None                 # folders with user brain masks
     source_dicom: str | None = None                      # scanner DICOM folder for --dicom-out
+    derivatives: list[str] | None = None                 # folders with user brain masks
+    bids_filters: dict | None = None                     # --bids-filter-file {"megre": {...}}
+    echo_idx: list[int] | None = None                    # echoes to keep, 1-based in TE order
+    max_echoes: int | None = None                        # keep at most the first N echoes
 
     def resolved_nprocs(self) -> int:
         return int(self.nprocs) if self.nprocs and self.nprocs > 0 else (os.cpu_count() or 1)
@@ -75,11 +81,7 @@ class RunConfig:
     def resolved_mem_gb(self) -> float:
         if self.mem_gb and self.mem_gb > 0:
             return float(self.mem_gb)
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-        except (ValueError, OSError):
-            total = 8.0
-        return round(0.9 * total, 1)
+        return round(0.9 * (machine_mem_gb() or 8.0), 1)
 
     def method_params(self, method: str) -> dict:
         return dict(self.params.get(method, {}))
@@ -95,9 +97,62 @@ class RunConfig:
 
 
 _TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
-        "session_label", "dicom_out", "source_dicom", "derivatives")
+        "session_label", "dicom_out", "source_dicom", "derivatives", "bids_filters", "echo_idx",
+        "max_echoes")
 _EXEC = ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir", "stop_on_first_crash",
          "skip_bids_validation", "use_plugin")
+
+
+def machine_mem_gb() -> float | None:
+    """This machine's physical memory (GB = 1024³ bytes), or None when unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    except (ValueError, OSError):
+        return None
+
+
+def memory_warning(cfg: "RunConfig") -> str | None:
+    """A warning when a local run asks for more memory (``--mem``/``--mem-gb``) than this machine
+    has: MultiProc would then start more steps at once than fit. None when it fits or is unknown
+    (batch plugins: the limit is per cluster job, not this machine's)."""
+    total = machine_mem_gb()
+    if not cfg.mem_gb or total is None or cfg.plugin not in LOCAL_PLUGINS:
+        return None
+    if float(cfg.mem_gb) > total:
+        return (f"--mem-gb/--mem {float(cfg.mem_gb):g} GB is more than this machine's "
+                f"{total:.1f} GB; steps scheduled as if it were there may run out of memory")
+    return None
+
+
+def load_bids_filters(path) -> dict:
+    """``--bids-filter-file``: the JSON object (fMRIPrep's format) → dict; ConfigError names the
+    file and the fix. Its keys are checked by :func:`qsmflow.bids_input.megre_query`."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: --bids-filter-file not found; pass an existing JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: --bids-filter-file must hold a JSON object, e.g. "
+                          '{"megre": {"acquisition": "fast"}}')
+    return data
+
+
+_MEM_UNITS = {"": 1e-3, "K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}
+
+
+def parse_memory(text) -> float:
+    """``--mem`` value → GB: ``16G``, ``16GB``, ``16000MB``, ``16000M``, ``1.5T``; a plain number
+    is MB (as fMRIPrep's ``--mem``); K/M/G/T are powers of 1000 (``16000MB`` = 16 GB)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)B?\s*", str(text), re.I)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"--mem {text!r}: give a positive amount with an optional unit, e.g. "
+                         "16G, 16GB or 16000MB (a plain number is MB)")
+    return float(m.group(1)) * _MEM_UNITS[m.group(2).upper()]
 
 
 def load_toml(path) -> dict:

@@ -11,9 +11,9 @@ Layout of a qsmflow derivatives dataset (checked with ``bids-validator-deno``)::
     <out>/sub-X.html + <out>/sub-X/figures/*.png                 the visual report
     <out>/logs/                                                  effective config, crash files
 
-``<src>`` is the source's ``sub``/``ses``/``acq``/``rec``/``run`` entities (echo and part
-dropped). BIDS allows no ``rec`` entity in ``fmap/``: there it is folded into ``acq``
-(``acq-<acq><Rec>``). Every image has a sidecar with ``Units``, ``Description``, ``Sources``
+``<src>`` is the source's entities (``sub``/``ses``/``acq``/``rec``/``run``, ``ce``, ``chunk``, ...;
+echo and part dropped). Entities BIDS does not allow in a folder (``rec``, ``ce`` in ``fmap/``;
+``inv``, ``flip``, ... anywhere) are folded into ``acq`` (``acq-<acq><Rec>``, ``acq-<acq>CeGad``). Every image has a sidecar with ``Units``, ``Description``, ``Sources``
 (BIDS URIs) and ``SkullStripped``.
 """
 
@@ -23,10 +23,15 @@ import os
 from pathlib import Path
 
 from . import __version__
+from .bids import ENTITY_ORDER as _BIDS_ORDER
 from .bids import entity_string, is_label
 
-#: entity order of BIDS file names (the subset qsmflow reads and writes)
-ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run")
+#: source entities kept in output names, in BIDS order (echo and part are dropped; space and
+#: desc are qsmflow's own)
+ENTITY_ORDER = tuple(k for k in _BIDS_ORDER if k not in ("echo", "part", "space", "desc"))
+#: entities BIDS allows in each output folder; any other source entity is folded into ``acq``
+ALLOWED_ENTITIES = {"anat": ("sub", "ses", "task", "acq", "ce", "rec", "run", "chunk"),
+                    "fmap": ("sub", "ses", "acq", "run", "chunk")}
 
 #: output kind -> (datatype, desc, suffix, Units, description)
 OUTPUTS = {
@@ -59,17 +64,27 @@ def check_label(label: str, what: str = "label") -> str:
 
 
 def entity_prefix(entities: dict, datatype: str = "anat") -> str:
-    """``sub-01_ses-1_acq-x_run-1`` from an entity dict (unknown keys ignored).
+    """``sub-01_ses-1_acq-x_ce-gad_run-1_chunk-2`` from an entity dict (keys that are not BIDS
+    entities ignored).
 
-    In ``fmap/`` (no ``rec`` allowed by BIDS) a ``rec`` label is folded into ``acq``.
+    Entities BIDS does not allow in ``datatype`` (:data:`ALLOWED_ENTITIES`) are folded into
+    ``acq`` so that no source is lost and names stay valid: ``rec`` as its label (``acq-<acq><Rec>``,
+    e.g. in ``fmap/``), any other as key and label (``inv-2`` → ``acq-<acq>Inv2``).
     """
     ent = {k: entities.get(k) for k in ENTITY_ORDER if entities.get(k) not in (None, "")}
     for k, v in ent.items():  # a label with path characters must never become a path
         check_label(str(v), f"{k} entity")
-    if datatype == "fmap" and "rec" in ent:
-        rec = str(ent.pop("rec"))
-        ent["acq"] = f"{ent.get('acq', '')}{rec[:1].upper()}{rec[1:]}"
+    allowed = ALLOWED_ENTITIES.get(datatype, ENTITY_ORDER)
+    folded = "".join(_cap(str(v)) if k == "rec" else _cap(k) + _cap(str(v))
+                     for k, v in ent.items() if k not in allowed)
+    ent = {k: v for k, v in ent.items() if k in allowed}
+    if folded:
+        ent["acq"] = f"{ent.get('acq', '')}{folded}"
     return entity_string(ent)  # labels/indices verbatim (run-02 stays run-02)
+
+
+def _cap(label: str) -> str:
+    return label[:1].upper() + label[1:]
 
 
 def derivative_relpath(entities: dict, kind: str, desc: str | None = None,

@@ -4,13 +4,17 @@ Array conventions: 3D volumes ``(X, Y, Z)`` and multi-echo stacks ``(X, Y, Z, E)
 axis last; phase in rad, echo times in s, voxel size in mm per array axis, field in Hz.
 
 Three layers, as everywhere in qsmflow: array functions (``scale_phase_to_rad``,
-``laplacian_unwrap``, ``region_growing_unwrap``, ``unwrap_echoes``, ``fit_multi_echo``), and
+``laplacian_unwrap``, ``region_growing_unwrap``, ``unwrap_echoes``, ``fit_multi_echo``;
+``romeo_unwrap`` runs the real ROMEO program when installed), and
 file-level functions for the Nipype interfaces (``load_phase_rad``, ``load_echoes``,
 ``field_map_files``).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,13 @@ from . import io as qio
 from . import physics
 
 TWO_PI = 2.0 * np.pi
+#: spatial unwrapping methods: qsmflow's ROMEO-like quality-guided region growing, Laplacian,
+#: and the real ROMEO (the ``romeo`` program of ROMEO.jl, only when it is on PATH)
+UNWRAPPING_METHODS = ("region-growing", "laplacian", "romeo")
+DEFAULT_UNWRAPPING = "region-growing"
+#: why ``romeo`` cannot run, and what to use instead
+ROMEO_MISSING = ("the ROMEO program ('romeo' from ROMEO.jl) is not on PATH; install it, or use "
+                 "qsmflow's built-in ROMEO-like unwrapper with --unwrapping region-growing")
 #: relative tolerance on the ±π range of phase stored in radians (float rounding, DICOM 4095/4096)
 _RAD_TOL = 1e-3
 
@@ -508,11 +519,13 @@ def _temporal_unwrap(p, mag, te, omega):
     return out
 
 
-def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="romeo", mask=None,
-                  *, offset_sigma_mm=4.0, bipolar=False):
+def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method=DEFAULT_UNWRAPPING,
+                  mask=None, *, offset_sigma_mm=4.0, bipolar=False):
     """Unwrap multi-echo phase in space and time (rad, same shape as ``phase4d``).
 
-    ``method="romeo"`` (exact: every output is input + 2π·k, all echoes consistent):
+    ``method="region-growing"``: qsmflow's ROMEO-like quality-guided region growing (inspired by
+    ROMEO, Dymerska et al. 2021, not ROMEO itself; exact: every output is input + 2π·k, all
+    echoes consistent):
 
     1. bipolar odd/even correction if ``bipolar`` (:func:`bipolar_correction`);
     2. the echo difference ``ψ = angle(z₂·z̄₁) = ω·(TE₂ − TE₁)`` (phase offset cancels) is
@@ -526,14 +539,18 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method="rome
     A single echo is unwrapped in space only. ``method="laplacian"``: each echo by
     :func:`laplacian_unwrap` (fast, not exact). The global 2π multiple is fixed so that the
     mean frequency in the mask is the one closest to 0 (ambiguous by 1/(TE₂−TE₁) in principle).
+    ``method="romeo"``: the real ROMEO program (:func:`romeo_unwrap`; ``bipolar`` not applied).
     """
     ph, mag, te = _check_multi_echo(phase4d, mag4d, te_s)
     vs = physics.check_voxel_size(voxel_size)
     m = _check_mask(mask, ph.shape[:3])
     if method == "laplacian":
         return np.stack([laplacian_unwrap(ph[..., k], vs, mask) for k in range(ph.shape[-1])], -1)
-    if method != "romeo":
-        raise ValueError(f"unknown unwrapping method {method!r}: use 'romeo' or 'laplacian'")
+    if method == "romeo":
+        return romeo_unwrap(ph, mag, te, vs, mask)
+    if method != "region-growing":
+        raise ValueError(f"unknown unwrapping method {method!r}: use one of "
+                         f"{', '.join(UNWRAPPING_METHODS)}")
     if bipolar:
         ph, _ = bipolar_correction(ph, te, mag, voxel_size=vs)
     n = ph.shape[-1]
@@ -638,11 +655,44 @@ def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> F
                     residual=residual, noise_sigma=sigma)
 
 
+def romeo_available() -> bool:
+    """True when the ROMEO program (``romeo`` from ROMEO.jl) is on PATH."""
+    return shutil.which("romeo") is not None
+
+
+def romeo_unwrap(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), mask=None) -> np.ndarray:
+    """Unwrap with the real ROMEO (Dymerska et al. 2021): the ``romeo`` program of ROMEO.jl,
+    run on temporary NIfTI files (phase rad ``(X, Y, Z, E)``, magnitude, mask; echo times passed
+    in ms). Returns its ``unwrapped.nii`` (rad, the shape of ``phase4d``). ``ValueError``
+    (:data:`ROMEO_MISSING`) when it is not installed, ``RuntimeError`` when it fails."""
+    exe = shutil.which("romeo")
+    if exe is None:
+        raise ValueError(ROMEO_MISSING)
+    ph = np.asarray(phase4d, np.float32)
+    affine = np.diag([*physics.check_voxel_size(voxel_size), 1.0])
+    te_ms = ",".join(f"{1e3 * float(t):.6g}" for t in np.atleast_1d(te_s))
+    with tempfile.TemporaryDirectory(prefix="qsmflow-romeo-") as tmp:
+        tmp = Path(tmp)
+        mask_arg = ("nomask" if mask is None else
+                    str(qio.save_nifti(tmp / "mask.nii", np.asarray(mask, np.uint8), affine)))
+        cmd = [exe, "-p", str(qio.save_nifti(tmp / "phase.nii", ph, affine)), "-t", f"[{te_ms}]",
+               "-o", str(tmp / "out"), "-k", mask_arg]
+        if mag4d is not None:
+            cmd += ["-m", str(qio.save_nifti(tmp / "mag.nii", np.asarray(mag4d, np.float32),
+                                              affine))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        out = sorted((tmp / "out").glob("unwrapped.nii*"))
+        if proc.returncode != 0 or not out:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"romeo failed (exit {proc.returncode}): {last[0]}")
+        return qio.load_nifti(out[0])[0].reshape(ph.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # file level (for the Nipype interfaces)
 # --------------------------------------------------------------------------------------------
 def field_map_files(phase_files, magnitude_files, out_dir, *, sidecars=None, mask_file=None,
-                    method="romeo", bipolar=False, prefix="") -> dict:
+                    method=DEFAULT_UNWRAPPING, bipolar=False, prefix="") -> dict:
     """Phase (+ magnitude) NIfTIs → total field map files in ``out_dir``.
 
     Writes ``<prefix>fieldmap.nii.gz`` (Hz), ``<prefix>phaseoffset.nii.gz`` (rad),

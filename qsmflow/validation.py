@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .bids_input import Acquisition, InputError, collect_acquisitions, make_layout
 from .config import BATCH_PLUGINS, LOCAL_PLUGINS, ConfigError, RunConfig
+from .phase import ROMEO_MISSING, UNWRAPPING_METHODS, romeo_available
 from .user_mask import attach_user_masks, check_derivatives_dirs
 
-UNWRAPPING = ("romeo", "laplacian")
+UNWRAPPING = UNWRAPPING_METHODS
 
 
 @dataclass
@@ -87,6 +88,12 @@ def check_methods(cfg: RunConfig) -> None:
                                 ("--masking", cfg.masking, MASK_METHODS)):
         if value not in choices:
             raise ConfigError(f"{opt}: unknown method {value!r}; choose from {', '.join(choices)}")
+    if cfg.unwrapping == "romeo" and not romeo_available():
+        raise ConfigError(f"--unwrapping romeo: {ROMEO_MISSING}")
+    for opt, value in (("--max-echoes", cfg.max_echoes), *(("--echo-idx", e) for e in
+                                                            cfg.echo_idx or ())):
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{opt} {value}: echoes are numbered from 1 (the shortest TE)")
     if cfg.plugin not in BATCH_PLUGINS + LOCAL_PLUGINS:
         raise ConfigError(f"plugin {cfg.plugin!r} (from --use-plugin or the config) is not "
                           f"supported; use one of {', '.join(LOCAL_PLUGINS + BATCH_PLUGINS)}")
@@ -96,14 +103,59 @@ def check_methods(cfg: RunConfig) -> None:
         raise ConfigError(f"--mem-gb {cfg.mem_gb}: must be > 0 (GB)")
 
 
-def validate_bids(bids_dir: Path) -> None:
-    """Run the official BIDS validator; errors → :class:`InputError`."""
+#: validator codes that never concern qsmflow's inputs (as fMRIPrep ignores them): events,
+#: stimuli, diffusion gradients, EEG/iEEG channels, participant/phenotype tables
+IGNORED_VALIDATOR_CODES = frozenset({
+    "EVENTS_TSV_MISSING", "EVENTS_COLUMN_ONSET", "EVENTS_COLUMN_DURATION", "STIMULUS_FILE_MISSING",
+    "UNUSED_STIMULUS", "SLICE_TIMING_NOT_DEFINED", "TASK_NAME_MUST_DEFINE", "REPETITION_TIME_MUST_DEFINE",
+    "DWI_MISSING_BVAL", "DWI_MISSING_BVEC", "BVAL_MULTIPLE_ROWS", "BVEC_NUMBER_ROWS",
+    "BVEC_ROW_LENGTH", "MALFORMED_BVAL", "MALFORMED_BVEC", "VOLUME_COUNT_MISMATCH",
+    "PARTICIPANT_ID_MISMATCH", "PARTICIPANT_ID_COLUMN", "PHENOTYPE_SUBJECTS_MISSING",
+    "INCONSISTENT_SUBJECTS", "INCONSISTENT_PARAMETERS", "TSV_EQUAL_ROWS", "TSV_EMPTY_CELL",
+    "TSV_IMPROPER_NA", "TSV_ADDITIONAL_COLUMNS_UNDEFINED", "CUSTOM_COLUMN_WITHOUT_DESCRIPTION",
+    "ACQTIME_FMT", "CHANNELS_COLUMN_SFREQ", "CHANNELS_COLUMN_LOWCUT", "CHANNELS_COLUMN_HIGHCUT",
+    "CHANNELS_COLUMN_NOTCH",
+})
+#: datatype folders qsmflow reads (errors in func/, dwi/, eeg/, ... do not stop a QSM run)
+READ_DATATYPES = ("anat",)
+
+
+def relevant_validator_errors(errors: list[dict], subjects=None) -> list[dict]:
+    """The validator errors that concern this run: at the dataset's top level or in a selected
+    subject's folder (all subjects when ``subjects`` is None), in a folder qsmflow reads
+    (:data:`READ_DATATYPES`), and not of a code in :data:`IGNORED_VALIDATOR_CODES`."""
+    keep = []
+    for err in errors:
+        if err.get("code") in IGNORED_VALIDATOR_CODES:
+            continue
+        parts = [x for x in str(err.get("location") or "").split("/") if x]
+        if parts and parts[0].startswith("sub-"):
+            if subjects is not None and parts[0][len("sub-"):] not in subjects:
+                continue
+            folders = [x for x in parts[1:-1] if not x.startswith("ses-")]
+            if folders and folders[0] not in READ_DATATYPES:
+                continue
+        keep.append(err)
+    return keep
+
+
+def validate_bids(bids_dir: Path, subjects=None) -> None:
+    """Run the official BIDS validator; the errors that concern the selected ``subjects``
+    (labels; None = all) and qsmflow's inputs (:func:`relevant_validator_errors`) →
+    :class:`InputError`. Errors elsewhere (another subject, func/ data) are only logged."""
+    import logging
+
     from .io import run_bids_validator
 
     try:
-        errors, _ = run_bids_validator(bids_dir)
+        found, _ = run_bids_validator(bids_dir)
     except RuntimeError as exc:
         raise InputError(f"{bids_dir}: {exc}") from None
+    errors = relevant_validator_errors(found, None if subjects is None else set(subjects))
+    if len(found) > len(errors):
+        logging.getLogger("qsmflow").warning(
+            "BIDS validator: %d error(s) outside the selected participants' QSM inputs ignored",
+            len(found) - len(errors))
     if errors:
         first = errors[0]
         loc = first.get("location") or ""
@@ -123,8 +175,9 @@ def plan_run(bids_dir, output_dir, work_dir, cfg: RunConfig) -> RunPlan:
             raise InputError(f"{d}: --dicom-out is inside the input dataset; choose another folder")
     layout = make_layout(bids_dir)
     subjects = collect_acquisitions(bids_dir, cfg.participant_label, cfg.session_label,
-                                    layout=layout)
+                                    layout=layout, bids_filters=cfg.bids_filters,
+                                    echo_idx=cfg.echo_idx, max_echoes=cfg.max_echoes)
     attach_user_masks(subjects, derivatives, cfg.masking)
     if not cfg.skip_bids_validation:
-        validate_bids(bids_dir)
+        validate_bids(bids_dir, subjects)
     return RunPlan(bids_dir, output_dir, work_dir, subjects, cfg, derivatives)

@@ -71,7 +71,7 @@ def test_multi_echo_fit_recovers_a_wrapping_field(cwd):
     m = save_nifti(cwd / "mag.nii.gz", np.ones(SHAPE + (4,)), _affine())
     mk = save_nifti(cwd / "mask.nii.gz", mask, _affine())
     res = MultiEchoFit(in_phase=str(p), in_magnitude=str(m), mask=str(mk),
-                       echo_times=te.tolist(), unwrapping="romeo").run()
+                       echo_times=te.tolist(), unwrapping="region-growing").run()
     est = load_nifti(res.outputs.out_field)[0]
     assert np.abs(est[mask] - field[mask]).max() < 0.5  # Hz: no 2π error anywhere
     assert load_nifti(res.outputs.out_noise)[0].shape == SHAPE

@@ -21,7 +21,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="qsmflow bench-nn", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--n", type=int, default=20, help="volumes per table (default 20)")
     ap.add_argument("--tables", nargs="+", default=["a", "n", "b", "c", "d"], choices=["a", "n", "b", "c", "d"],
                     help="which tables (default: all): a, n (a without noise), b, c, d")

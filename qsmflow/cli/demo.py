@@ -21,7 +21,8 @@ def get_parser() -> argparse.ArgumentParser:
     class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass
 
-    p = argparse.ArgumentParser(prog="qsmflow demo", description=__doc__, formatter_class=_Help)
+    p = argparse.ArgumentParser(prog="qsmflow demo", description=__doc__, formatter_class=_Help,
+                                allow_abbrev=False)
     p.add_argument("outdir", type=Path, help="folder for the demo (created)")
     p.add_argument("--n-subjects", type=int, default=2, help="simulated participants")
     p.add_argument("--inversion", nargs="+", default=list(DEFAULT_INVERSIONS),

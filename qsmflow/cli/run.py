@@ -22,7 +22,9 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 from .. import __version__  # noqa: E402
 from ..bids_input import InputError  # noqa: E402
 from ..config import (DEFAULT_BGREMOVAL, DEFAULT_INVERSIONS, DEFAULT_MASKING,  # noqa: E402
-                      DEFAULT_UNWRAPPING, ConfigError, RunConfig, build_config)
+                      DEFAULT_UNWRAPPING, ConfigError, RunConfig, build_config,
+                      load_bids_filters, parse_memory)
+from ..phase import UNWRAPPING_METHODS  # noqa: E402
 
 LOG = logging.getLogger("qsmflow")
 
@@ -47,7 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="qsmflow: quantitative susceptibility mapping (QSM) from multi-echo GRE, "
                     "as a BIDS App. Sub-commands: 'qsmflow demo OUTDIR', 'qsmflow dicom2bids', "
                     "'qsmflow train', 'qsmflow bench-nn'.",
-        formatter_class=_Help)
+        formatter_class=_Help, allow_abbrev=False)
     p.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path,
                    help="derivatives folder to write (must not be inside bids_dir)")
@@ -56,17 +58,34 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("selection")
     g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                    help="participants to process (label without 'sub-'); default: all")
-    g.add_argument("--session-label", nargs="+", metavar="LABEL",
+    g.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
                    help="sessions to process (label without 'ses-'); default: all")
+    g.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, metavar="FILE",
+                   help="JSON file (fMRIPrep's format) narrowing the input query with pybids "
+                        "entity names; qsmflow's query is \"megre\" (its MEGRE and T2starw "
+                        "phase and magnitude images), e.g. {\"megre\": {\"acquisition\": "
+                        "\"fast\", \"run\": 1}}; null = entity absent, \"*\" = any "
+                        "(default: all acquisitions)")
+    g.add_argument("--echo-idx", type=int, nargs="+", metavar="N",
+                   help="echoes to use, numbered 1.. in echo-time order (1 = shortest TE), "
+                        "e.g. --echo-idx 1 2 3 (default: all echoes)")
+    g.add_argument("--max-echoes", type=int, metavar="N",
+                   help="use at most the first N echoes (after --echo-idx), e.g. to drop noisy "
+                        "late echoes (default: all echoes)")
     g = p.add_argument_group("methods")
     g.add_argument("--inversion", nargs="+", metavar="METHOD",
                    help="dipole inversions, one χ map (ppm) each: tkd tikhonov ilsqr medi fansi "
-                        f"tv metaqsm mesaqsm qsminvnet (default: {' '.join(DEFAULT_INVERSIONS)})")
+                        "tv metaqsm mesaqsm qsminvnet: qsmflow's implementations of the published "
+                        "algorithms (not the authors' toolboxes), the networks with qsmflow's "
+                        f"shipped weights (default: {' '.join(DEFAULT_INVERSIONS)})")
     g.add_argument("--bgremoval", choices=["resharp", "vsharp", "pdf"],
                    help=f"background field removal (default: {DEFAULT_BGREMOVAL}; kernel radius "
                         "in mm via [params.<method>] radius_mm in --config)")
-    g.add_argument("--unwrapping", choices=["romeo", "laplacian"],
-                   help=f"spatial phase unwrapping (default: {DEFAULT_UNWRAPPING})")
+    g.add_argument("--unwrapping", choices=list(UNWRAPPING_METHODS),
+                   help="spatial phase unwrapping: region-growing (qsmflow's ROMEO-like "
+                        "quality-guided region growing, exact up to 2π per echo), laplacian "
+                        "(fast, approximate) or romeo (the real ROMEO program, 'romeo' from "
+                        f"ROMEO.jl, when it is on PATH) (default: {DEFAULT_UNWRAPPING})")
     g.add_argument("--masking", choices=["magnitude", "phase-quality", "combined"],
                    help=f"brain mask source (default: {DEFAULT_MASKING}; phase-quality when "
                         "there is no magnitude)")
@@ -83,18 +102,29 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--work-dir", type=Path, metavar="WORK_DIR",
                    help="Nipype working folder; rerunning with the same one recomputes nothing "
                         "that finished (default: ./work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N",
-                   help="processes for MultiProc (default: 0 = all cores)")
+    g.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, metavar="N",
+                   dest="nprocs",
+                   help="processes for MultiProc; --nthreads and --n-cpus are the same option "
+                        "(default: 0 = all cores)")
     g.add_argument("--omp-nthreads", type=int, metavar="N", default=1,
                    help="FFT threads per node (n_procs of the FFT-heavy nodes; default: 1)")
-    g.add_argument("--mem-gb", type=float, metavar="GB",
-                   help="memory limit in GB for MultiProc scheduling (default: 90%% of RAM)")
+    mem = g.add_mutually_exclusive_group()
+    mem.add_argument("--mem-gb", "--mem_gb", type=float, metavar="GB",
+                     help="memory limit in GB for MultiProc scheduling (default: 90%% of RAM)")
+    mem.add_argument("--mem", "--mem-mb", "--mem_mb", type=_memory, metavar="MEM",
+                     dest="mem_gb",
+                     help="the same limit with a unit: 16G, 16GB, 16000MB; a plain number is MB "
+                          "as in fMRIPrep (default: 90%% of RAM)")
     g.add_argument("--use-plugin", type=Path, metavar="PLUGIN.YML",
                    help="Nipype plugin YAML ('plugin: SLURM' + 'plugin_args: {...}'); node "
                         "mem_gb/n_procs become --mem/--cpus-per-task (SLURM), h_vmem/-pe (SGE), "
                         "mem/ppn (PBS) (default: MultiProc on this machine)")
     g.add_argument("--linear", action="store_true",
                    help="run serially with Nipype's Linear plugin (debugging; default: off)")
+    g.add_argument("--clean-workdir", action="store_true",
+                   help="delete qsmflow's previous results in the work folder before running "
+                        "(recompute everything); refused for a folder that is not a qsmflow "
+                        "work folder (default: off, finished steps are reused)")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
                    help="stop at the first failed step instead of finishing other subjects "
                         "(default: off)")
@@ -117,6 +147,14 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _memory(text: str) -> float:
+    """argparse type of ``--mem``: the amount in GB (:func:`qsmflow.config.parse_memory`)."""
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cli_settings(opts) -> dict:
     d = {
         "inversion": [m.lower() for m in opts.inversion] if opts.inversion else None,
@@ -127,10 +165,13 @@ def _cli_settings(opts) -> dict:
         "skip_bids_validation": opts.skip_bids_validation,
         "participant_label": opts.participant_label, "session_label": opts.session_label,
         "dicom_out": str(opts.dicom_out) if opts.dicom_out else None,
+        "source_dicom": str(opts.source_dicom) if opts.source_dicom else None,
         "derivatives": ([str(d.expanduser().resolve()) for d in opts.derivatives]
                         if opts.derivatives else None),
-        "source_dicom": str(opts.source_dicom) if opts.source_dicom else None,
         "use_plugin": str(opts.use_plugin) if opts.use_plugin else None,
+        "bids_filters": load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file
+        else None,
+        "echo_idx": opts.echo_idx, "max_echoes": opts.max_echoes,
     }
     if opts.linear:
         d["plugin"] = "Linear"
@@ -351,12 +392,24 @@ def main(argv=None) -> int:
     parser = get_parser()
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
+    from ..config import memory_warning
     from ..validation import plan_run
+    from ..workdir import clean_work_dir, old_results_warning
 
     try:
         cfg = build_config(_cli_settings(opts), opts.config)
         work_dir = Path(cfg.work_dir) if cfg.work_dir else Path.cwd() / "work"
         plan = plan_run(opts.bids_dir, opts.output_dir, work_dir, cfg)
+        for warning in (memory_warning(cfg), old_results_warning(plan.output_dir)):
+            if warning:
+                LOG.warning("qsmflow: warning: %s", warning)
+        if opts.clean_workdir:
+            try:
+                cleaned = clean_work_dir(plan.work_dir)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            if cleaned:
+                LOG.info("--clean-workdir: removed %s", cleaned)
         sources = find_dicom_sources(plan) if cfg.dicom_out else None
     except (InputError, ConfigError) as exc:
         print(f"qsmflow: error: {exc}", file=sys.stderr)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qsmflow train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--config", required=True, help="TOML training config")
     ap.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -53,7 +53,8 @@ class _MultiEchoFitInputSpec(BaseInterfaceInputSpec):
     in_magnitude = File(exists=True, desc="magnitude, 4D echoes (weights, unwrapping quality)")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     mask = File(exists=True, desc="region to unwrap and fit (default: whole volume)")
-    unwrapping = traits.Str("romeo", usedefault=True, desc="spatial unwrapping method")
+    unwrapping = traits.Str(phase.DEFAULT_UNWRAPPING, usedefault=True,
+                            desc="spatial unwrapping method (phase.UNWRAPPING_METHODS)")
     params = traits.Dict(desc="extra keyword arguments of phase.unwrap_echoes")
     num_threads = traits.Int(1, usedefault=True, desc="FFT threads")
 

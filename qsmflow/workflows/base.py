@@ -20,8 +20,8 @@ def _wf_name(text: str) -> str:
 
 
 def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, run_uuid,
-                    inversions, bgremoval="resharp", unwrapping="romeo", masking="magnitude",
-                    params=None, omp_nthreads=1, name="qsmflow_wf"):
+                    inversions, bgremoval="resharp", unwrapping="region-growing",
+                    masking="magnitude", params=None, omp_nthreads=1, name="qsmflow_wf"):
     """All subjects, one ``single_subject_<label>_wf`` each (independent: they run in parallel
     and one subject's failure does not stop the others).
 
@@ -45,8 +45,9 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
 
 
 def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inversions,
-                           bgremoval="resharp", unwrapping="romeo", masking="magnitude",
-                           params=None, omp_nthreads=1, name="single_subject_wf"):
+                           bgremoval="resharp", unwrapping="region-growing",
+                           masking="magnitude", params=None, omp_nthreads=1,
+                           name="single_subject_wf"):
     """Every acquisition of one subject: ``qsm_<acq>_wf`` + report figures + derivatives.
 
     Nothing of an acquisition is written before all its χ maps exist (the sinks wait on

@@ -33,13 +33,18 @@ CITATIONS = {
     "qsminvnet": "QSMInvNet (qsmflow implementation)",
 }
 
+#: citations of each unwrapping method (region-growing: its inspiration and its offset removal)
+UNWRAP_CITES = {"region-growing": ["romeo", "mcpc3ds"], "romeo": ["romeo"],
+                "laplacian": ["laplacian"]}
+
 #: rough number of float64 volume copies each step holds (padded FFT grids ≈ 8 copies)
 _ARRAYS = {"scale": 3.0, "fit": 8.0, "mask": 6.0, "bg": {"resharp": 30.0, "vsharp": 40.0,
                                                         "pdf": 40.0},
            "invert": {"tkd": 20.0, "tikhonov": 20.0}, "invert_default": 48.0}
 
 
-def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking="magnitude",
+def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
+                masking="magnitude",
                 params=None, has_magnitude=True, n_voxels=128 * 128 * 80, n_echoes=4,
                 omp_nthreads=1, precomputed_mask=None, name="qsm_wf"):
     """Build the QSM workflow of one acquisition.
@@ -54,7 +59,8 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="romeo", masking=
     inversions : list of str
         Inversion methods (keys of ``qsmflow.inversion.METHODS``).
     bgremoval : {"resharp", "vsharp", "pdf"}
-    unwrapping : {"romeo", "laplacian"}
+    unwrapping : {"region-growing", "laplacian", "romeo"}
+        ``romeo`` is the ROMEO program (on PATH); ``region-growing`` qsmflow's ROMEO-like one.
     masking : {"magnitude", "phase-quality", "combined"}
         Without magnitude images the phase-quality mask is used whatever is asked.
     params : dict
@@ -179,8 +185,10 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
                  user_mask=None) -> str:
     """The methods paragraph (with citations) for the methods actually used (``masking="user"``:
     the brain mask ``user_mask``, a file name, was supplied by the user)."""
-    unwrap = {"romeo": "a quality-guided region-growing unwrapper (ROMEO-like) with phase-offset "
-                       "removal (MCPC-3D-S) and temporal unwrapping across echoes",
+    unwrap = {"region-growing": "qsmflow's ROMEO-like quality-guided region growing (inspired "
+                                "by ROMEO, not the ROMEO program) with phase-offset removal "
+                                "(MCPC-3D-S) and temporal unwrapping across echoes",
+              "romeo": "ROMEO (the romeo program of ROMEO.jl)",
               "laplacian": "Laplacian unwrapping"}.get(unwrapping, unwrapping)
     mask = {"magnitude": "a magnitude-based brain mask (threshold, largest component, hole "
                          "filling, erosion)",
@@ -188,7 +196,7 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
             "combined": "the intersection of a magnitude-based and a phase-quality mask",
             "user": f"a brain mask supplied by the user ({user_mask}, from a BIDS derivatives "
                     "dataset) instead of a computed one"}.get(masking, masking)
-    cites = ["nipype", unwrapping] + (["mcpc3ds"] if unwrapping == "romeo" else [])
+    cites = ["nipype"] + UNWRAP_CITES.get(unwrapping, [unwrapping])
     cites += [bgremoval] + list(inversions)
     refs = "; ".join(f"[{i}] {CITATIONS.get(c, c)}" for i, c in enumerate(dict.fromkeys(cites), 1))
     inv = ", ".join(m.upper() if len(m) <= 4 else m for m in inversions)
@@ -199,6 +207,9 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
         f"squares of the unwrapped phase against echo time, which also gave a per-voxel noise "
         f"map. The brain was delineated with {mask}. The background field was removed with "
         f"{bgremoval.upper()}, and the local field (converted to ppm) was inverted with {inv}; "
-        f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask."
+        f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask. "
+        f"Every step is qsmflow's own implementation of the cited method (not the authors' "
+        f"software{', except ROMEO' if unwrapping == 'romeo' else ''}), the networks with "
+        f"qsmflow's trained weights."
         f"\n\nReferences: {refs}."
     )
