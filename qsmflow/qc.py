@@ -1,0 +1,228 @@
+"""Quality control of a QSM result from the data alone (no ground truth): metrics and a verdict.
+
+Every metric is a plain function on arrays (χ in ppm, fields in ppm or Hz, masks bool, voxel
+size in mm per array axis, B0 direction in voxel axes, the affine RAS+ mm). :func:`qc_metrics`
+computes them all for one χ map; :func:`verdict` turns them into ``pass`` / ``warn`` / ``fail``
+with one human reason per metric beyond its limit (:data:`LIMITS`). The limits were calibrated
+on simulated good and deliberately broken cases (``tests/test_qc.py``: wrong masks that keep the
+neck or are dilated, a wrong B0 direction, fields in Hz read as ppm, echo times in ms read as
+seconds, a sign flip); see ``docs/bids_app.md`` for what each field means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from . import physics
+
+#: |χ| (ppm) above which a brain voxel is implausible (veins and iron-rich nuclei stay below
+#: ~0.5 ppm at the resolution of a clinical scan; haemorrhage can exceed it locally)
+CHI_BOUND_PPM = 1.0
+#: depth below the top of the mask (mm) beneath which a brain has only the lower cerebellum and
+#: brainstem (vertex to the foramen magnum is ~130–150 mm in adults)
+INFERIOR_DEPTH_MM = 120.0
+#: |D(k)| below which a k-space point lies on the dipole kernel's zero cone
+CONE_D_MAX = 0.08
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Warn/fail limits of one metric: ``high`` limits fail above, else below."""
+
+    warn: float
+    fail: float
+    high: bool
+    reason: str   # what a value beyond the limit means, for the report
+
+    def level(self, value: float) -> str:
+        if value is None or not np.isfinite(value):
+            return "pass"
+        beyond = (lambda lim: value > lim) if self.high else (lambda lim: value < lim)
+        return "fail" if beyond(self.fail) else "warn" if beyond(self.warn) else "pass"
+
+
+#: metric name → limits (calibrated in tests/test_qc.py; the names are the sidecar's keys)
+LIMITS = {
+    "ChiOutlierFraction": Limit(
+        0.005, 0.03, True, f"of the mask has |χ| > {CHI_BOUND_PPM:g} ppm: a brain mask that "
+        "includes non-brain tissue, or a field in Hz read as ppm"),
+    "ChiSpread_ppm": Limit(
+        0.008, 0.003, False, "robust spread of χ in the mask is implausibly small: echo times "
+        "in ms read as seconds, or a field scaled down"),
+    "ChiSpreadHigh_ppm": Limit(
+        0.12, 0.3, True, "robust spread of χ in the mask is implausibly large: a unit error "
+        "(field in Hz read as ppm) or a wrong mask"),
+    "ForwardResidual": Limit(
+        0.65, 0.85, True, "of the local field is not explained by the χ map (‖M(D∗χ − f)‖/‖Mf‖): "
+        "a wrong B0 direction or a field that is not a dipole field"),
+    "B0ConeRatio": Limit(
+        1.25, 1.6, True, "more local-field energy on the dipole kernel's zero cone than for "
+        "another B0 axis: the B0 direction is probably wrong"),
+    "ChiTailAsymmetry": Limit(
+        1.0, 0.75, False, "χ has a heavier diamagnetic than paramagnetic tail (veins and iron "
+        "are paramagnetic): the field sign is probably flipped (vendor phase convention)"),
+    "MaskVolume_ml": Limit(
+        700.0, 300.0, False, "brain mask volume is small for an adult brain (partial coverage, "
+        "or the mask missed the brain)"),
+    "MaskVolumeHigh_ml": Limit(
+        1900.0, 2600.0, True, "brain mask volume is large for an adult brain: the mask "
+        "includes non-brain tissue"),
+    "MaskInferiorFraction": Limit(
+        0.10, 0.18, True, f"of the mask lies more than {INFERIOR_DEPTH_MM:g} mm below its top: "
+        "the mask reaches into the neck"),
+    "FieldFitOutlierFraction": Limit(
+        0.05, 0.15, True, "of the brain mask has a field-fit residual above 1 rad: the mask "
+        "includes tissue with unusable phase (bone, air, fat), or unwrapping failed"),
+}
+
+
+def _sel(x, mask):
+    m = np.asarray(mask, bool)
+    if np.shape(x) != m.shape:
+        raise ValueError(f"array of shape {np.shape(x)} and mask {m.shape} differ")
+    if not m.any():
+        raise ValueError("the mask is empty")
+    return np.asarray(x, float)[m]
+
+
+def chi_outlier_fraction(chi_ppm, mask, bound_ppm=CHI_BOUND_PPM) -> float:
+    """Fraction (0–1) of ``mask`` voxels with |χ| (ppm) above ``bound_ppm``."""
+    return float(np.mean(np.abs(_sel(chi_ppm, mask)) > bound_ppm))
+
+
+def chi_spread(chi_ppm, mask) -> float:
+    """Robust standard deviation of χ in ``mask`` (ppm): 1.4826 × median absolute deviation."""
+    v = _sel(chi_ppm, mask)
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def chi_tail_asymmetry(chi_ppm, mask, q=0.5) -> float:
+    """(P(100−q) − P50) / (P50 − Pq) of χ in ``mask`` (q in %): > 1 when the paramagnetic tail
+    (veins, iron) is heavier, as in a brain; < 1 when the sign is flipped."""
+    lo, med, hi = np.percentile(_sel(chi_ppm, mask), [q, 50.0, 100.0 - q])
+    return float((hi - med) / max(med - lo, 1e-12))
+
+
+def forward_residual(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir) -> float:
+    """‖M(D∗χ − f)‖ / ‖M f‖ in ``mask``: the fraction of the local field (ppm) the χ map
+    (ppm) does not explain under the dipole model with ``b0_dir`` (voxel axes)."""
+    m = np.asarray(mask, bool)
+    f = _sel(local_field_ppm, m)
+    f = f - f.mean()  # D(0) = 0: a constant offset is not a dipole field
+    model = physics.forward_field(np.where(m, chi_ppm, 0.0), voxel_size, b0_dir)[m]
+    model = model - model.mean()
+    return float(np.linalg.norm(model - f) / max(np.linalg.norm(f), 1e-30))
+
+
+def cone_energy(field, mask, voxel_size, b0_dir, d_max=CONE_D_MAX) -> float:
+    """Spectral energy of the masked, demeaned field near the dipole kernel's zero cone
+    (|D(k)| < ``d_max`` for ``b0_dir``) per k-space point, relative to the mean (1 = white):
+    a dipole field has little there (D·χ vanishes on the cone), any unit."""
+    m = np.asarray(mask, bool)
+    f = np.where(m, np.asarray(field, float) - _sel(field, m).mean(), 0.0)
+    spec = np.abs(sfft.rfftn(f, workers=physics.fft_workers())) ** 2
+    d = physics.dipole_kernel(f.shape, voxel_size, b0_dir, half=True)
+    kx, ky, kz = physics.kspace_grid(f.shape, voxel_size, half=True)
+    k = np.sqrt(kx**2 + ky**2 + kz**2)
+    # the lowest frequencies carry the mask's own shape (its truncation), not the dipole
+    keep = k > 2.0 / (np.asarray(f.shape) * physics.check_voxel_size(voxel_size)).min()
+    cone = keep & (np.abs(d) < d_max)
+    if not cone.any():
+        return float("nan")
+    return float(spec[cone].mean() / max(spec[keep].mean(), 1e-30))
+
+
+def b0_cone_ratio(field, mask, voxel_size, b0_dir) -> float:
+    """:func:`cone_energy` for ``b0_dir`` over the lowest of it and the three voxel axes:
+    ≈ 1 when ``b0_dir`` is (close to) right, ≫ 1 when another axis fits the field better."""
+    b = physics.check_b0_dir(b0_dir)
+    own = cone_energy(field, mask, voxel_size, b)
+    axes = [cone_energy(field, mask, voxel_size, np.eye(3)[i]) for i in range(3)]
+    return float(own / max(min([own, *axes]), 1e-30))
+
+
+def mask_volume_ml(mask, voxel_size) -> float:
+    """Volume of ``mask`` in ml (voxel size in mm)."""
+    return float(np.count_nonzero(mask) * np.prod(physics.check_voxel_size(voxel_size)) / 1000.0)
+
+
+def mask_inferior_fraction(mask, affine, depth_mm=INFERIOR_DEPTH_MM) -> float:
+    """Fraction of ``mask`` lying more than ``depth_mm`` (mm) below its most superior voxel:
+    ~0.05 for a brain, large when the mask reaches the neck. Measured along the array axis
+    closest to superior in the RAS+ ``affine`` (the field of view is planned on the anatomy,
+    so this follows the head even when it is tilted in the scanner)."""
+    ijk = np.argwhere(np.asarray(mask, bool))
+    if not len(ijk):
+        raise ValueError("the mask is empty")
+    a = np.asarray(affine, float)[:3, :3]
+    axis = int(np.argmax(np.abs(a[2])))
+    z = ijk[:, axis] * np.linalg.norm(a[:, axis]) * np.sign(a[2, axis])
+    return float(np.mean(z < z.max() - depth_mm))
+
+
+def field_fit_outlier_fraction(residual_rad, mask, limit_rad=1.0) -> float:
+    """Fraction of ``mask`` whose multi-echo fit residual (rad, RMS over echoes) exceeds
+    ``limit_rad``: phase the linear-in-TE model cannot explain (bone, air, fat, wrap errors)."""
+    return float(np.mean(_sel(residual_rad, mask) > limit_rad))
+
+
+def qc_metrics(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir, *, brain_mask=None,
+               affine=None, fit_residual_rad=None) -> dict:
+    """All metrics of one χ map (ppm) and its local field (ppm) in ``mask`` (where χ is valid).
+
+    ``brain_mask`` (the mask before background-removal erosion; default ``mask``) gives the
+    volume and shape metrics, ``affine`` (RAS+, mm) the superior direction of
+    ``MaskInferiorFraction`` (skipped without it), ``fit_residual_rad`` the field-fit metric.
+    Keys are those of :data:`LIMITS`, values rounded for a sidecar.
+    """
+    m = np.asarray(mask, bool)
+    brain = m if brain_mask is None else np.asarray(brain_mask, bool)
+    spread = chi_spread(chi_ppm, m)
+    vol = mask_volume_ml(brain, voxel_size)
+    out = {
+        "ChiOutlierFraction": chi_outlier_fraction(chi_ppm, m),
+        "ChiSpread_ppm": spread, "ChiSpreadHigh_ppm": spread,
+        "ForwardResidual": forward_residual(chi_ppm, local_field_ppm, m, voxel_size, b0_dir),
+        "B0ConeRatio": b0_cone_ratio(local_field_ppm, m, voxel_size, b0_dir),
+        "ChiTailAsymmetry": chi_tail_asymmetry(chi_ppm, m),
+        "MaskVolume_ml": vol, "MaskVolumeHigh_ml": vol,
+    }
+    if affine is not None:
+        out["MaskInferiorFraction"] = mask_inferior_fraction(brain, affine)
+    if fit_residual_rad is not None:
+        out["FieldFitOutlierFraction"] = field_fit_outlier_fraction(fit_residual_rad, brain)
+    return {k: round(float(v), 5) for k, v in out.items()}
+
+
+def _describe(name: str, value: float, limit: Limit, level: str) -> str:
+    lim = limit.fail if level == "fail" else limit.warn
+    op = ">" if limit.high else "<"
+    if name.endswith("Fraction") or name == "ForwardResidual":
+        return f"{100 * value:.1f} % {limit.reason} ({level}: {op} {100 * lim:g} %)"
+    return f"{name.replace('High', '')} = {value:.4g}: {limit.reason} ({level}: {op} {lim:g})"
+
+
+def verdict(metrics: dict, limits: dict | None = None) -> dict:
+    """``{"Verdict": "pass"|"warn"|"fail", "Reasons": [...], "Metrics": {...}}``: the worst level
+    over the metrics present (:data:`LIMITS`), one reason per metric beyond its warn limit."""
+    limits = LIMITS if limits is None else limits
+    rank = {"pass": 0, "warn": 1, "fail": 2}
+    worst, reasons = "pass", []
+    for name, value in metrics.items():
+        if name not in limits:
+            continue
+        level = limits[name].level(value)
+        if level != "pass":
+            reasons.append(_describe(name, value, limits[name], level))
+            worst = max(worst, level, key=rank.get)
+    shown = {k: v for k, v in metrics.items() if not k.endswith("High_ml")
+             and k != "ChiSpreadHigh_ppm"}
+    return {"Verdict": worst, "Reasons": reasons, "Metrics": shown}
+
+
+def qc_report(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir, **kw) -> dict:
+    """:func:`verdict` of :func:`qc_metrics` (same arguments): the sidecar's ``QC`` entry."""
+    return verdict(qc_metrics(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir, **kw))
