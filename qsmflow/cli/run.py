@@ -333,6 +333,24 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
     return reports
 
 
+def qc_summary(plan, sub: str) -> list[str]:
+    """Run-summary lines of a subject's QC (:mod:`qsmflow.qc`, read from its χ sidecars): one
+    verdict line per acquisition, then one line per χ map that did not pass."""
+    from ..derivatives import derivative_relpath
+    from ..report.qc import read_qc, summary_lines, worst
+
+    lines = []
+    for acq in plan.subjects[sub]:
+        found = read_qc(plan.output_dir, [derivative_relpath(acq.entities, "chimap", desc=m)
+                                          for m in plan.config.inversion])
+        if found:
+            verdict = worst(found)
+            lines.append(f"    {acq.name}: QC {verdict.upper()}"
+                         + (" (do not trust these χ maps)" if verdict == "fail" else ""))
+            lines += summary_lines(acq.name, found)
+    return lines
+
+
 def find_dicom_sources(plan) -> dict[str, dict]:
     """``--dicom-out``: the source record (patient, study, frame of reference) of every
     acquisition, keyed by its first phase file, found before anything runs (from
@@ -483,12 +501,14 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
     for sub in ok:
         print(f"  sub-{sub}: derivatives in {plan.output_dir / f'sub-{sub}'}, "
               f"report {reports.get(sub)}")
+        for line in qc_summary(plan, sub):
+            print(line)
     for sub, lines in failed_lines.items():
         print(f"  sub-{sub}: FAILED, no derivatives written for the failed acquisition(s):",
               file=sys.stderr)
-        for step, msg, crash in lines:
-            print(f"qsmflow: error: sub-{sub} {step}: {msg}", file=sys.stderr)
+        for step, msg, crash in lines:  # the human line last, after its crash file
             print(f"    crash file: {crash}", file=sys.stderr)
+            print(f"qsmflow: error: sub-{sub} {step}: {msg}", file=sys.stderr)
     for line in dicom_errors:
         print(f"  {line}", file=sys.stderr)
     return EXIT_FAILED if failed_lines or dicom_errors else EXIT_OK

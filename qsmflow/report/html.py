@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from .qc import qc_summary_html
 
 
 def collect_timings(work_root, since: float | None = None) -> list[dict]:
@@ -68,6 +69,7 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
     if errors:
         parts.append("<h2>Errors</h2><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors)
                      + "</ul>")
+    parts.append(qc_summary_html(out_dir, acquisitions))  # QC verdicts first
     for acq in acquisitions:
         parts.append(f"<h2>{html.escape(acq['name'])}</h2>")
         for key, title in (("mask", "Magnitude and brain mask"),

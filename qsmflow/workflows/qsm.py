@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from ..interfaces import (BackgroundRemoval, BrainMask, DipoleInversion, MultiEchoFit,
                           ScalePhase, UserBrainMask)
 from ..interfaces._base import estimate_mem_gb
+from ..interfaces.qc import QualityControl
 
 #: citations of each method (methods text of the report)
 CITATIONS = {
@@ -52,7 +53,9 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     Steps: phase → rad and echoes stacked in TE order (``scale_phase``); brain mask
     (``brain_mask``, or ``load_brain_mask`` for a ``precomputed_mask``); spatial + temporal
     unwrapping and magnitude-weighted field fit (``fit_field``); background removal (``remove_background``); one dipole inversion per method
-    in parallel branches from the same local field (``invert_<method>``), each referenced once.
+    in parallel branches from the same local field (``invert_<method>``), each referenced once; a QC
+    verdict of every χ map from the data (``quality_control``, :mod:`qsmflow.qc`) in its
+    sidecar entries (``meta_chi``: ``QC``).
 
     Parameters
     ----------
@@ -129,6 +132,8 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
         name="remove_background", n_procs=omp_nthreads,
         mem_gb=mem(_ARRAYS["bg"].get(bgremoval, 40.0)))
     gather_chi = pe.Node(niu.Merge(len(inversions)), name="gather_chi", run_without_submitting=True)
+    quality_control = pe.Node(QualityControl(), name="quality_control",
+                              mem_gb=mem(16.0 + len(inversions)))  # padded FFTs + χ maps
     gather_meta = pe.Node(niu.Merge(len(inversions)), name="gather_meta",
                           run_without_submitting=True)
 
@@ -146,8 +151,16 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
         (brain_mask, outputnode, [("out_mask", "brain_mask"), ("out_meta", "meta_mask")]),
         (remove_background, outputnode, [("out_field", "local_field"), ("out_mask", "mask"),
                                          ("out_meta", "meta_bg")]),
-        (gather_chi, outputnode, [("out", "chi_maps")]),
-        (gather_meta, outputnode, [("out", "meta_chi")]),
+        # QC verdict of every χ map from the data (qsmflow.qc), into each χ sidecar
+        (gather_chi, quality_control, [("out", "chi_maps")]),
+        (gather_meta, quality_control, [("out", "in_meta")]),
+        (remove_background, quality_control, [("out_field", "local_field"),
+                                              ("out_mask", "mask")]),
+        (brain_mask, quality_control, [("out_mask", "brain_mask")]),
+        (fit_field, quality_control, [("out_residual", "residual")]),
+        (inputnode, quality_control, [("b0_tesla", "b0_tesla"), ("b0_dir", "b0_dir")]),
+        # the χ maps pass through QC so that no derivative is written before it is done
+        (quality_control, outputnode, [("out_meta", "meta_chi"), ("out_chi", "chi_maps")]),
     ]
     if has_magnitude:
         connections += [(scale_phase, fit_field, [("out_magnitude", "in_magnitude")])]
