@@ -197,6 +197,74 @@ def _header(path: str):
     return img, shape
 
 
+#: largest difference (mm) between the affines of one acquisition's echoes and parts
+AFFINE_TOL_MM = 1e-3
+
+
+def check_image_data(path: str, img=None, *, finite: bool = True, signal: bool = False) -> None:
+    """Read the whole data of ``path`` (catches truncated or corrupt files: a header alone
+    does not); with ``finite`` refuse NaN/Inf voxels, with ``signal`` an all-zero image;
+    :class:`InputError` names the fix."""
+    img = img if img is not None else nib.load(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError from short files
+        raise InputError(f"{path}: NIfTI data is truncated or corrupt ({exc.__class__.__name__}: "
+                         f"{str(exc).strip()[:120]}); the file is incomplete (interrupted copy or "
+                         "conversion?): copy or re-export it") from None
+    if finite and data.dtype.kind == "f":
+        n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        if n_nan or n_inf:
+            raise InputError(f"{path}: {n_nan + n_inf} NaN/Inf voxel(s) ({n_nan} NaN, {n_inf} "
+                             "Inf) in the image; replace them (e.g. by 0 outside the head) or "
+                             "re-export the series from the scanner data")
+    if signal and not np.any(data):
+        raise InputError(f"{path}: the image is all zero (no signal to make a brain mask from "
+                         "or to weight the fit); re-export it, or remove the part-mag files to "
+                         "use the phase alone (--masking phase-quality)")
+
+
+def _check_phase_scaling(path: str, meta: dict) -> None:
+    """The phase maps to radians as its sidecar says (``Units``, ``PhaseValueRange``;
+    :func:`qsmflow.phase.load_phase_rad`), else :class:`InputError` with its fix."""
+    from .phase import load_phase_rad
+
+    try:
+        load_phase_rad(path, sidecar=meta)
+    except ValueError as exc:
+        raise InputError(f"{path}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _check_same_grid(path: str, affine, ref_path: str, ref_affine) -> None:
+    """``path``'s affine equals the reference echo's within :data:`AFFINE_TOL_MM`."""
+    diff = float(np.abs(np.asarray(affine)[:3] - np.asarray(ref_affine)[:3]).max())
+    if diff > AFFINE_TOL_MM:
+        raise InputError(f"{path}: its affine (voxel-to-world geometry) differs from {ref_path} "
+                         f"by up to {diff:.3g} mm; every echo and part of one run must share one "
+                         "grid: reconvert the series (e.g. with dcm2niix) or resample it")
+
+
+def _check_echo_spacing(path: str, tes) -> None:
+    """Warn when one TE gap is ≥ 1.6 × the median gap: an echo is probably missing."""
+    gaps = np.diff(np.asarray(tes, float))
+    if gaps.size >= 2 and gaps.max() >= 1.6 * np.median(gaps):
+        i = int(np.argmax(gaps))
+        LOG.warning("qsmflow: warning: %s: echo times %s ms have a gap of %.2f ms between echo "
+                    "%d and %d (the others %.2f ms): an echo is probably missing (conversion "
+                    "error?); using the %d echoes found", path,
+                    [round(1000 * t, 3) for t in tes], 1000 * gaps[i], i + 1, i + 2,
+                    1000 * float(np.median(gaps)), len(tes))
+
+
+def _unpaired_magnitudes(layout, group, subject, mags) -> list[str]:
+    """Magnitude files of ``group``'s acquisition that no phase echo uses."""
+    identity = source_entities(group[0])
+    allmag = layout.get(subject=subject, suffix=group[0].get_entities()["suffix"], part="mag",
+                        extension=_EXT)
+    used = set(mags)
+    return sorted(h.path for h in allmag if source_entities(h) == identity and h.path not in used)
+
+
 def _collect_files(layout, group, subject, session) -> tuple[list, list, list, dict]:
     """Ordered (phase files, mag files or [], echo times, first sidecar) of one group."""
     from bids.layout import Query
@@ -208,6 +276,12 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
         img, shape = _header(path)
         n_vols = shape[3] if len(shape) == 4 else 1
         tes = _echo_times(path, meta, n_vols)
+        check_image_data(path, img)
+        _check_phase_scaling(path, meta)
+        if entries:
+            _check_same_grid(path, img.affine, ref_path, ref_affine)
+        else:
+            ref_path, ref_affine = path, img.affine
         entries.append((tes, path, meta, shape[:3], tuple(float(z) for z in img.header.get_zooms()[:3]),
                         f.get_entities().get("echo")))
     entries.sort(key=lambda e: e[0][0])
@@ -242,8 +316,22 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
         missing = entries[mags.index(None)][1]
         raise InputError(f"{missing}: has no matching part-mag file while other echoes do; "
                          "add the magnitude of every echo or none")
+    extra = _unpaired_magnitudes(layout, group, subject, mags)
+    if extra:  # a phase echo is missing: almost always a conversion error
+        LOG.warning("qsmflow: warning: %s: no part-phase file for %s; using the %d echo(es) "
+                    "that have phase (%s)", phase[0], ", ".join(extra), len(tes),
+                    ", ".join(f"{1000 * t:g} ms" for t in tes))
+    _check_echo_spacing(phase[0], tes)
     for m, e in zip(mags, entries):
-        _, mshape = _header(m)
+        mimg, mshape = _header(m)
+        _check_same_grid(m, mimg.affine, ref_path, ref_affine)
+        check_image_data(m, mimg, signal=True)
+        mte = layout.get_metadata(m).get("EchoTime")
+        if mte is not None and not np.allclose(np.atleast_1d(np.asarray(mte, float)), e[0],
+                                               rtol=1e-2, atol=1e-5):
+            raise InputError(f"{m}: EchoTime {mte} differs from its phase {e[1]} ({e[0]}); "
+                             "pair each magnitude with the phase of the same echo (check the "
+                             "echo-<n> labels and sidecars)")
         want = e[3] + ((len(e[0]),) if len(e[0]) > 1 else ())
         if tuple(mshape) != tuple(want):
             raise InputError(f"{m}: magnitude of shape {tuple(mshape)} does not match its phase "

@@ -164,6 +164,30 @@ def validate_bids(bids_dir: Path, subjects=None) -> None:
                          f"{bids_dir}) or pass --skip-bids-validation")
 
 
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_free_space(output_dir: Path, work_dir: Path, subjects: dict, n_inversions: int) -> None:
+    """Refuse a run whose output or work folder's file system has less free space than the run
+    needs (a generous estimate from the volumes: float32 derivatives, float64 work files)."""
+    import shutil
+
+    acqs = [a for v in subjects.values() for a in v]
+    need = {output_dir: sum(a.n_voxels * 4 * (n_inversions + 8) for a in acqs),
+            work_dir: sum(a.n_voxels * 8 * (6 * a.n_echoes + 3 * n_inversions + 20)
+                          for a in acqs)}
+    for folder, nbytes in need.items():
+        probe = _existing_parent(folder)
+        free = shutil.disk_usage(probe).free
+        if free < nbytes:
+            raise InputError(f"{folder}: only {free / 1e6:.0f} MB free on its file system "
+                             f"({probe}), this run needs about {nbytes / 1e6:.0f} MB; free "
+                             "space or choose another folder")
+
+
 def plan_run(bids_dir, output_dir, work_dir, cfg: RunConfig) -> RunPlan:
     """All up-front checks in order (cheap ones first); returns the :class:`RunPlan`."""
     bids_dir, output_dir, work_dir = check_paths(bids_dir, output_dir, work_dir)
@@ -178,6 +202,7 @@ def plan_run(bids_dir, output_dir, work_dir, cfg: RunConfig) -> RunPlan:
                                     layout=layout, bids_filters=cfg.bids_filters,
                                     echo_idx=cfg.echo_idx, max_echoes=cfg.max_echoes)
     attach_user_masks(subjects, derivatives, cfg.masking)
+    check_free_space(output_dir, work_dir, subjects, len(cfg.inversion))
     if not cfg.skip_bids_validation:
         validate_bids(bids_dir, subjects)
     return RunPlan(bids_dir, output_dir, work_dir, subjects, cfg, derivatives)

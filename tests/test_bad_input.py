@@ -220,17 +220,70 @@ def output_is_input(c):
     return ["inside the input"]
 
 
-def read_only_output(c):
-    c.out.mkdir(parents=True)
+def _read_only(c, folder: Path):
+    folder.mkdir(parents=True)
     if os.geteuid() != 0:
-        c.out.chmod(0o555)
+        folder.chmod(0o555)
     else:  # root ignores permission bits: use a read-only bind mount in a private namespace
         if not shutil.which("unshare"):
             pytest.skip("root without unshare: cannot make a read-only folder")
         c.wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                   'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"',
-                  "sh", str(c.out)]
+                  "sh", str(folder)]
+
+
+def read_only_output(c):
+    _read_only(c, c.out)
     return [c.out.name, "writ"]
+
+
+def read_only_work(c):
+    _read_only(c, c.work)
+    return [c.work.name, "writ"]
+
+
+def full_disk(c):
+    """The output folder on a 64 kB file system (a tmpfs in a private mount namespace)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a tiny file system")
+    c.out.mkdir(parents=True)
+    c.wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs -o size=64k tmpfs "$1" && shift && exec "$@"', "sh", str(c.out)]
+    return [c.out.name, "MB free"]
+
+
+def output_locked(c):
+    """Another live qsmflow run (here: PID 1, always alive) holds the output folder."""
+    import socket
+
+    c.out.mkdir(parents=True)
+    (c.out / ".qsmflow.lock").write_text(json.dumps(
+        {"pid": 1, "host": socket.gethostname(), "started": "2025-01-01 12:00:00"}))
+    return [c.out.name, "another qsmflow run (PID 1", ".qsmflow.lock"]
+
+
+def truncated_uncompressed_nifti(c):
+    gz = _p(c.bids, 2, "phase")
+    nii = _p(c.bids, 2, "phase", ".nii")
+    nib.save(nib.load(gz), nii)
+    gz.unlink()
+    raw = nii.read_bytes()
+    nii.write_bytes(raw[: int(len(raw) * 0.7)])
+    return ["sub-01_echo-2_part-phase_MEGRE.nii", "truncated"]
+
+
+def affine_differs(c):
+    p = _p(c.bids, 2, "phase")
+    img = nib.load(p)
+    aff = img.affine.copy()
+    aff[0, 3] += 2.0                                   # shifted by 2 mm
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), p)
+    return ["sub-01_echo-2_part-phase_MEGRE", "affine", "mm"]
+
+
+def magnitude_echo_time_differs(c):
+    _edit_json(_p(c.bids, 2, "mag", ".json"), lambda d: d.update(EchoTime=0.010))
+    return ["sub-01_echo-2_part-mag_MEGRE", "EchoTime"]
 
 
 def not_a_bids_dataset(c):
@@ -279,7 +332,9 @@ BAD = [missing_echotime, echotime_in_ms, no_field_strength, field_strength_with_
        integer_phase_without_units, unknown_phase_units, two_d_data, truncated_nifti,
        corrupt_nifti, empty_brain_mask, unknown_inversion, unknown_bgremoval,
        label_with_path_characters, unknown_participant, unknown_session, output_inside_input,
-       work_inside_input, output_is_input, read_only_output, not_a_bids_dataset,
+       work_inside_input, output_is_input, read_only_output, read_only_work, full_disk,
+       output_locked, truncated_uncompressed_nifti, affine_differs,
+       magnitude_echo_time_differs, not_a_bids_dataset,
        input_does_not_exist, no_phase_images, echo_times_not_increasing, bad_plugin_yaml,
        missing_plugin_file, config_unknown_key]
 
@@ -307,6 +362,9 @@ def _assert_fails_cleanly(c: Ctx, expect: list[str], before: dict):
     assert "Traceback" not in err, f"a traceback instead of a message:\n{err[-3000:]}"
     lines = [ln for ln in err.splitlines() if all(f in ln for f in expect)]
     assert lines, f"no stderr line names {expect}:\n{err[-3000:]}"
+    assert r.returncode == 2, f"exit {r.returncode}: not refused up front\n{err[-2000:]}"
+    last = err.splitlines()[-1]
+    assert all(f in last for f in expect), f"the last line is not the human one: {last!r}"
     assert len(lines[0]) < 700, f"not a clear one-liner: {lines[0]!r}"
     left = [] if c.out.resolve() == c.bids.resolve() else _no_derivatives(c.out)
     assert not left, f"partial derivatives left behind: {left[:10]}"
@@ -324,8 +382,9 @@ def test_bad_input_fails_cleanly(breaker, base_dataset, tmp_path):
     try:
         _assert_fails_cleanly(c, expect, before)
     finally:
-        if c.out.exists() and os.geteuid() != 0:
-            c.out.chmod(0o755)
+        for d in (c.out, c.work):
+            if d.exists() and os.geteuid() != 0:
+                d.chmod(0o755)
 
 
 def test_real_phase_with_nan_fails_cleanly(shared_data, tmp_path):
@@ -409,3 +468,63 @@ def test_unusual_but_valid_input_works(case, tmp_path):
         assert side.get("Masking") == "phase-quality", side.get("Masking")
         assert not any("part-mag" in src for src in side.get("Sources", [])), side["Sources"]
     assert tree_fingerprint(bids) == before
+
+
+def _warnings_of(fn) -> list[str]:
+    """Messages qsmflow's logger emits while ``fn()`` runs (its handlers may not propagate)."""
+    import logging
+
+    msgs = []
+    h = logging.Handler(logging.WARNING)
+    h.emit = lambda rec: msgs.append(rec.getMessage())
+    log = logging.getLogger("qsmflow")
+    log.addHandler(h)
+    try:
+        fn()
+    finally:
+        log.removeHandler(h)
+    return msgs
+
+
+def test_missing_phase_echo_warns_and_uses_the_paired_echoes(base_dataset, tmp_path):
+    """Echo-2 phase lost in conversion, its magnitude kept: a warning names the unpaired
+    magnitude and the echoes used (1 and 3), and the run goes on with them."""
+    from qsmflow.bids_input import collect_acquisitions
+
+    bids = tmp_path / "bids"
+    shutil.copytree(base_dataset, bids)
+    for ext in (".nii.gz", ".json"):
+        _p(bids, 2, "phase", ext).unlink()
+    got = {}
+    msgs = _warnings_of(lambda: got.update(collect_acquisitions(bids)))
+    acq = got["01"][0]
+    assert acq.echo_times == [TE[0], TE[2]]
+    assert [Path(m).name for m in acq.magnitude] == [_p(bids, e, "mag").name for e in (1, 3)]
+    hits = [m for m in msgs if "sub-01_echo-2_part-mag_MEGRE.nii.gz" in m and "2 echo" in m]
+    assert hits and "4 ms, 12 ms" in hits[0], msgs
+
+
+def test_concurrent_run_is_refused_and_the_lock_released(base_dataset, tmp_path):
+    """A live lock refuses a second run (exit 2, the lock named); a stale one (dead PID) is
+    taken over with a warning; a finished run leaves no lock behind."""
+    import socket
+    import subprocess as sp
+
+    from qsmflow import lock
+
+    out = tmp_path / "out"
+    held = lock.acquire(out)
+    assert json.loads(held.read_text())["pid"] == os.getpid()
+    with pytest.raises(lock.LockError, match="another qsmflow run"):
+        lock.acquire(out)
+    lock.release(held)
+    assert not held.exists()
+    dead = sp.Popen(["true"])
+    dead.wait()
+    held.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    msgs = _warnings_of(lambda: lock.acquire(out))
+    assert any("stale" in m for m in msgs), msgs
+    lock.release(held)
+    r = run_app_inprocess(base_dataset, out, "participant", "-w", tmp_path / "work",
+                          "--skip-bids-validation", "--inversion", "notamethod")
+    assert r.returncode == 2 and not (out / ".qsmflow.lock").exists()

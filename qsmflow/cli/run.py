@@ -411,13 +411,16 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
     from ..config import memory_warning
+    from ..lock import acquire_all, release_all
     from ..validation import plan_run
     from ..workdir import clean_work_dir, old_results_warning
 
+    held = []  # lock files of the output and work folders
     try:
         cfg = build_config(_cli_settings(opts), opts.config)
         work_dir = Path(cfg.work_dir) if cfg.work_dir else Path.cwd() / "work"
         plan = plan_run(opts.bids_dir, opts.output_dir, work_dir, cfg)
+        held = acquire_all(plan.output_dir, plan.work_dir)  # before anything is cleaned/written
         for warning in (memory_warning(cfg), old_results_warning(plan.output_dir)):
             if warning:
                 LOG.warning("qsmflow: warning: %s", warning)
@@ -431,9 +434,19 @@ def main(argv=None) -> int:
         sources = find_dicom_sources(plan) if cfg.dicom_out else None
     except (InputError, ConfigError) as exc:
         print(f"qsmflow: error: {exc}", file=sys.stderr)
+        release_all(held)
         return EXIT_BAD_INPUT
-    return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose,
-                   dicom_sources=sources)
+    try:
+        return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose,
+                       dicom_sources=sources)
+    except OSError as exc:  # a full disk or a folder made unwritable while running
+        where = exc.filename or plan.output_dir
+        print(f"qsmflow: error: {where}: {exc.strerror or exc}; free space or fix the "
+              "permissions (derivatives are written whole or not at all), then rerun with the "
+              "same -w to reuse the finished steps", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        release_all(held)
 
 
 def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
