@@ -37,9 +37,11 @@ from ._compat import tomllib
 
 #: defaults of the science settings
 DEFAULT_INVERSIONS = ("tkd", "medi")
+#: RESHARP with 2 mm kernel, λ 1e-5 (qsmflow.bgremoval.resharp): keeps ≥ 90 % of a whole-head
+#: brain mask at the best whole-brain local-field NRMSE measured (docs/fieldmap.md)
 DEFAULT_BGREMOVAL = "resharp"
 from .phase import DEFAULT_UNWRAPPING  # noqa: E402  (the unwrapping registry lives there)
-DEFAULT_MASKING = "magnitude"
+DEFAULT_MASKING = "auto"
 
 #: plugins qsmflow knows how to hand resources to
 BATCH_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph")
@@ -74,6 +76,7 @@ class RunConfig:
     bids_filters: dict | None = None                     # --bids-filter-file {"megre": {...}}
     echo_idx: list[int] | None = None                    # echoes to keep, 1-based in TE order
     max_echoes: int | None = None                        # keep at most the first N echoes
+    clinical_maps: bool = True                           # R2*/T2* and SWI + minIP besides χ
 
     def resolved_nprocs(self) -> int:
         return int(self.nprocs) if self.nprocs and self.nprocs > 0 else (os.cpu_count() or 1)

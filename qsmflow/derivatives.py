@@ -8,6 +8,8 @@ Layout of a qsmflow derivatives dataset (checked with ``bids-validator-deno``)::
     <out>/sub-X[/ses-Y]/fmap/<src>_desc-total_fieldmap.nii.gz    total field (Hz)
     <out>/sub-X[/ses-Y]/fmap/<src>_desc-local_fieldmap.nii.gz    local (tissue) field (Hz)
     <out>/sub-X[/ses-Y]/fmap/<src>_magnitude.nii.gz              echo-combined magnitude
+    <out>/sub-X[/ses-Y]/anat/<src>_R2starmap.nii.gz, _T2starmap  R2* (1/s), T2* (ms)
+    <out>/sub-X[/ses-Y]/anat/<src>_desc-swi_T2starw.nii.gz       CLEAR-SWI-like SWI (+ desc-swiMinIP)
     <out>/sub-X.html + <out>/sub-X/figures/*.png                 the visual report
     <out>/logs/                                                  effective config, crash files
 
@@ -45,7 +47,19 @@ OUTPUTS = {
              "Brain mask in which the local field and the susceptibility maps are valid."),
     "chimap": ("anat", None, "Chimap", "ppm",
                "Magnetic susceptibility (chi) map from dipole inversion of the local field."),
+    "r2star": ("anat", None, "R2starmap", "1/s",
+               "Apparent transverse relaxation rate R2* from the multi-echo magnitude decay."),
+    "t2star": ("anat", None, "T2starmap", "ms",
+               "Apparent transverse relaxation time T2* = 1000 / R2* (ms)."),
+    "swi": ("anat", "swi", "T2starw", "arbitrary",
+            "CLEAR-SWI-like susceptibility-weighted image: echo-combined magnitude times a "
+            "negative phase mask of the local field (paramagnetic structures dark)."),
+    "swi_minip": ("anat", "swiMinIP", "T2starw", "arbitrary",
+                  "Sliding minimum-intensity projection (minIP) of the SWI over a slab of slices."),
 }
+
+#: the clinical maps besides χ (written when magnitude images exist; ``--no-clinical-maps``)
+CLINICAL_MAPS = ("r2star", "t2star", "swi", "swi_minip")
 
 
 def check_label(label: str, what: str = "label") -> str:

@@ -95,6 +95,12 @@ def get_parser() -> argparse.ArgumentParser:
                         "<source entities>[_space-orig]_desc-brain_mask.nii[.gz]: binary, on "
                         "the echoes' grid (affine within 0.001 mm); used instead of --masking "
                         "(default: none, the mask is computed)")
+    g.add_argument("--no-clinical-maps", action="store_false", dest="clinical_maps",
+                   default=None,
+                   help="do not compute the maps besides χ: R2* (1/s) and T2* (ms) maps, a "
+                        "CLEAR-SWI-like SWI and its minimum-intensity projection (minIP slab "
+                        "12 mm; [params.swi] n, slab_mm, te_s in --config); they need magnitude "
+                        "images and take a few seconds (default: computed)")
     g.add_argument("--config", type=Path, metavar="RUN.TOML",
                    help="TOML file with any of these settings and per-method parameters "
                         "([params.medi] lam = 1000); command-line options win (default: none)")
@@ -131,7 +137,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", default=None,
                    help="do not run the BIDS validator on the input (default: validate)")
     g.add_argument("--dicom-out", type=Path, metavar="DIR",
-                   help="also export every χ map as a DICOM series (for PACS) into DIR, filed under "
+                   help="also export every χ map and the R2*, T2*, SWI and minIP maps as DICOM "
+                        "series (for PACS) into DIR, filed under "
                         "the source series' patient, study and frame of reference; needs "
                         "--source-dicom, or input converted by 'qsmflow dicom2bids "
                         "--keep-patient-info' (default: no DICOM export)")
@@ -172,6 +179,7 @@ def _cli_settings(opts) -> dict:
         "bids_filters": load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file
         else None,
         "echo_idx": opts.echo_idx, "max_echoes": opts.max_echoes,
+        "clinical_maps": opts.clinical_maps,
     }
     if opts.linear:
         d["plugin"] = "Linear"
@@ -295,21 +303,25 @@ def prepare_output(plan, run_uuid: str) -> Path:
 
 
 def write_reports(plan, workflow, failed: set[str], work_root: Path,
-                  since: float | None = None) -> dict[str, Path]:
-    """One HTML page per successful subject (steps finished before ``since``, a Unix time,
-    are marked as reused)."""
-    from ..derivatives import derivative_relpath
+                  since: float | None = None, errors: dict | None = None) -> dict[str, Path]:
+    """One HTML page per subject (steps finished before ``since``, a Unix time, are marked as
+    reused); a failed subject's page starts with its errors (``errors``: ``{subject: [(step,
+    message, crash file)]}``) and shows what it has. Also ``logs/CITATION.md`` and ``.bib``."""
+    from ..derivatives import CLINICAL_MAPS, derivative_relpath
     from ..report import collect_timings, write_subject_report
+    from ..report.citations import write_citation_files
+    from ..workflows.base import figure_keys
+    from ..workflows.qsm import CITATIONS
 
     cfg = plan.config
     settings = {"inversion": ", ".join(cfg.inversion), "bgremoval": cfg.bgremoval,
                 "unwrapping": cfg.unwrapping, "masking": cfg.masking,
+                "clinical maps": ("R2*, T2*, SWI (CLEAR-SWI-like), SWI minIP"
+                                  if cfg.clinical_maps else "off (--no-clinical-maps)"),
                 **{f"params.{k}": v for k, v in cfg.params.items()},
                 "plugin": cfg.plugin, "nprocs": cfg.resolved_nprocs()}
-    reports = {}
+    reports, methods = {}, {}
     for sub, acqs in plan.subjects.items():
-        if sub in failed:
-            continue
         sub_settings = dict(settings)
         if any(a.user_mask for a in acqs):
             masks = [f"user-supplied ({a.user_mask.name})" if a.user_mask else cfg.masking
@@ -321,16 +333,34 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
             fig = Path(f"sub-{sub}") / "figures"
             outputs = [derivative_relpath(acq.entities, "chimap", desc=m) for m in cfg.inversion]
             outputs += [derivative_relpath(acq.entities, k) for k in ("mask", "total_field",
-                                                                    "local_field")]
+                                                                    "local_field")
+                        + CLINICAL_MAPS]
+            figs = {k: str(fig / f"{acq.name}_{k}.png") for k in figure_keys(True)}
             items.append({"name": acq.name,
-                          "figures": {k: str(fig / f"{acq.name}_{k}.png")
-                                      for k in ("mask", "field", "chi")},
+                          "figures": {k: f for k, f in figs.items()
+                                      if (plan.output_dir / f).exists()},
                           "outputs": [str(o) for o in outputs if (plan.output_dir / o).exists()]})
         ssw = workflow.get_node(f"single_subject_{sub}_wf")
         timings = collect_timings(work_root / f"single_subject_{sub}_wf", since=since)
+        methods[sub] = ssw.__desc__ or ""
+        sub_errors = [f"{step} failed: {msg} (crash file: {_relative(crash, plan.output_dir)})"
+                      for step, msg, crash in (errors or {}).get(sub, [])]
+        if sub in failed and not sub_errors:
+            sub_errors = ["a step failed; see the crash files in "
+                          f"{_relative(plan.output_dir / 'logs' / f'sub-{sub}', plan.output_dir)}"]
         reports[sub] = write_subject_report(plan.output_dir, sub, items, settings=sub_settings,
-                                            timings=timings, methods=ssw.__desc__ or "")
+                                            timings=timings, methods=methods[sub],
+                                            errors=sub_errors)
+    write_citation_files(plan.output_dir / "logs", methods, CITATIONS)
     return reports
+
+
+def _relative(path, root) -> str:
+    """``path`` relative to ``root`` when inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def qc_summary(plan, sub: str) -> list[str]:
@@ -375,12 +405,13 @@ def find_dicom_sources(plan) -> dict[str, dict]:
 
 
 def export_dicom(plan, failed: set[str], sources: dict | None = None) -> list[str]:
-    """χ maps → DICOM into ``--dicom-out``; ``sources``: :func:`find_dicom_sources`' result."""
+    """χ maps and the clinical maps (R2*, T2*, SWI, minIP) → DICOM into ``--dicom-out``, one
+    series each; ``sources``: :func:`find_dicom_sources`' result."""
     try:
         from ..interfaces.dicom import DicomExport
     except ImportError as exc:
         return [f"--dicom-out: DICOM export is not available ({exc})"]
-    from ..derivatives import derivative_relpath
+    from ..derivatives import CLINICAL_MAPS, derivative_relpath
 
     try:
         sources = find_dicom_sources(plan) if sources is None else sources
@@ -394,13 +425,17 @@ def export_dicom(plan, failed: set[str], sources: dict | None = None) -> list[st
             continue
         for acq in acqs:
             source = sources[acq.phase[0]]
-            for m in plan.config.inversion:
-                chi = plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m)
+            maps = [(plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m),
+                     {"kind": "chimap", "method": m}) for m in plan.config.inversion]
+            maps += [(plan.output_dir / derivative_relpath(acq.entities, k), {"kind": k})
+                     for k in CLINICAL_MAPS]  # those this acquisition has
+            maps = [(f, kw) for f, kw in maps if kw["kind"] == "chimap" or f.exists()]
+            for f, kw in maps:
                 try:
-                    DicomExport(in_file=str(chi), source=source, method=m, out_dir=str(out)).run()
+                    DicomExport(in_file=str(f), source=source, out_dir=str(out), **kw).run()
                 except Exception as exc:  # report and go on with the other maps
                     msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-                    errors.append(f"{chi.name}: DICOM export failed ({msg})")
+                    errors.append(f"{f.name}: DICOM export failed ({msg})")
     return errors
 
 
@@ -469,7 +504,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
                          output_dir=plan.output_dir, work_dir=plan.work_dir, log_dir=log_dir,
                          run_uuid=run_uuid, inversions=cfg.inversion, bgremoval=cfg.bgremoval,
                          unwrapping=cfg.unwrapping, masking=cfg.masking, params=cfg.params,
-                         omp_nthreads=max(1, int(omp_nthreads)))
+                         omp_nthreads=max(1, int(omp_nthreads)),
+                         clinical_maps=bool(cfg.clinical_maps))
     wf.config["execution"].update({"crashfile_format": "txt",
                                    "stop_on_first_crash": bool(cfg.stop_on_first_crash),
                                    "remove_unnecessary_outputs": False,
@@ -504,7 +540,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
     if crashed and not failed_lines:  # e.g. the plugin itself failed: no crash file
         for sub in plan.subjects:
             failed_lines[sub] = [("workflow", f"{crashed}; rerun with -v", log_dir)]
-    reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name, since=t0)
+    reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name, since=t0,
+                            errors=failed_lines)
     dicom_errors = (export_dicom(plan, set(failed_lines), dicom_sources) if cfg.dicom_out
                     else [])
     dt = time.time() - t0
@@ -517,8 +554,8 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
         for line in qc_summary(plan, sub):
             print(line)
     for sub, lines in failed_lines.items():
-        print(f"  sub-{sub}: FAILED, no derivatives written for the failed acquisition(s):",
-              file=sys.stderr)
+        print(f"  sub-{sub}: FAILED, no derivatives written for the failed acquisition(s); "
+              f"report with the error: {reports.get(sub)}", file=sys.stderr)
         for step, msg, crash in lines:  # the human line last, after its crash file
             print(f"    crash file: {crash}", file=sys.stderr)
             print(f"qsmflow: error: sub-{sub} {step}: {msg}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""χ map (NIfTI, ppm) → a new classic MR DICOM series derived from its source series.
+"""χ map (NIfTI, ppm) — or an R2*, T2* or SWI map — → a new classic MR DICOM series derived
+from its source series.
 
 Same patient, study and frame of reference as the source; new series and instance UIDs;
-``ImageType DERIVED\\SECONDARY\\QSM``; int16 pixels with ``RescaleSlope`` so that
-ppm = stored value × slope (precision: slope / 2); a window of ±the 99th percentile of |χ|.
+``ImageType DERIVED\\SECONDARY\\<QSM|R2STAR|T2STAR|SWI|MINIP>``; int16 pixels with
+``RescaleSlope`` so that value (ppm, 1/s, ms, a.u.) = stored value × slope (precision: slope /
+2); a window of ±the 99th percentile of |χ| (χ) or 0 to the 99th percentile (the others).
 The source is the ``DicomSource`` block that ``dicom2bids`` writes into the raw sidecars (or
 the sidecar/dict itself, or a folder of the source DICOM files).
 """
@@ -26,6 +28,19 @@ from . import geometry
 
 INT16_MAX = 32000  # headroom below 32767
 
+#: exportable maps: kind -> (ImageType value 3, unit, RescaleType, symmetric window,
+#: SeriesDescription template, what the map is); kinds are those of qsmflow.derivatives.OUTPUTS
+MAP_KINDS = {
+    "chimap": ("QSM", "ppm", "PPM", True, "QSM {method} (ppm)",
+               "Quantitative susceptibility map (ppm)"),
+    "r2star": ("R2STAR", "1/s", "1/S", False, "R2* map (1/s)", "R2* relaxation rate map (1/s)"),
+    "t2star": ("T2STAR", "ms", "MS", False, "T2* map (ms)", "T2* relaxation time map (ms)"),
+    "swi": ("SWI", "a.u.", "US", False, "SWI CLEAR-SWI-like",
+            "CLEAR-SWI-like susceptibility-weighted image (arbitrary units)"),
+    "swi_minip": ("MINIP", "a.u.", "US", False, "SWI minIP CLEAR-SWI-like",
+                  "minimum-intensity projection of a CLEAR-SWI-like SWI (arbitrary units)"),
+}
+
 
 def _format_ds(x: float) -> str:
     """Decimal string (VR DS, at most 16 characters) for ``x``."""
@@ -38,7 +53,8 @@ def _format_ds(x: float) -> str:
 
 
 def quantize_ppm(chi) -> tuple[np.ndarray, float]:
-    """χ (ppm, float) → ``(int16 values, RescaleSlope)`` with ppm = value × slope."""
+    """χ (ppm, float; or any map in its unit) → ``(int16 values, RescaleSlope)`` with
+    ppm = value × slope."""
     chi = np.nan_to_num(np.asarray(chi, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     m = float(np.max(np.abs(chi))) if chi.size else 0.0
     slope = float(_format_ds(m / INT16_MAX if m > 0 else 1e-5))
@@ -91,23 +107,41 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
     replaced); the series is built in a temporary folder next to it and moved into place, so a
     failure leaves nothing behind. → the written file paths.
     """
+    return export_map(chimap_nifti, out_dir, source=source, kind="chimap", method=method,
+                      series_number=series_number, series_description=series_description,
+                      overwrite=overwrite)
+
+
+def export_map(map_nifti, out_dir, *, source, kind: str = "chimap", method: str = "",
+               series_number: int | None = None, series_description: str | None = None,
+               overwrite: bool = False) -> list[Path]:
+    """Write a map of :data:`MAP_KINDS` (χ in ppm, R2* in 1/s, T2* in ms, SWI or its minIP in
+    a.u.) as a new DICOM series into ``out_dir``, as :func:`export_chimap` does for χ."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"unknown map kind {kind!r}; one of {', '.join(MAP_KINDS)}")
+    token, unit, rescale_type, symmetric, desc_tpl, what = MAP_KINDS[kind]
     src = resolve_source(source)
-    data, affine, _ = load_nifti(chimap_nifti)
+    data, affine, _ = load_nifti(map_nifti)
     data = np.squeeze(data) if data.ndim > 3 else data
     if data.ndim != 3:
-        raise ValueError(f"{chimap_nifti}: χ map must be 3D, got shape {data.shape}")
+        raise ValueError(f"{map_nifti}: the map must be 3D, got shape {data.shape}")
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir}: folder is not empty; choose a new folder for the DICOM series")
     orientation, positions, spacing = geometry.dicom_slices_from_affine(affine, data.shape)
     q, slope = quantize_ppm(data)
     nz = np.abs(data[np.isfinite(data) & (data != 0)])
-    width = float(_format_ds(max(2 * np.percentile(nz, 99), 0.01) if nz.size else 0.2))
+    p99 = float(np.percentile(nz, 99)) if nz.size else 0.1
+    width = float(_format_ds(max((2 if symmetric else 1) * p99, 0.01)))
+    centre = "0" if symmetric else _format_ds(width / 2)
     normal = geometry.slice_normal(orientation)
     zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     src_number = int(src.get("SeriesNumber", 0) or 0)
     number = int(series_number if series_number is not None else 1000 + src_number)
-    desc = series_description or f"QSM {method} (ppm)"
+    desc = series_description or desc_tpl.format(method=method)
+    derivation = (f"{what} computed by qsmflow {__version__}"
+                  + (f" with method {method}" if method else "")
+                  + f"; {unit} = stored value x RescaleSlope")
     series_uid = generate_uid()
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
@@ -117,7 +151,7 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
     written = []
     try:
         for k in range(data.shape[2]):
-            ds = _slice_dataset(src, series_uid, number, desc, method, date, time)
+            ds = _slice_dataset(src, series_uid, number, desc, derivation, date, time, token)
             ds.InstanceNumber = k + 1
             ds.ImagePositionPatient = [_format_ds(float(v)) for v in positions[k]]
             ds.ImageOrientationPatient = [_format_ds(float(v)) for v in orientation]
@@ -129,11 +163,11 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
             ds.Rows, ds.Columns = pix.shape
             ds.RescaleSlope = _format_ds(slope)
             ds.RescaleIntercept = "0"
-            ds.RescaleType = "PPM"
-            ds.WindowCenter = "0"
+            ds.RescaleType = rescale_type
+            ds.WindowCenter = centre
             ds.WindowWidth = _format_ds(width)
             ds.PixelData = pix.astype("<i2").tobytes()
-            f = tmp / f"QSM_{number:04d}_{k + 1:04d}.dcm"
+            f = tmp / f"{token}_{number:04d}_{k + 1:04d}.dcm"
             ds.save_as(str(f), enforce_file_format=True)
             written.append(out_dir / f.name)
         os.chmod(tmp, 0o755)
@@ -163,10 +197,10 @@ def new_mr_dataset() -> Dataset:
     return ds
 
 
-def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset:
+def _slice_dataset(src, series_uid, number, desc, derivation, date, time, token) -> Dataset:
     ds = new_mr_dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["DERIVED", "SECONDARY", "QSM"]
+    ds.ImageType = ["DERIVED", "SECONDARY", token]
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
@@ -186,8 +220,7 @@ def _slice_dataset(src, series_uid, number, desc, method, date, time) -> Dataset
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = number
     ds.SeriesDescription = desc[:64]
-    ds.DerivationDescription = (f"Quantitative susceptibility map (ppm) computed by qsmflow {__version__} "
-                                f"with method {method}; ppm = stored value x RescaleSlope")[:1024]
+    ds.DerivationDescription = derivation[:1024]
     ds.FrameOfReferenceUID = src["FrameOfReferenceUID"]
     ds.PositionReferenceIndicator = ""
     if src.get("PatientPosition"):

@@ -9,9 +9,11 @@ the result with :func:`qsmflow.io.save_nifti`. Nodes get ``mem_gb``/``n_procs`` 
 from .bgremoval import BackgroundRemoval
 from .bids import DerivativesSink
 from .inversion import DipoleInversion
+from .maps import RelaxationMaps, SWIMaps
 from .masking import BrainMask, UserBrainMask
 from .phase import MultiEchoFit, ScalePhase
 from .reportlets import ReportFigures
 
 __all__ = ["BackgroundRemoval", "BrainMask", "DerivativesSink", "DipoleInversion",
-           "MultiEchoFit", "ReportFigures", "ScalePhase", "UserBrainMask"]
+           "MultiEchoFit", "RelaxationMaps", "ReportFigures", "SWIMaps", "ScalePhase",
+           "UserBrainMask"]

@@ -1,4 +1,5 @@
-"""Nipype interface around :func:`qsmflow.dicom.export.export_chimap` (χ map → DICOM series)."""
+"""Nipype interface around :func:`qsmflow.dicom.export.export_map` (χ, R2*, T2* or SWI map →
+DICOM series)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, Sim
 
 
 class _DicomExportInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="χ map (NIfTI, ppm)")
+    in_file = File(exists=True, mandatory=True, desc="χ map (NIfTI, ppm) or another map of kind")
+    kind = traits.Enum("chimap", "r2star", "t2star", "swi", "swi_minip", usedefault=True,
+                       desc="what in_file is (qsmflow.dicom.export.MAP_KINDS)")
     source = traits.Either(File(exists=True), Directory(exists=True), traits.Dict(), mandatory=True,
                            desc="source record with patient identification (a dict, e.g. from "
                                 "qsmflow.dicom.source.export_source), the source DICOM folder, or a raw "
@@ -38,18 +41,19 @@ class DicomExport(SimpleInterface):
     output_spec = _DicomExportOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmflow.dicom.export import export_chimap
+        from qsmflow.dicom.export import export_map
 
         name = os.path.basename(self.inputs.in_file)
         stem = re.sub(r"\.nii(\.gz)?$", "", name)
         parent = self.inputs.out_dir if isdefined(self.inputs.out_dir) else runtime.cwd
         method = self.inputs.method if isdefined(self.inputs.method) else None
-        if method is None:
+        if method is None and self.inputs.kind == "chimap":
             m = re.search(r"_desc-([A-Za-z0-9]+)", name)
             method = m.group(1) if m else "unknown"
         out_dir = os.path.join(parent, stem)
-        files = export_chimap(
-            self.inputs.in_file, out_dir, source=self.inputs.source, method=method,
+        files = export_map(
+            self.inputs.in_file, out_dir, source=self.inputs.source, kind=self.inputs.kind,
+            method=method or "",
             series_number=self.inputs.series_number if isdefined(self.inputs.series_number) else None,
             series_description=(self.inputs.series_description if isdefined(self.inputs.series_description)
                                  else None),

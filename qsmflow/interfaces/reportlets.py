@@ -1,4 +1,4 @@
-"""``ReportFigures``: the orthogonal-slice PNGs of one acquisition for the subject's report."""
+"""``ReportFigures``: the mosaic PNGs of one acquisition for the subject's report."""
 
 from __future__ import annotations
 
@@ -18,14 +18,19 @@ class _ReportFiguresInputSpec(BaseInterfaceInputSpec):
     chi_maps = InputMultiObject(File(exists=True), mandatory=True, desc="χ maps (ppm)")
     chi_names = traits.List(traits.Str, mandatory=True, desc="method of each χ map")
     prefix = traits.Str(mandatory=True, desc="file-name prefix (the acquisition's name)")
+    r2star = File(exists=True, desc="R2* (1/s)")
+    swi = File(exists=True, desc="SWI (a.u.)")
+    swi_minip = File(exists=True, desc="minIP of the SWI (a.u.)")
 
 
 class _ReportFiguresOutputSpec(TraitedSpec):
-    out_figures = OutputMultiObject(File, desc="mask.png, field.png, chi.png")
+    out_figures = OutputMultiObject(File, desc="mask.png, field.png, chi.png (+ maps.png with "
+                                               "any of r2star, swi, swi_minip)")
 
 
 class ReportFigures(SimpleInterface):
-    """Magnitude + mask contour, total/local field, all χ maps on one colour scale."""
+    """Mosaics: magnitude + mask contour, total/local field, all χ maps on one colour scale,
+    the clinical maps (R2*, SWI, minIP) when given."""
 
     input_spec = _ReportFiguresInputSpec
     output_spec = _ReportFiguresOutputSpec
@@ -41,6 +46,10 @@ class ReportFigures(SimpleInterface):
         figs = acquisition_figures(runtime.cwd, self.inputs.prefix, magnitude=mag, mask=mask,
                                    total_field=load_nifti(self.inputs.total_field)[0],
                                    local_field=load_nifti(self.inputs.local_field)[0], chi=chi,
-                                   voxel_size=vs)
-        self._results["out_figures"] = [figs[k] for k in ("mask", "field", "chi")]
+                                   voxel_size=vs, maps={
+                                       k: load_nifti(getattr(self.inputs, k))[0]
+                                       for k in ("r2star", "swi", "swi_minip")
+                                       if opt(getattr(self.inputs, k))})
+        self._results["out_figures"] = [figs[k] for k in ("mask", "field", "chi", "maps")
+                                        if k in figs]
         return runtime

@@ -50,7 +50,7 @@ def _table(header, rows) -> str:
 _CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:.9em}
-img{max-width:100%}.methods{background:#f6f6f6;padding:.5em 1em}"""
+.fig{overflow-x:auto}.fig img{max-width:none}.methods{background:#f6f6f6;padding:.5em 1em}.failed{color:#b00}"""
 
 
 def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, settings: dict,
@@ -67,17 +67,21 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
              f"<h1>qsmflow report: sub-{html.escape(subject)}</h1>",
              f"<p>qsmflow {__version__}</p>"]
     if errors:
-        parts.append("<h2>Errors</h2><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors)
-                     + "</ul>")
+        parts.append("<h2 class='failed'>Errors: this participant failed</h2><p>No derivatives "
+                     "were written for the failed acquisition(s).</p><ul>" + "".join(
+                         f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>")
     parts.append(qc_summary_html(out_dir, acquisitions))  # QC verdicts first
     for acq in acquisitions:
         parts.append(f"<h2>{html.escape(acq['name'])}</h2>")
         for key, title in (("mask", "Magnitude and brain mask"),
                            ("field", "Total and local field (Hz)"),
-                           ("chi", "Susceptibility maps (ppm, one colour scale)")):
+                           ("chi", "Susceptibility maps (ppm, one colour scale)"),
+                           ("maps", "R2* (1/s), SWI (CLEAR-SWI-like) and its minIP")):
             if key in acq.get("figures", {}):
-                parts.append(f"<h3>{title}</h3><img src='{html.escape(acq['figures'][key])}' "
-                             f"alt='{key}'>")
+                parts.append(f"<h3>{title}</h3><div class='fig'><img "
+                             f"src='{html.escape(acq['figures'][key])}' alt='{key}'></div>")
+            if key == "maps" and key in acq.get("figures", {}):
+                parts.append(_maps_note(out_dir, acq.get("outputs", ())))
         if acq.get("outputs"):
             parts.append("<h3>Outputs</h3><ul>" + "".join(
                 f"<li><a href='{html.escape(p)}'>{html.escape(p)}</a></li>" for p in acq["outputs"])
@@ -105,6 +109,45 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
+
+
+def _maps_note(out_dir: Path, outputs) -> str:
+    """One line on the clinical maps: median R2* (1/s) and T2* (ms) in the brain mask, the SWI's
+    phase-mask echo time and power and the minIP slab (from the maps and their sidecars)."""
+    import json
+
+    import numpy as np
+
+    from ..io import load_nifti
+
+    def find(end):
+        return next((out_dir / str(r) for r in outputs if str(r).endswith(end)), None)
+
+    bits = []
+    r2, mask = find("_R2starmap.nii.gz"), find("desc-brain_mask.nii.gz")
+    if r2 is not None and mask is not None:
+        try:
+            v = load_nifti(r2)[0][load_nifti(mask)[0] > 0]
+            med = float(np.median(v)) if v.size else float("nan")
+            bits.append(f"median R2* in the brain mask {med:.1f} 1/s (T2* {1000 / med:.1f} ms)"
+                        if med > 0 else "R2* not measurable in the brain mask")
+        except (OSError, ValueError):
+            pass
+    for end, fmt in (("desc-swi_T2starw.nii.gz", "SWI phase mask at TE {te:.1f} ms, applied "
+                                                 "{n} times"),
+                     ("desc-swiMinIP_T2starw.nii.gz", "minIP over {slab:g} mm ({sl} slices)")):
+        f = find(end)
+        if f is None:
+            continue
+        try:
+            meta = json.loads(f.with_name(f.name.replace(".nii.gz", ".json")).read_text())
+            par = meta.get("Parameters", {})
+            bits.append(fmt.format(te=1000 * float(par.get("PhaseMaskEchoTime", float("nan"))),
+                                   n=par.get("n", "?"), slab=meta.get("MinIPSlabThickness_mm", 0),
+                                   sl=meta.get("MinIPSlices", "?")))
+        except (OSError, ValueError):
+            continue
+    return f"<p>{html.escape('; '.join(bits))}.</p>" if bits else ""
 
 
 def methods_html(text: str) -> str:

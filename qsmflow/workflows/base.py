@@ -8,10 +8,10 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..derivatives import derivative_relpath, make_sidecar, raw_uri, self_uri
+from ..derivatives import CLINICAL_MAPS, derivative_relpath, make_sidecar, raw_uri, self_uri
 from ..interfaces import DerivativesSink, ReportFigures
 from ..interfaces._base import estimate_mem_gb
-from .qsm import init_qsm_wf
+from .qsm import clinical_maps_made, init_qsm_wf
 
 
 def _wf_name(text: str) -> str:
@@ -21,7 +21,8 @@ def _wf_name(text: str) -> str:
 
 def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, run_uuid,
                     inversions, bgremoval="resharp", unwrapping="region-growing",
-                    masking="magnitude", params=None, omp_nthreads=1, name="qsmflow_wf"):
+                    masking="magnitude", params=None, omp_nthreads=1, clinical_maps=True,
+                    name="qsmflow_wf"):
     """All subjects, one ``single_subject_<label>_wf`` each (independent: they run in parallel
     and one subject's failure does not stop the others).
 
@@ -33,7 +34,8 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
         ssw = init_single_subject_wf(
             subject=label, acquisitions=acquisitions, bids_dir=bids_dir, output_dir=output_dir,
             inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
-            params=params, omp_nthreads=omp_nthreads, name=f"single_subject_{label}_wf")
+            params=params, omp_nthreads=omp_nthreads, clinical_maps=clinical_maps,
+            name=f"single_subject_{label}_wf")
         crash_dir = str(Path(log_dir) / f"sub-{label}" / run_uuid)
         ssw.config["execution"]["crashdump_dir"] = crash_dir
         for node in ssw._get_all_nodes():  # Nipype merges only the top workflow's config
@@ -47,7 +49,7 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
 def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inversions,
                            bgremoval="resharp", unwrapping="region-growing",
                            masking="magnitude", params=None, omp_nthreads=1,
-                           name="single_subject_wf"):
+                           clinical_maps=True, name="single_subject_wf"):
     """Every acquisition of one subject: ``qsm_<acq>_wf`` + report figures + derivatives.
 
     Nothing of an acquisition is written before all its χ maps exist (the sinks wait on
@@ -60,7 +62,7 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
     acquisitions : list of :class:`qsmflow.bids_input.Acquisition`
     bids_dir, output_dir : path
         Raw BIDS root (read only) and derivatives root.
-    inversions, bgremoval, unwrapping, masking, params, omp_nthreads
+    inversions, bgremoval, unwrapping, masking, params, omp_nthreads, clinical_maps
         As in :func:`qsmflow.workflows.qsm.init_qsm_wf`.
     """
     workflow = pe.Workflow(name=name)
@@ -72,7 +74,8 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
                              has_magnitude=bool(acq.magnitude), n_voxels=acq.n_voxels,
                              n_echoes=acq.n_echoes, omp_nthreads=omp_nthreads,
                              precomputed_mask=acq.user_mask.path if acq.user_mask else None,
-                             name=f"qsm_{tag}_wf")
+                             clinical_maps=clinical_maps, name=f"qsm_{tag}_wf")
+        made = clinical_maps_made(clinical_maps, bool(acq.magnitude), acq.n_echoes)
         descs.append(qsm_wf.__desc__)
         qsm_wf.inputs.inputnode.phase_files = list(acq.phase)
         if acq.magnitude:
@@ -81,7 +84,7 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
         qsm_wf.inputs.inputnode.b0_tesla = float(acq.b0_tesla)
         qsm_wf.inputs.inputnode.b0_dir = [float(x) for x in acq.metadata.get("B0_dir", [])]
         ds_wf = init_ds_wf(acquisition=acq, bids_dir=bids_dir, output_dir=output_dir,
-                           inversions=inversions, name=f"ds_{tag}_wf")
+                           inversions=inversions, maps=made, name=f"ds_{tag}_wf")
         figures = pe.Node(ReportFigures(prefix=acq.name, chi_names=list(inversions)),
                           name=f"report_figures_{tag}",
                           mem_gb=estimate_mem_gb(acq.n_voxels, 4 + len(inversions)))
@@ -103,12 +106,21 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
                 (qsm_wf, ds_wf, [("outputnode.magnitude", "inputnode.magnitude")]),
                 (qsm_wf, figures, [("outputnode.magnitude", "magnitude")]),
             ])
+        if made:  # the clinical maps: to their sinks and the report
+            meta = {"r2star": "meta_r2star", "swi": "meta_swi", "swi_minip": "meta_swi_minip"}
+            keys = made + tuple(meta[m] for m in made if m in meta)
+            workflow.connect([
+                (qsm_wf, ds_wf, [(f"outputnode.{k}", f"inputnode.{k}") for k in keys]),
+                (qsm_wf, figures, [(f"outputnode.{k}", k) for k in made
+                                   if k in ("r2star", "swi", "swi_minip")]),
+            ])
     workflow.__desc__ = descs[0] if descs else ""
     return workflow
 
 
-def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
-    """Derivatives of one acquisition (χ maps, mask, total/local field, magnitude, figures).
+def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), name="ds_wf"):
+    """Derivatives of one acquisition (χ maps, mask, total/local field, magnitude, figures,
+    and the clinical ``maps``: keys of :data:`qsmflow.derivatives.CLINICAL_MAPS`).
 
     Every sink waits on ``gather`` (all χ maps and figures done) so that an acquisition's
     derivatives appear together or not at all. Sidecars: static parts (Units, Description,
@@ -119,7 +131,7 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     """
     ent = acquisition.entities
     rel = {k: derivative_relpath(ent, k) for k in ("magnitude", "total_field", "local_field",
-                                                     "mask")}
+                                                     "mask") + tuple(maps)}
     rel_chi = [derivative_relpath(ent, "chimap", desc=m) for m in inversions]
     raw_sources = [raw_uri(bids_dir, p) for p in acquisition.phase + (acquisition.magnitude or [])]
     src_chi = [self_uri(rel["local_field"]), self_uri(rel["mask"])]
@@ -138,7 +150,8 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "magnitude", "total_field", "local_field", "mask", "chi_maps", "meta_fit", "meta_mask",
-        "meta_bg", "meta_chi", "figures"]), name="inputnode")
+        "meta_bg", "meta_chi", "figures", *CLINICAL_MAPS, "meta_r2star", "meta_swi",
+        "meta_swi_minip"]), name="inputnode")
     gather = pe.Node(niu.Merge(2), name="gather", run_without_submitting=True)
 
     def sink(kind, name, sidecar):
@@ -161,7 +174,8 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     fig_dir = Path(f"sub-{ent['sub']}") / "figures"
     ds_figures = pe.Node(DerivativesSink(
         base_directory=str(output_dir),
-        relpath=[str(fig_dir / f"{acquisition.name}_{k}.png") for k in ("mask", "field", "chi")]),
+        relpath=[str(fig_dir / f"{acquisition.name}_{k}.png")
+                 for k in figure_keys(bool(maps))]),
         name="ds_figures", run_without_submitting=True)
 
     connections = [
@@ -173,6 +187,17 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
         (inputnode, ds_figures, [("figures", "in_file")]),
     ]
     sinks = [ds_total, ds_local, ds_mask, ds_chi, ds_figures]
+    mag_src = [raw_uri(bids_dir, p) for p in (acquisition.magnitude or [])]
+    map_sources = {"r2star": mag_src, "t2star": [self_uri(rel.get("r2star", ""))],
+                   "swi": mag_src + [self_uri(rel["local_field"])],
+                   "swi_minip": [self_uri(rel.get("swi", ""))]}
+    map_meta = {"r2star": "meta_r2star", "t2star": "meta_r2star", "swi": "meta_swi",
+                "swi_minip": "meta_swi_minip"}
+    for kind in maps:
+        ds = sink(kind, f"ds_{kind}", make_sidecar(kind, sources=map_sources[kind],
+                                                   skull_stripped=False, **common))
+        connections.append((inputnode, ds, [(kind, "in_file"), (map_meta[kind], "meta")]))
+        sinks.append(ds)
     if acquisition.magnitude:
         ds_mag = sink("magnitude", "ds_magnitude",
                       make_sidecar("magnitude", sources=raw_sources, skull_stripped=False))
@@ -187,6 +212,11 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, name="ds_wf"):
     connections += [(gather, s, [("out", "depends_on")]) for s in sinks]
     workflow.connect(connections)
     return workflow
+
+
+def figure_keys(maps: bool) -> tuple:
+    """The report figures of an acquisition, in the order ``ReportFigures`` writes them."""
+    return ("mask", "field", "chi") + (("maps",) if maps else ())
 
 
 def _json_safe(meta: dict) -> dict:

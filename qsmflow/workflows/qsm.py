@@ -8,9 +8,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces import (BackgroundRemoval, BrainMask, DipoleInversion, MultiEchoFit,
-                          ScalePhase, UserBrainMask)
+                          RelaxationMaps, ScalePhase, SWIMaps, UserBrainMask)
 from ..interfaces._base import estimate_mem_gb
 from ..interfaces.qc import QualityControl
+from ..maps import SWI_N_MASK
 
 #: citations of each method (methods text of the report)
 CITATIONS = {
@@ -23,15 +24,22 @@ CITATIONS = {
     "pdf": "Liu T et al. Projection onto dipole fields. NMR Biomed 2011;24:1129-1136",
     "tkd": "Shmueli K et al. Magn Reson Med 2009;62:1510-1522; Wharton S et al. Magn Reson Med "
            "2010;63:1292-1304",
-    "tikhonov": "Bilgic B et al. Fast QSM with L2 regularization. Magn Reson Med 2014;72:1444-1459",
+    "tikhonov": "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization "
+                "and automatic parameter selection (closed-form L2 solution). Magn Reson Med "
+                "2014;72:1444-1459",
     "ilsqr": "Li W et al. iLSQR. NeuroImage 2015;108:111-122",
     "medi": "Liu J et al. MEDI. NeuroImage 2012;59:2560-2568; Liu T et al. Magn Reson Med "
             "2011;66:777-783",
     "fansi": "Milovic C et al. FANSI. Magn Reson Med 2018;80:814-821",
     "tv": "Bilgic B et al. Magn Reson Med 2014;72:1444-1459 (TV by ADMM)",
-    "metaqsm": "Meta-QSM: resolution-conditioned WP-Conv U-Net (qsmflow implementation)",
-    "mesaqsm": "Mesa-QSM (qsmflow implementation)",
-    "qsminvnet": "QSMInvNet (qsmflow implementation)",
+    "metaqsm": "Liu J, Koch KM. Meta-QSM: an image-resolution-arbitrary network for QSM "
+               "reconstruction. arXiv:1908.00206, 2019 (qsmflow implementation)",
+    "mesaqsm": "Mesa-QSM, the fixed-resolution baseline of Liu J, Koch KM. Meta-QSM. "
+               "arXiv:1908.00206, 2019 (qsmflow implementation)",
+    "qsminvnet": "Liu J, Koch KM. Non-locally encoder-decoder convolutional network for whole "
+                 "brain QSM inversion (QSMInvNet). arXiv:1904.05493, 2019 (qsmflow "
+                 "implementation)",
+    "clearswi": "Eckstein K et al. CLEAR-SWI. NeuroImage 2021;237:118175",
 }
 
 #: citations of each unwrapping method (region-growing: its inspiration and its offset removal)
@@ -41,13 +49,14 @@ UNWRAP_CITES = {"region-growing": ["romeo", "mcpc3ds"], "romeo": ["romeo"],
 #: rough number of float64 volume copies each step holds (padded FFT grids ≈ 8 copies)
 _ARRAYS = {"scale": 3.0, "fit": 8.0, "mask": 6.0, "bg": {"resharp": 30.0, "vsharp": 40.0,
                                                         "pdf": 40.0},
-           "invert": {"tkd": 20.0, "tikhonov": 20.0}, "invert_default": 48.0}
+           "invert": {"tkd": 20.0, "tikhonov": 20.0}, "invert_default": 48.0,
+           "r2star": 12.0, "swi": 6.0}
 
 
 def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
                 masking="magnitude",
                 params=None, has_magnitude=True, n_voxels=128 * 128 * 80, n_echoes=4,
-                omp_nthreads=1, precomputed_mask=None, name="qsm_wf"):
+                omp_nthreads=1, precomputed_mask=None, clinical_maps=True, name="qsm_wf"):
     """Build the QSM workflow of one acquisition.
 
     Steps: phase → rad and echoes stacked in TE order (``scale_phase``); brain mask
@@ -77,6 +86,9 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     precomputed_mask : path or None
         A user-supplied brain mask on the echoes' grid (``--derivatives``): used instead of
         computing one (``masking`` is then ignored), before unwrapping and the field fit.
+    clinical_maps : bool
+        Also compute R2*/T2* (``map_relaxation``, ≥ 2 echoes) and the CLEAR-SWI-like SWI with
+        its minIP (``compute_swi``, from the magnitude and the local field); needs magnitude.
 
     Inputs (``inputnode``)
     ----------------------
@@ -88,7 +100,8 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     magnitude (echo-combined), total_field (Hz), noise (Hz), brain_mask (before background
     removal), mask (the mask χ is valid in: brain_mask eroded by the background removal),
     local_field (Hz), chi_maps (ppm, one per inversion, in order), meta_fit, meta_mask,
-    meta_bg, meta_chi (sidecar entries)
+    meta_bg, meta_chi (sidecar entries); with ``clinical_maps``: r2star (1/s), t2star (ms),
+    swi, swi_minip (a.u.), meta_r2star, meta_swi, meta_swi_minip
     """
     params = params or {}
     inversions = list(inversions)
@@ -101,7 +114,9 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = methods_text(
         inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
-        n_echoes=n_echoes, user_mask=Path(precomputed_mask).name if precomputed_mask else None)
+        n_echoes=n_echoes, user_mask=Path(precomputed_mask).name if precomputed_mask else None,
+        clinical_maps=clinical_maps_made(clinical_maps, has_magnitude, n_echoes),
+        swi_n=int(params.get("swi", {}).get("n", SWI_N_MASK)))
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["phase_files", "magnitude_files",
                                                       "sidecars", "b0_tesla", "b0_dir"]),
@@ -109,7 +124,10 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     outputnode = pe.Node(niu.IdentityInterface(fields=["magnitude", "total_field", "noise",
                                                        "brain_mask", "mask", "local_field",
                                                        "chi_maps", "meta_fit", "meta_mask",
-                                                       "meta_bg", "meta_chi"]),
+                                                       "meta_bg", "meta_chi", "r2star",
+                                                       "t2star", "swi", "swi_minip",
+                                                       "meta_r2star", "meta_swi",
+                                                       "meta_swi_minip"]),
                          name="outputnode")
 
     def mem(n_arrays, echoes=1):
@@ -176,6 +194,28 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
         connections += [(fit_field, brain_mask, [("out_residual", "residual")]),
                         (scale_phase, brain_mask, [("out_phase", "phase")])]
 
+    made = clinical_maps_made(clinical_maps, has_magnitude, n_echoes)
+    if "swi" in made:
+        compute_swi = pe.Node(SWIMaps(params=params.get("swi", {})), name="compute_swi",
+                              mem_gb=mem(_ARRAYS["swi"], n_echoes))
+        connections += [
+            (scale_phase, compute_swi, [("out_magnitude", "magnitude"),
+                                        ("echo_times", "echo_times")]),
+            (remove_background, compute_swi, [("out_field", "local_field")]),
+            (compute_swi, outputnode, [("out_swi", "swi"), ("out_minip", "swi_minip"),
+                                       ("out_meta", "meta_swi"),
+                                       ("out_meta_minip", "meta_swi_minip")]),
+        ]
+    if "r2star" in made:
+        map_relaxation = pe.Node(RelaxationMaps(params=params.get("r2star", {})),
+                                 name="map_relaxation", mem_gb=mem(_ARRAYS["r2star"], n_echoes))
+        connections += [
+            (scale_phase, map_relaxation, [("out_magnitude", "magnitude"),
+                                           ("echo_times", "echo_times")]),
+            (map_relaxation, outputnode, [("out_r2star", "r2star"), ("out_t2star", "t2star"),
+                                          ("out_meta", "meta_r2star")]),
+        ]
+
     for i, method in enumerate(inversions, start=1):
         n_arrays = _ARRAYS["invert"].get(method, _ARRAYS["invert_default"])
         invert = pe.Node(DipoleInversion(method=method, params=params.get(method, {}),
@@ -194,8 +234,16 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     return workflow
 
 
+def clinical_maps_made(clinical_maps: bool, has_magnitude: bool, n_echoes: int) -> tuple:
+    """The clinical maps an acquisition gets: ``("r2star", "t2star", "swi", "swi_minip")``
+    with magnitude and ≥ 2 echoes, only the SWI pair for one echo, none without magnitude."""
+    if not clinical_maps or not has_magnitude:
+        return ()
+    return (("r2star", "t2star") if n_echoes >= 2 else ()) + ("swi", "swi_minip")
+
+
 def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
-                 user_mask=None) -> str:
+                 user_mask=None, clinical_maps=(), swi_n=SWI_N_MASK) -> str:
     """The methods paragraph (with citations) for the methods actually used (``masking="user"``:
     the brain mask ``user_mask``, a file name, was supplied by the user)."""
     unwrap = {"region-growing": "qsmflow's ROMEO-like quality-guided region growing (inspired "
@@ -211,6 +259,8 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
                     "dataset) instead of a computed one"}.get(masking, masking)
     cites = ["nipype"] + UNWRAP_CITES.get(unwrapping, [unwrapping])
     cites += [bgremoval] + list(inversions)
+    if "swi" in clinical_maps:
+        cites.append("clearswi")
     refs = "; ".join(f"[{i}] {CITATIONS.get(c, c)}" for i, c in enumerate(dict.fromkeys(cites), 1))
     inv = ", ".join(m.upper() if len(m) <= 4 else m for m in inversions)
     return (
@@ -223,6 +273,23 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
         f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask. "
         f"Every step is qsmflow's own implementation of the cited method (not the authors' "
         f"software{', except ROMEO' if unwrapping == 'romeo' else ''}), the networks with "
-        f"qsmflow's trained weights."
+        f"qsmflow's trained weights.{_maps_text(clinical_maps, swi_n)}"
         f"\n\nReferences: {refs}."
     )
+
+
+def _maps_text(made, swi_n) -> str:
+    """The methods sentences of the clinical maps (``made``: :func:`clinical_maps_made`)."""
+    text = ""
+    if "r2star" in made:
+        text += (" R2* (1/s) was fitted to the logarithm of the multi-echo magnitude "
+                 "(magnitude²-weighted, with a quadratic term for intravoxel dephasing), and "
+                 "T2* = 1000/R2* (ms).")
+    if "swi" in made:
+        text += (" A susceptibility-weighted image was computed in the manner of CLEAR-SWI "
+                 "(qsmflow's CLEAR-SWI-like implementation, not CLEARSWI.jl): the magnitude "
+                 "combined over echoes with SNR weights (magnitude × echo time), multiplied "
+                 f"{swi_n} times by a phase mask of the local field that darkens "
+                 "paramagnetic structures, and a sliding minimum-intensity projection of it "
+                 "over a slab of slices.")
+    return text
