@@ -101,7 +101,7 @@ class RunConfig:
 
 _TOP = ("inversion", "bgremoval", "unwrapping", "masking", "params", "participant_label",
         "session_label", "dicom_out", "source_dicom", "derivatives", "bids_filters", "echo_idx",
-        "max_echoes")
+        "max_echoes", "clinical_maps")
 _EXEC = ("nprocs", "mem_gb", "plugin", "plugin_args", "work_dir", "stop_on_first_crash",
          "skip_bids_validation", "use_plugin")
 
