@@ -9,7 +9,7 @@ arguments. The effective configuration is written next to the outputs
     inversion = ["tkd", "medi"]       # dipole inversions, one χ map each
     bgremoval = "resharp"             # resharp | vsharp | pdf
     unwrapping = "region-growing"     # spatial phase unwrapping (or laplacian, romeo)
-    masking = "magnitude"             # brain mask source
+    masking = "auto"                  # brain mask: auto | deepbet | magnitude | ...
     bids_filters = {megre = {acquisition = "fast"}}   # --bids-filter-file, inline
     echo_idx = [1, 2, 3]              # echoes to use (1 = shortest TE); max_echoes = 3
     derivatives = ["/data/synthstrip"]  # BIDS derivatives with *_desc-brain_mask (used instead)

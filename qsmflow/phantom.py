@@ -581,7 +581,7 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
 
 #: field of view (mm, RAS+ axes) of a whole-head 3D GRE: vertex to upper neck, ear to ear,
 #: nose to occiput
-WHOLE_HEAD_FOV_MM = (192.0, 232.0, 184.0)
+WHOLE_HEAD_FOV_MM = (192.0, 224.0, 200.0)
 #: neck below the Zubal head (mm) of the whole-head phantom
 WHOLE_HEAD_NECK_MM = 60.0
 

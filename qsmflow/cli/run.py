@@ -21,6 +21,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
 from .. import __version__  # noqa: E402
 from ..bids_input import InputError  # noqa: E402
+from ..masking import HEAD_FOV_MIN_MM, MASK_METHODS  # noqa: E402
 from ..config import (DEFAULT_BGREMOVAL, DEFAULT_INVERSIONS, DEFAULT_MASKING,  # noqa: E402
                       DEFAULT_UNWRAPPING, ConfigError, RunConfig, build_config,
                       load_bids_filters, parse_memory)
@@ -86,9 +87,16 @@ def get_parser() -> argparse.ArgumentParser:
                         "quality-guided region growing, exact up to 2π per echo), laplacian "
                         "(fast, approximate) or romeo (the real ROMEO program, 'romeo' from "
                         f"ROMEO.jl, when it is on PATH) (default: {DEFAULT_UNWRAPPING})")
-    g.add_argument("--masking", choices=["magnitude", "phase-quality", "combined"],
-                   help=f"brain mask source (default: {DEFAULT_MASKING}; phase-quality when "
-                        "there is no magnitude)")
+    g.add_argument("--masking", choices=list(MASK_METHODS),
+                   help="brain mask: deepbet (pretrained brain-extraction network on the "
+                        "echo-combined magnitude, trimmed to the magnitude foreground; needs a "
+                        f"field of view of >= {HEAD_FOV_MIN_MM:g} mm along every axis), "
+                        "magnitude (threshold + R2* + morphology; for slabs and cropped "
+                        "volumes), auto (deepbet when the field of view holds a whole head, "
+                        "else magnitude), phase-quality (fit residual + phase coherence), "
+                        "combined (auto's mask AND phase-quality) "
+                        f"(default: {DEFAULT_MASKING}; phase-quality when there is no "
+                        "magnitude)")
     g.add_argument("--derivatives", nargs="+", type=Path, metavar="DIR",
                    help="BIDS derivatives datasets (e.g. SynthStrip, FreeSurfer) searched in "
                         "order for each acquisition's brain mask, sub-<l>[/ses-<s>]/anat/"

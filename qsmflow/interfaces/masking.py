@@ -15,8 +15,7 @@ from ..user_mask import load_user_mask
 from ..io import load_nifti, save_nifti
 from ._base import geometry, jsonable, opt, out_file
 
-#: masking choices of the app
-MASK_METHODS = ("magnitude", "phase-quality", "combined")
+MASK_METHODS = masking.MASK_METHODS
 
 
 def _accepted(fn, params: dict) -> dict:
@@ -33,6 +32,7 @@ class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     phase = File(exists=True, desc="phase (rad, 4D echoes): coherence of the first echo")
     residual = File(exists=True, desc="multi-echo fit residual (rad)")
     params = traits.Dict(desc="parameters of masking.magnitude_mask / phase_quality_mask")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads (deepbet)")
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -41,9 +41,13 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """``magnitude``: threshold, opening, largest component, hole filling, erosion
-    (:func:`qsmflow.masking.magnitude_mask`); ``phase-quality``: fit residual and phase
-    coherence (:func:`qsmflow.masking.phase_quality_mask`); ``combined``: both intersected."""
+    """``deepbet``: the deepbet network trimmed to the magnitude foreground
+    (:func:`qsmflow.masking.deepbet_mask`); ``magnitude``: threshold, opening, largest
+    component, hole filling, erosion (:func:`qsmflow.masking.magnitude_mask`); ``auto``:
+    deepbet for a whole-head field of view, else magnitude
+    (:func:`qsmflow.masking.auto_mask_method`); ``phase-quality``: fit residual and phase
+    coherence (:func:`qsmflow.masking.phase_quality_mask`); ``combined``: ``auto``'s mask
+    intersected with the phase-quality mask."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
@@ -58,13 +62,25 @@ class BrainMask(SimpleInterface):
         vs, _ = geometry(affine)
         mag = load_nifti(self.inputs.magnitude)[0] if opt(self.inputs.magnitude) else None
         mask = None
-        if method in ("magnitude", "combined"):
+        extractor = method
+        te_s = (list(self.inputs.echo_times) if mag is not None and mag.ndim == 4
+                and self.inputs.echo_times and mag.shape[-1] >= 2 else None)
+        if method in ("auto", "deepbet", "magnitude", "combined"):
             if mag is None:
                 raise ValueError(f"--masking {method} needs magnitude images: use "
                                  "--masking phase-quality for phase-only data")
+            if method in ("auto", "combined"):
+                extractor = masking.auto_mask_method(mag.shape, vs)
+        if extractor == "deepbet":
+            if not masking.deepbet_available():
+                raise ValueError("--masking deepbet needs the deepbet package: pip install "
+                                 "deepbet, or use --masking magnitude")
+            kw = _accepted(masking.deepbet_mask, params)
+            kw.setdefault("te_s", te_s)
+            mask = masking.deepbet_mask(mag, affine, threads=self.inputs.num_threads, **kw)
+        elif extractor == "magnitude":
             kw = _accepted(masking.magnitude_mask, params)
-            if mag.ndim == 4 and self.inputs.echo_times and mag.shape[-1] >= 2:
-                kw.setdefault("te_s", list(self.inputs.echo_times))
+            kw.setdefault("te_s", te_s)
             mask = masking.magnitude_mask(mag, vs, **kw)
         if method in ("phase-quality", "combined"):
             kw = _accepted(masking.phase_quality_mask, params)
@@ -83,7 +99,10 @@ class BrainMask(SimpleInterface):
             raise ValueError(f"the {method} brain mask is empty: check the magnitude/phase "
                              "images or choose another --masking")
         self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii"), mask, affine))
-        self._results["out_meta"] = {"Masking": method, "MaskingParameters": jsonable(params)}
+        used = method if extractor == method else f"{extractor}" + (
+            " + phase-quality" if method == "combined" else "")
+        self._results["out_meta"] = {"Masking": used, "MaskingRequested": method,
+                                     "MaskingParameters": jsonable(params)}
         return runtime
 
 

@@ -40,6 +40,9 @@ CITATIONS = {
                  "brain QSM inversion (QSMInvNet). arXiv:1904.05493, 2019 (qsmflow "
                  "implementation)",
     "clearswi": "Eckstein K et al. CLEAR-SWI. NeuroImage 2021;237:118175",
+    "deepbet": "Fisch L et al. deepbet: fast brain extraction of T1-weighted MRI using "
+               "convolutional neural networks. Comput Biol Med 2024;179:108845 (the deepbet "
+               "package and its weights)",
 }
 
 #: citations of each unwrapping method (region-growing: its inspiration and its offset removal)
@@ -142,8 +145,9 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
         brain_mask = pe.Node(UserBrainMask(in_file=str(precomputed_mask)),
                              name="load_brain_mask", mem_gb=mem(1.0))
     else:
-        brain_mask = pe.Node(BrainMask(method=masking, params=params.get(masking, {})),
-                             name="brain_mask", mem_gb=mem(_ARRAYS["mask"]))
+        brain_mask = pe.Node(BrainMask(method=masking, params=params.get(masking, {}),
+                                       num_threads=omp_nthreads),
+                             name="brain_mask", mem_gb=mem(_ARRAYS["mask"]), n_procs=omp_nthreads)
     remove_background = pe.Node(
         BackgroundRemoval(method=bgremoval, params=params.get(bgremoval, {}),
                           num_threads=omp_nthreads),
@@ -188,7 +192,7 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     if masking == "user":  # checked against the echoes' grid, then like a magnitude mask
         connections += [(inputnode, brain_mask, [("phase_files", "reference")]),
                         (brain_mask, fit_field, [("out_mask", "mask")])]
-    elif masking == "magnitude":  # mask first: unwrap and fit inside it
+    elif masking in ("auto", "deepbet", "magnitude"):  # mask first: unwrap and fit inside it
         connections += [(brain_mask, fit_field, [("out_mask", "mask")])]
     else:  # fit the whole volume, then judge the phase quality
         connections += [(fit_field, brain_mask, [("out_residual", "residual")]),
@@ -251,13 +255,20 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
                                 "(MCPC-3D-S) and temporal unwrapping across echoes",
               "romeo": "ROMEO (the romeo program of ROMEO.jl)",
               "laplacian": "Laplacian unwrapping"}.get(unwrapping, unwrapping)
-    mask = {"magnitude": "a magnitude-based brain mask (threshold, largest component, hole "
+    mask = {"deepbet": "a brain mask from the deepbet network on the echo-combined magnitude, "
+                       "trimmed to the magnitude foreground",
+            "auto": "a brain mask from the deepbet network on the echo-combined magnitude "
+                    "(trimmed to the magnitude foreground) when the field of view holds the "
+                    "whole head, else a magnitude-based mask",
+            "magnitude": "a magnitude-based brain mask (threshold, largest component, hole "
                          "filling, erosion)",
             "phase-quality": "a phase-quality mask from the field-fit residual",
-            "combined": "the intersection of a magnitude-based and a phase-quality mask",
+            "combined": "the intersection of a deepbet (whole-head field of view) or "
+                        "magnitude-based mask and a phase-quality mask",
             "user": f"a brain mask supplied by the user ({user_mask}, from a BIDS derivatives "
                     "dataset) instead of a computed one"}.get(masking, masking)
     cites = ["nipype"] + UNWRAP_CITES.get(unwrapping, [unwrapping])
+    cites += ["deepbet"] if masking in ("auto", "deepbet", "combined") else []
     cites += [bgremoval] + list(inversions)
     if "swi" in clinical_maps:
         cites.append("clearswi")
@@ -272,7 +283,8 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
         f"{bgremoval.upper()}, and the local field (converted to ppm) was inverted with {inv}; "
         f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask. "
         f"Every step is qsmflow's own implementation of the cited method (not the authors' "
-        f"software{', except ROMEO' if unwrapping == 'romeo' else ''}), the networks with "
+        f"software{', except ROMEO' if unwrapping == 'romeo' else ''}"
+        f"{' and the deepbet network' if 'deepbet' in cites else ''}), the networks with "
         f"qsmflow's trained weights.{_maps_text(clinical_maps, swi_n)}"
         f"\n\nReferences: {refs}."
     )
