@@ -46,12 +46,13 @@ def _tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def run_app(bids: Path, out: Path, work: Path, nprocs: int = 2) -> dict:
+def run_app(bids: Path, out: Path, work: Path, nprocs: int = 2,
+            inversions=("tkd", "medi")) -> dict:
     """Run the app once in a subprocess → wall seconds, peak memory (GB), exit code, log."""
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "QSMFLOW_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "qsmflow.cli.main", str(bids), str(out), "participant",
-           "-w", str(work), "--nprocs", str(nprocs), "--inversion", "tkd", "medi",
+           "-w", str(work), "--nprocs", str(nprocs), "--inversion", *inversions,
            "--skip-bids-validation"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -200,8 +200,8 @@ Ground truth (susceptibility, total and local field, brain mask, tissue labels) 
 def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(128, 128, 80),
                        voxel_size=(1.5, 1.5, 1.5), te_s=DEFAULT_TE_S, b0_tesla=3.0, snr=100,
                        oblique_deg=0.0, seed=0, *, bipolar_rad=0.0, phase_offset=True,
-                       name="qsmflow simulated MEGRE", whole_head=False, realistic=False
-                       ) -> Path:
+                       name="qsmflow simulated MEGRE", whole_head=False, realistic=False,
+                       contrast=None) -> Path:
     """Write a BIDS raw dataset of simulated MEGRE plus ground truth; returns ``root``.
 
     Raw: ``sub-X[/ses-Y]/anat/sub-X[_ses-Y][_run-Z]_echo-N_part-{mag,phase}_MEGRE.nii.gz`` +
@@ -215,7 +215,8 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     ``oblique_deg`` tilts the acquisition about the left–right axis (B0 then oblique in voxel
     axes). ``whole_head``: the FOV of :func:`qsmflow.phantom.make_whole_head_phantom` (vertex to
     neck; ``shape`` is then ignored). ``realistic``: R2* at ``b0_tesla``, fat chemical shift and
-    a receive bias (the settings of :func:`simulate_megre` a real scan has).
+    a receive bias (the settings of :func:`simulate_megre` a real scan has). ``contrast``: a
+    :func:`with_contrast` table for the non-brain tissue.
     """
     root = Path(root)
     te = physics.check_echo_times(te_s)
@@ -246,6 +247,8 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
         ph = (make_whole_head_phantom(voxel_size, seed=int(seed) + 101 * si) if whole_head
               else make_head_phantom(shape, voxel_size, seed=int(seed) + 101 * si))
         ph = dataclasses.replace(ph, affine=oblique_affine(ph.shape, ph.voxel_size, oblique_deg))
+        if contrast:
+            ph = with_contrast(ph, contrast)
         b = physics.b0_direction_from_affine(ph.affine)
         for sei, ses in enumerate(sessions):
             for ri, run in enumerate(runs):
