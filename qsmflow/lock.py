@@ -20,6 +20,8 @@ from .bids_input import InputError
 
 LOG = logging.getLogger("qsmflow")
 LOCK_NAME = ".qsmflow.lock"
+#: lock files whose folder this process created (removed again on release when left empty)
+_CREATED: set = set()
 
 
 class LockError(InputError):
@@ -37,11 +39,15 @@ def _alive(pid: int) -> bool:
 
 
 def acquire(folder) -> Path:
-    """Create ``folder/.qsmflow.lock`` for this process (``folder`` is created if needed);
-    :class:`LockError` when a live run holds it. Returns the lock file."""
+    """Create ``folder/.qsmflow.lock`` for this process (``folder`` is created if needed, and
+    removed by :func:`release` if still empty then); :class:`LockError` when a live run holds
+    it. Returns the lock file."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
+    if created:
+        _CREATED.add(lock)
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
@@ -70,10 +76,15 @@ def acquire(folder) -> Path:
 
 
 def release(lock: Path) -> None:
-    """Remove ``lock`` if this process holds it."""
+    """Remove ``lock`` if this process holds it (and its folder if this process made it and
+    nothing else was written there, e.g. a run refused after the lock was taken)."""
+    lock = Path(lock)
     try:
-        if int(json.loads(Path(lock).read_text()).get("pid", -1)) == os.getpid():
-            Path(lock).unlink()
+        if int(json.loads(lock.read_text()).get("pid", -1)) == os.getpid():
+            lock.unlink()
+            if lock in _CREATED:
+                _CREATED.discard(lock)
+                lock.parent.rmdir()
     except (OSError, ValueError):
         pass
 

@@ -48,7 +48,8 @@ def make_skeleton(root, *, subjects=("01",), sessions=(None,), runs=(None,), ech
                     for part in parts:
                         name = ents + (f"_echo-{echo}" if echo else "") + f"_part-{part}_{suffix}"
                         shp = tuple(shape) + ((len(tes),) if len(tes) > 1 else ())
-                        _img(folder / f"{name}.nii.gz", shp)
+                        # magnitude 1 (an all-zero magnitude is refused up front), phase 0
+                        _img(folder / f"{name}.nii.gz", shp, value=float(part == "mag"))
                         side = {**base, "EchoTime": tes if len(tes) > 1 else tes[0]}
                         if part == "phase":
                             side["Units"] = "rad"

@@ -513,6 +513,7 @@ def test_concurrent_run_is_refused_and_the_lock_released(base_dataset, tmp_path)
     from qsmflow import lock
 
     out = tmp_path / "out"
+    out.mkdir()
     held = lock.acquire(out)
     assert json.loads(held.read_text())["pid"] == os.getpid()
     with pytest.raises(lock.LockError, match="another qsmflow run"):
@@ -525,6 +526,8 @@ def test_concurrent_run_is_refused_and_the_lock_released(base_dataset, tmp_path)
     msgs = _warnings_of(lambda: lock.acquire(out))
     assert any("stale" in m for m in msgs), msgs
     lock.release(held)
-    r = run_app_inprocess(base_dataset, out, "participant", "-w", tmp_path / "work",
-                          "--skip-bids-validation", "--inversion", "notamethod")
-    assert r.returncode == 2 and not (out / ".qsmflow.lock").exists()
+    fresh = tmp_path / "fresh"  # a run refused after the lock: no lock, no folder left behind
+    r = run_app_inprocess(base_dataset, fresh, "participant", "-w", tmp_path / "work",
+                          "--skip-bids-validation", "--dicom-out", tmp_path / "dcm")
+    assert r.returncode == 2 and "--source-dicom" in r.stderr.splitlines()[-1], r.stderr
+    assert not fresh.exists() and not (tmp_path / "work").exists()
