@@ -7,7 +7,7 @@ arguments. The effective configuration is written next to the outputs
 ``run.toml`` (every key optional)::
 
     inversion = ["tkd", "medi"]       # dipole inversions, one χ map each
-    bgremoval = "resharp"             # resharp | vsharp | pdf
+    bgremoval = "resharp"             # resharp | vsharp | pdf | lbv
     unwrapping = "region-growing"     # spatial phase unwrapping (or laplacian, romeo)
     masking = "auto"                  # brain mask: auto | deepbet | magnitude | ...
     bids_filters = {megre = {acquisition = "fast"}}   # --bids-filter-file, inline
@@ -15,8 +15,8 @@ arguments. The effective configuration is written next to the outputs
     derivatives = ["/data/synthstrip"]  # BIDS derivatives with *_desc-brain_mask (used instead)
     [params.medi]                     # per-method parameters (units in the method's docs)
     lam = 1000
-    [params.resharp]
-    radius_mm = 6
+    [params.resharp]                  # default radius_mm = max(2, 2 voxels), lam from it
+    radius_mm = 6                     # 6 mm keeps ~70 % of a whole-head brain (docs/fieldmap.md)
     [execution]
     nprocs = 2
     mem_gb = 8
@@ -37,8 +37,9 @@ from ._compat import tomllib
 
 #: defaults of the science settings
 DEFAULT_INVERSIONS = ("tkd", "medi")
-#: RESHARP with 2 mm kernel, λ 1e-5 (qsmflow.bgremoval.resharp): keeps ≥ 90 % of a whole-head
-#: brain mask at the best whole-brain local-field NRMSE measured (docs/fieldmap.md)
+#: RESHARP with a 2 mm kernel (at least 2 voxels) and λ 1e-4·(r/6 mm)² (qsmflow.bgremoval.resharp):
+#: keeps ≥ 90 % of a 1 mm whole-head brain mask at the best whole-brain local-field NRMSE
+#: measured (docs/fieldmap.md)
 DEFAULT_BGREMOVAL = "resharp"
 from .phase import DEFAULT_UNWRAPPING  # noqa: E402  (the unwrapping registry lives there)
 DEFAULT_MASKING = "auto"

@@ -25,11 +25,13 @@ class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
 class _BackgroundRemovalOutputSpec(TraitedSpec):
     out_field = File(desc="local field (Hz)")
     out_mask = File(desc="eroded brain mask the local field is valid in")
-    out_meta = traits.Dict(desc="method and parameters for the sidecar")
+    out_meta = traits.Dict(desc="method, parameters and brain coverage (BrainCoverage 0–1, "
+                                "BrainVolumeKept_ml) for the local field's sidecar")
 
 
 class BackgroundRemoval(SimpleInterface):
-    """Remove the background field with RESHARP, V-SHARP or PDF (units in = units out)."""
+    """Remove the background field with RESHARP, V-SHARP, PDF or LBV (units in = units out); the
+    sidecar metadata says how much of the brain mask the local field covers."""
 
     input_spec = _BackgroundRemovalInputSpec
     output_spec = _BackgroundRemovalOutputSpec
@@ -47,5 +49,8 @@ class BackgroundRemoval(SimpleInterface):
         self._results["out_mask"] = str(save_nifti(out_file("mask_eroded.nii"), eroded > 0,
                                                    affine))
         self._results["out_meta"] = {"BackgroundRemoval": self.inputs.method,
-                                     "BackgroundRemovalParameters": jsonable(params)}
+                                     "BackgroundRemovalParameters": jsonable(
+                                         bgremoval.resolved_parameters(self.inputs.method, vs,
+                                                                       **params)),
+                                     **bgremoval.coverage(mask, eroded, vs)}
         return runtime

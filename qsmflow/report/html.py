@@ -80,6 +80,8 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
             if key in acq.get("figures", {}):
                 parts.append(f"<h3>{title}</h3><div class='fig'><img "
                              f"src='{html.escape(acq['figures'][key])}' alt='{key}'></div>")
+            if key == "field":
+                parts.append(_coverage_note(out_dir, acq.get("outputs", ())))
             if key == "maps" and key in acq.get("figures", {}):
                 parts.append(_maps_note(out_dir, acq.get("outputs", ())))
         if acq.get("outputs"):
@@ -109,6 +111,27 @@ def write_subject_report(out_dir, subject: str, acquisitions: list[dict], *, set
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
+
+
+def _coverage_note(out_dir: Path, outputs) -> str:
+    """One line on how much of the brain mask the local field covers (from the local field's
+    sidecar: ``BrainCoverage``, ``BrainVolumeKept_ml``); empty when not recorded."""
+    import json
+
+    for rel in outputs:
+        if str(rel).endswith("desc-local_fieldmap.nii.gz"):
+            try:
+                meta = json.loads((out_dir / str(rel).replace(".nii.gz", ".json")).read_text())
+            except (OSError, ValueError):
+                return ""
+            if "BrainCoverage" not in meta:
+                return ""
+            cov = 100.0 * float(meta["BrainCoverage"])
+            warn = " (below 90 %: the cortex near the edge is missing)" if cov < 90 else ""
+            return (f"<p>Local field covers {cov:.1f} % of the brain mask "
+                    f"({float(meta.get('BrainVolumeKept_ml', float('nan'))):.0f} ml kept by "
+                    f"{html.escape(str(meta.get('BackgroundRemoval', '?')).upper())}){warn}.</p>")
+    return ""
 
 
 def _maps_note(out_dir: Path, outputs) -> str:
