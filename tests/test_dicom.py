@@ -482,7 +482,8 @@ def test_dicom_out_of_a_dcm2niix_dataset_with_source_dicom(shared_data, tmp_path
     ds = _assert_same_study_and_patient(files[0], src)
     phase_uid = {im.series_number: im.series_uid for im in scan_folder(src, progress=False)[0]}[7]
     assert ds.SeriesNumber == 1007 and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == phase_uid
-    data, aff = read_series_volume(scan_folder(dcm, progress=False)[0])
+    # the χ series (R2*, T2* and SWI series are exported beside it)
+    data, aff = read_series_volume(scan_folder(dcm / "sub-01_desc-tkd_Chimap", progress=False)[0])
     chi = nib.load(out / "sub-01" / "anat" / "sub-01_desc-tkd_Chimap.nii.gz")
     np.testing.assert_allclose(aff, chi.affine, atol=1e-4)
     assert np.max(np.abs(data - chi.get_fdata())) <= float(ds.RescaleSlope) / 2 + 1e-6
