@@ -210,8 +210,19 @@ def default_resharp_lam(radius_mm) -> float:
     return 1e-4 * (float(radius_mm) / 6.0) ** 2
 
 
+def _resharp_edge(voxel_size, radius_mm, edge_mm):
+    """RESHARP's output depth (mm) or None (``M_e``) for ``edge_mm`` (a number, None, "auto")."""
+    if isinstance(edge_mm, str):
+        if edge_mm != "auto":
+            raise ValueError(f"RESHARP edge_mm must be mm, None or 'auto', got {edge_mm!r}")
+        return float(radius_mm) if max(voxel_size) > radius_mm else None
+    if edge_mm is not None and not edge_mm >= 0:
+        raise ValueError(f"RESHARP edge_mm must be >= 0 mm, got {edge_mm!r}")
+    return edge_mm
+
+
 def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, tol=1e-4,
-            max_iter=300, edge_mm=None, workers=None):
+            max_iter=300, edge_mm="auto", workers=None):
     """RESHARP (Sun & Wilman 2014): Tikhonov-regularised SHARP deconvolution.
 
     Solves ``min_x ‖M_e·C(x − f)‖² + λ‖x‖²`` with ``C = δ − SMV(radius_mm)`` and ``M_e`` the
@@ -227,7 +238,10 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
     PDF and LBV. ``edge_mm``: return the local field where the mask is more than ``edge_mm``
     mm deep (distance to the nearest voxel outside) instead of on ``M_e`` (``None``, the
     published method), e.g. 2 to keep 93 % of a brain on 1.5 mm voxels with a 3 mm kernel
-    (or on 3 mm slices) at a better whole-brain NRMSE. x is solved
+    at a better whole-brain NRMSE. ``"auto"`` (default): ``M_e``, except where a voxel is
+    longer than the radius (thick slices: the kernel was stretched to one voxel there), where
+    it is ``radius_mm``, so that 3 mm slices do not lose a whole slice at the top and the
+    bottom of the brain (0.76×0.76×3 mm whole head: 93.6 % kept instead of 89.6 %). x is solved
     on the whole grid and the data term constrains it wherever a kernel centred in ``M_e``
     reaches, i.e. in all of the mask, so a smaller ``edge_mm`` keeps cortex that ``M_e``
     drops, at a larger error there. ``b0_dir`` is unused (the SMV is isotropic). Returns
@@ -235,9 +249,8 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
-    if edge_mm is not None and not 0 <= edge_mm:
-        raise ValueError(f"RESHARP edge_mm must be >= 0 mm or None, got {edge_mm!r}")
     radius_mm = default_resharp_radius(vs) if radius_mm is None else float(radius_mm)
+    edge_mm = _resharp_edge(vs, radius_mm, edge_mm)
     lam = default_resharp_lam(radius_mm) if lam is None else lam
     if not lam > 0:
         raise ValueError(f"RESHARP lam must be > 0, got {lam!r}")
@@ -524,14 +537,16 @@ def coverage(mask, eroded_mask, voxel_size) -> dict:
 
 
 def resolved_parameters(method, voxel_size, **params) -> dict:
-    """``params`` with the voxel-size-dependent defaults filled in (RESHARP ``radius_mm`` and
-    ``lam``), for sidecars: what a run actually used."""
+    """``params`` with the voxel-size-dependent defaults filled in (RESHARP ``radius_mm``,
+    ``lam`` and ``edge_mm``, None = ``M_e``), for sidecars: what a run actually used."""
     out = dict(params)
     if str(method).lower() == "resharp":
         if out.get("radius_mm") is None:
             out["radius_mm"] = default_resharp_radius(voxel_size)
         if out.get("lam") is None:
             out["lam"] = default_resharp_lam(out["radius_mm"])
+        out["edge_mm"] = _resharp_edge(physics.check_voxel_size(voxel_size), out["radius_mm"],
+                                       out.get("edge_mm", "auto"))
     return out
 
 

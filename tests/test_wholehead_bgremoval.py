@@ -6,6 +6,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from qsmflow import bgremoval as bg
 from qsmflow import metrics, physics, simulate
@@ -73,6 +74,28 @@ def test_resharp_small_radius_on_thick_slices_stays_bounded():
     r, inside, _ = bg._ball((0.76, 0.76, 3.0), 2.0)
     assert r == [2, 2, 1] and inside[2, 2, 0] and inside[2, 2, 2] and not inside[0, 2, 0]
     assert bg._ball((1.0, 1.0, 1.0), 2.0)[1].sum() == 33  # isotropic: the plain ball
+
+
+def test_resharp_defaults_follow_the_voxel_size():
+    """2 mm kernel, at least 2 voxels; λ ∝ r²; on thick slices the output mask is the mask
+    eroded by the radius (distance), not by the one-slice-deep kernel."""
+    assert [bg.default_resharp_radius(v) for v in ((1, 1, 1), (0.76, 0.76, 3), (3, 3, 3))] == [
+        2.0, 2.0, 6.0]
+    assert bg.default_resharp_lam(6.0) == pytest.approx(1e-4)
+    assert bg.default_resharp_lam(2.0) == pytest.approx(1.11e-5, rel=1e-2)
+    vs = (1.0, 1.0, 3.0)
+    x, y, z = _grid((40, 40, 16), vs)
+    mask = physics.sphere_mask(x.shape, vs, 16.0)
+    field = _harmonic(x, y, z) + _sphere_field(x, y, z, (0, 0, 0), 4.0)
+    _, em = bg.resharp(field, mask, vs)
+    deep = mask & (ndimage.distance_transform_edt(mask, sampling=vs) > 2.0)
+    np.testing.assert_array_equal(em, deep)
+    _, em_e = bg.resharp(field, mask, vs, edge_mm=None)  # M_e: one slice more at each end
+    assert em_e.sum() < em.sum() and not (em_e & ~em).any()
+    p = bg.resolved_parameters("resharp", vs)
+    assert p == {"radius_mm": 2.0, "lam": pytest.approx(1.11e-5, rel=1e-2), "edge_mm": 2.0}
+    with pytest.raises(ValueError, match="edge_mm"):
+        bg.resharp(field, mask, vs, edge_mm="deep")
 
 
 @pytest.fixture(scope="module")
