@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -214,16 +213,6 @@ def test_non_state_dict_checkpoints_are_refused(tmp_path):
     ok = tmp_path / "ok.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), ok)
     assert set(inference.load_state_dict(ok)) == {"weight", "bias"}
-
-
-def test_b0_direction_far_from_axis2_is_refused_and_small_tilt_warns():
-    with pytest.raises(ValueError, match="axis 2"):
-        inference._check_b0((0.0, 0.7071, 0.7071))
-    with pytest.warns(UserWarning, match="axis 2"):
-        inference._check_b0((0.0, np.sin(np.radians(10)), np.cos(np.radians(10))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        inference._check_b0((0.0, np.sin(np.radians(2)), np.cos(np.radians(2))))
 
 
 # ------------------------------------------------------------------------------------ training

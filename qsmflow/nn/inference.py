@@ -9,10 +9,12 @@ size (Meta-QSM predicts its kernels for it; Mesa-QSM picks the shipped model who
 nearest, or ``model=``; QSMInvNet ignores it), CPU by default or CUDA when present
 (``device=``), deterministic.
 
-B0 direction: the networks were trained with B0 along array axis 2. If ``b0_dir`` deviates by
-more than :data:`B0_WARN_DEG` a ``UserWarning`` is issued (the error grows with the angle);
-beyond :data:`B0_MAX_DEG` a ``ValueError`` asks to resample the field so B0 is along axis 2 (e.g.
-to the scanner frame) or to use a conventional method, which handle any direction.
+B0 direction: the networks were trained with B0 along array axis 2; any ``b0_dir`` works
+(:mod:`qsmflow.nn.orientation`). The array axis closest to B0 is moved to axis 2 (exact: sagittal
+and coronal acquisitions), and with ``b0_align="rotate"`` (default) the residual tilt is removed
+by rotating the field and χ back (cubic splines). ``b0_align="permute"`` skips the rotation and
+warns (``UserWarning``) beyond :data:`B0_WARN_DEG` of residual tilt. The data-consistency step
+always uses the true, oblique dipole kernel.
 
 Weights are loaded with ``torch.load(weights_only=True)`` and must be a plain state dict of
 tensors: anything else (a pickle with code, a whole module, a training checkpoint) is refused.
@@ -21,6 +23,7 @@ tensors: anything else (a pickle with code, a whole module, a training checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from functools import lru_cache
@@ -31,18 +34,26 @@ import torch
 
 from .. import physics
 from .models import MULTIPLE, build_model, run_model
+from .orientation import B0Frame
+
+LOG = logging.getLogger("qsmflow")
 
 #: folder of the shipped weights (``<name>.pt`` + ``<name>.json`` + ``<name>.md``)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: default shipped model per method
 DEFAULT_MODELS = {"metaqsm": "metaqsm", "qsminvnet": "qsminvnet"}
-#: angle (degrees) between b0_dir and array axis 2 above which a warning / an error is raised
+#: residual tilt (degrees) of B0 from the network's axis, after the permutation, above which
+#: ``b0_align="permute"`` warns (the network alone then has a bias growing with the angle)
 B0_WARN_DEG = 5.0
-B0_MAX_DEG = 30.0
+#: how a B0 off array axis 2 is handled (see the module docstring)
+B0_ALIGN = ("rotate", "permute")
 #: parameter units for sidecars (read by qsmflow.inversion.method_parameters)
 UNITS = {"model": "shipped model name", "weights": "path to a .pt state dict", "device": "cpu|cuda",
          "consistency": "off | auto | λ: blend the network's χ with the measured field "
-                        "(qsmflow.inversion.consistency; not in the papers)"}
+                        "(qsmflow.inversion.consistency; not in the papers)",
+         "b0_align": "rotate | permute: B0 off array axis 2 is brought along it by moving the "
+                     "nearest axis there and rotating the residual tilt (rotate) or by the axis "
+                     "move only (permute)"}
 
 
 def load_state_dict(path) -> dict:
@@ -101,16 +112,22 @@ def _load_model_cached(name_or_path, device, weights_dir):
     return model, summary
 
 
-def _check_b0(b0_dir):
-    b = physics.check_b0_dir(b0_dir)
-    ang = math.degrees(math.acos(min(1.0, abs(float(b[2])))))
-    if ang > B0_MAX_DEG:
-        raise ValueError(f"B0 is {ang:.0f}° from array axis 2 but the networks were trained with B0 "
-                         "along axis 2: resample the field to the scanner frame or use a "
-                         "conventional inversion (tkd, medi, ...)")
-    if ang > B0_WARN_DEG:
-        warnings.warn(f"B0 is {ang:.1f}° from array axis 2; the networks assume B0 along axis 2, "
-                      "expect a small bias", UserWarning, stacklevel=3)
+def b0_frame(mask, voxel_size, b0_dir, b0_align="rotate") -> B0Frame:
+    """The :class:`~qsmflow.nn.orientation.B0Frame` a network inversion uses; logs what it does
+    and warns when the residual tilt is ignored (``b0_align="permute"``) beyond
+    :data:`B0_WARN_DEG`."""
+    if b0_align not in B0_ALIGN:
+        raise ValueError(f"b0_align must be one of {', '.join(B0_ALIGN)}, got {b0_align!r}")
+    frame = B0Frame(mask, voxel_size, b0_dir, rotate=b0_align == "rotate")
+    msg = f"network inversion, B0 {tuple(round(float(x), 3) for x in physics.check_b0_dir(b0_dir))}: "
+    if not frame.rotated and frame.tilt_deg > B0_WARN_DEG:
+        msg += (frame.describe() + "; the network assumes B0 along its axis, expect a bias "
+                "(b0_align='rotate' or consistency= reduce it)")
+        LOG.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    elif frame.axis != 2 or frame.rotated:
+        LOG.info(msg + frame.describe())
+    return frame
 
 
 def _bbox(mask, margin=2):
@@ -120,9 +137,8 @@ def _bbox(mask, margin=2):
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
-    """Run ``model`` on one volume: crop to the mask, pad to a multiple of 16, predict, paste
-    back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``."""
+def _check_volume(field_ppm, mask) -> tuple[np.ndarray, np.ndarray]:
+    """``(field float32, mask bool)``; a one-line ``ValueError`` for a bad pair."""
     field = np.asarray(field_ppm, dtype=np.float32)
     m = np.asarray(mask) > 0
     if field.ndim != 3:
@@ -133,6 +149,13 @@ def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
         raise ValueError("mask is empty: pass the brain mask of the field")
     if not np.all(np.isfinite(field[m])):
         raise ValueError("field contains NaN/Inf inside the mask: fix the field map first")
+    return field, m
+
+
+def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
+    """Run ``model`` on one volume: crop to the mask, pad to a multiple of 16, predict, paste
+    back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``."""
+    field, m = _check_volume(field_ppm, mask)
     vs = physics.check_voxel_size(voxel_size)
     sl = _bbox(m)
     f, mm = np.where(m, field, 0.0)[sl], m[sl].astype(np.float32)
@@ -153,17 +176,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency="off"):
+def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency="off",
+         b0_align="rotate"):
     from ..inversion.consistency import check_weight, data_consistency
 
-    _check_b0(b0_dir)
     check_weight(consistency)  # before the network runs
+    field, m = _check_volume(field_ppm, mask)
+    frame = b0_frame(m, voxel_size, b0_dir, b0_align)
     device = device or default_device()
     if device.startswith("cuda"):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     model, _ = load_model(weights or name, device)
-    chi = predict(model, field_ppm, mask, voxel_size, device)
+    chi = frame.from_network(predict(model, *frame.to_network(field), frame.voxel_size, device))
     if consistency == "off":
         return chi
     return data_consistency(chi, field_ppm, mask, voxel_size, b0_dir, lam=consistency)[0]
@@ -171,16 +196,17 @@ def _run(name, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency
 
 def metaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
             model: str = "metaqsm", weights=None, device=None, consistency="off",
-            **params) -> np.ndarray:
+            b0_align="rotate", **params) -> np.ndarray:
     """Meta-QSM (one WP-Conv U-Net for any voxel size): local field (ppm) → χ (ppm), masked.
 
     ``model``: a shipped model name; ``weights``: a ``.pt`` path (with its ``.json``) instead;
     ``device``: "cpu" / "cuda" (default: CUDA when available); ``consistency``: "off" (the
     network alone, as in the paper), "auto" or λ to blend its χ with the measured field
-    (:mod:`qsmflow.inversion.consistency`). ``magnitude``/``noise`` unused.
+    (:mod:`qsmflow.inversion.consistency`); ``b0_align``: "rotate" or "permute" (module
+    docstring). ``magnitude``/``noise`` unused.
     """
     _no_params("metaqsm", params)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)
 
 
 def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
@@ -201,26 +227,26 @@ def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
 
 def mesaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
             model: str | None = None, weights=None, device=None, consistency="off",
-            **params) -> np.ndarray:
+            b0_align="rotate", **params) -> np.ndarray:
     """Mesa-QSM (plain-conv U-Net trained at one voxel size): the shipped model whose voxel size
     is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given;
-    ``consistency`` as for :func:`metaqsm`."""
+    ``consistency``, ``b0_align`` as for :func:`metaqsm`."""
     _no_params("mesaqsm", params)
     if model is None and weights is None:
         model = nearest_mesa_model(voxel_size)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)
 
 
 def qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, noise=None,
               model: str = "qsminvnet", weights=None, device=None, consistency="off",
-              **params) -> np.ndarray:
+              b0_align="rotate", **params) -> np.ndarray:
     """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask);
-    ``consistency`` as for :func:`metaqsm`."""
+    ``consistency``, ``b0_align`` as for :func:`metaqsm`."""
     _no_params("qsminvnet", params)
-    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency)
+    return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)
 
 
 def _no_params(name, params):
     if params:
         raise ValueError(f"{name} got unknown parameter(s) {sorted(params)}: it accepts model=, "
-                         "weights=, device=, consistency=")
+                         "weights=, device=, consistency=, b0_align=")
