@@ -21,6 +21,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
 from .. import __version__  # noqa: E402
 from ..bids_input import InputError  # noqa: E402
+from ..bgremoval import METHODS as BG_METHODS  # noqa: E402
 from ..masking import HEAD_FOV_MIN_MM, MASK_METHODS  # noqa: E402
 from ..config import (DEFAULT_BGREMOVAL, DEFAULT_INVERSIONS, DEFAULT_MASKING,  # noqa: E402
                       DEFAULT_UNWRAPPING, ConfigError, RunConfig, build_config,
@@ -79,9 +80,12 @@ def get_parser() -> argparse.ArgumentParser:
                         "tv metaqsm mesaqsm qsminvnet: qsmflow's implementations of the published "
                         "algorithms (not the authors' toolboxes), the networks with qsmflow's "
                         f"shipped weights (default: {' '.join(DEFAULT_INVERSIONS)})")
-    g.add_argument("--bgremoval", choices=["resharp", "vsharp", "pdf"],
-                   help=f"background field removal (default: {DEFAULT_BGREMOVAL}; kernel radius "
-                        "in mm via [params.<method>] radius_mm in --config)")
+    g.add_argument("--bgremoval", choices=list(BG_METHODS),
+                   help="background field removal: resharp (default kernel radius 2 mm, at "
+                        "least 2 voxels: keeps ~90 %% of a whole-head brain), vsharp, pdf (no "
+                        "erosion) or lbv (Laplacian boundary value) (default: "
+                        f"{DEFAULT_BGREMOVAL}; radius in mm via [params.resharp] radius_mm in "
+                        "--config)")
     g.add_argument("--unwrapping", choices=list(UNWRAPPING_METHODS),
                    help="spatial phase unwrapping: region-growing (qsmflow's ROMEO-like "
                         "quality-guided region growing, exact up to 2π per echo), laplacian "

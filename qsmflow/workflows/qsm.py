@@ -22,6 +22,8 @@ CITATIONS = {
     "resharp": "Sun H, Wilman AH. RESHARP. Magn Reson Med 2014;71:1151-1157",
     "vsharp": "Li W, Wu B, Liu C. V-SHARP. NeuroImage 2011;55:1645-1656",
     "pdf": "Liu T et al. Projection onto dipole fields. NMR Biomed 2011;24:1129-1136",
+    "lbv": "Zhou D, Liu T, Spincemaille P, Wang Y. Background field removal by solving the "
+           "Laplacian boundary value problem. NMR Biomed 2014;27:312-319",
     "tkd": "Shmueli K et al. Magn Reson Med 2009;62:1510-1522; Wharton S et al. Magn Reson Med "
            "2010;63:1292-1304",
     "tikhonov": "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization "
@@ -51,7 +53,7 @@ UNWRAP_CITES = {"region-growing": ["romeo", "mcpc3ds"], "romeo": ["romeo"],
 
 #: rough number of float64 volume copies each step holds (padded FFT grids ≈ 8 copies)
 _ARRAYS = {"scale": 3.0, "fit": 8.0, "mask": 6.0, "bg": {"resharp": 30.0, "vsharp": 40.0,
-                                                        "pdf": 40.0},
+                                                        "pdf": 40.0, "lbv": 40.0},
            "invert": {"tkd": 20.0, "tikhonov": 20.0}, "invert_default": 48.0,
            "r2star": 12.0, "swi": 6.0}
 
@@ -73,7 +75,7 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
     ----------
     inversions : list of str
         Inversion methods (keys of ``qsmflow.inversion.METHODS``).
-    bgremoval : {"resharp", "vsharp", "pdf"}
+    bgremoval : {"resharp", "vsharp", "pdf", "lbv"}
     unwrapping : {"region-growing", "laplacian", "romeo"}
         ``romeo`` is the ROMEO program (on PATH); ``region-growing`` qsmflow's ROMEO-like one.
     masking : {"magnitude", "phase-quality", "combined"}
@@ -283,11 +285,17 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
         f"{bgremoval.upper()}, and the local field (converted to ppm) was inverted with {inv}; "
         f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask. "
         f"Every step is qsmflow's own implementation of the cited method (not the authors' "
-        f"software{', except ROMEO' if unwrapping == 'romeo' else ''}"
-        f"{' and the deepbet network' if 'deepbet' in cites else ''}), the networks with "
+        f"software{_authors_software(unwrapping, cites)}), the networks with "
         f"qsmflow's trained weights.{_maps_text(clinical_maps, swi_n)}"
         f"\n\nReferences: {refs}."
     )
+
+
+def _authors_software(unwrapping, cites) -> str:
+    """The steps that do run the authors' own software (ROMEO's program, deepbet's package)."""
+    own = (["ROMEO"] if unwrapping == "romeo" else []) + (
+        ["the deepbet network (its authors' package and weights)"] if "deepbet" in cites else [])
+    return f", except {' and '.join(own)}" if own else ""
 
 
 def _maps_text(made, swi_n) -> str:
