@@ -327,21 +327,25 @@ def realistic_settings(b0_tesla) -> dict:
             "bias": 0.3 if float(b0_tesla) <= 3.0 else 0.5}
 
 
+#: echo times (s) of the whole-head cases per field strength (T)
+_TE_S = {1.5: (0.005, 0.012, 0.019, 0.026, 0.033), 3.0: (0.004, 0.009, 0.014, 0.019, 0.024),
+         7.0: (0.003, 0.006, 0.009, 0.012, 0.015)}
+
+
+def _case(voxel_size, b0_tesla, oblique_deg=0.0) -> dict:
+    return {"voxel_size": voxel_size, "b0_tesla": b0_tesla, "te_s": _TE_S[b0_tesla],
+            "oblique_deg": oblique_deg}
+
+
 #: the whole-head test and benchmark cases: :func:`write_bids_dataset` / :func:`simulate_case`
 #: settings (voxel size mm, B0 T, echo times s, oblique angle deg about left–right)
 WHOLE_HEAD_CASES = {
-    "3T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 3.0,
-               "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
-    "7T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 7.0,
-               "te_s": (0.003, 0.006, 0.009, 0.012, 0.015), "oblique_deg": 0.0},
-    "1.5T-1mm": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 1.5,
-                 "te_s": (0.005, 0.012, 0.019, 0.026, 0.033), "oblique_deg": 0.0},
-    "3T-0.75x0.75x2mm": {"voxel_size": (0.75, 0.75, 2.0), "b0_tesla": 3.0,
-                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
-    "3T-0.76x0.76x3mm": {"voxel_size": (0.76, 0.76, 3.0), "b0_tesla": 3.0,
-                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 0.0},
-    "3T-1mm-oblique18": {"voxel_size": (1.0, 1.0, 1.0), "b0_tesla": 3.0,
-                         "te_s": (0.004, 0.009, 0.014, 0.019, 0.024), "oblique_deg": 18.0},
+    "3T-1mm": _case((1.0, 1.0, 1.0), 3.0),
+    "7T-1mm": _case((1.0, 1.0, 1.0), 7.0),
+    "1.5T-1mm": _case((1.0, 1.0, 1.0), 1.5),
+    "3T-0.75x0.75x2mm": _case((0.75, 0.75, 2.0), 3.0),
+    "3T-0.76x0.76x3mm": _case((0.76, 0.76, 3.0), 3.0),
+    "3T-1mm-oblique18": _case((1.0, 1.0, 1.0), 3.0, 18.0),
 }
 
 
