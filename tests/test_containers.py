@@ -1,8 +1,10 @@
-"""The container recipes: lint (hadolint), the image's contract, and a replay of its install steps.
+"""The container recipes: lint (hadolint), the image's contract, the pinned versions, and a replay
+of its install steps.
 
-No Docker engine runs in CI, so the image itself is not built here; instead the Dockerfile's two
-stages are replayed on the host: the wheel is built from exactly the files the Dockerfile copies,
-then installed into a fresh virtual environment next to CPU torch, and the CLI runs from there.
+The image itself is built and run by ``.ci/container-test.sh`` (podman, called by ``.ci/run``);
+these tests are the fast checks of the recipe, plus (``-m slow``) a replay of the Dockerfile's
+stages on the host: the wheel is built from exactly the files the Dockerfile copies, then
+installed into a fresh virtual environment next to CPU torch, and the CLI runs from there.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "containers" / "Dockerfile"
 APPTAINER = REPO / "containers" / "apptainer.def"
+CONSTRAINTS = REPO / "containers" / "constraints.txt"
 
 
 def _dockerfile_lines() -> list[str]:
@@ -85,19 +88,44 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     assert r.returncode != 0 and "DL3007" in r.stdout and "DL3013" in r.stdout, r.stdout
 
 
+def _stages() -> list[list[str]]:
+    """The Dockerfile's instructions, one list per stage (each starts with its FROM)."""
+    stages: list[list[str]] = []
+    for ins in _dockerfile_lines():
+        if ins.startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(ins)
+    return stages
+
+
 def test_dockerfile_contract():
     ins = _dockerfile_lines()
-    froms = [i for i in ins if i.startswith("FROM ")]
-    assert len(froms) >= 2 and " AS build" in froms[0], "multi-stage: a build stage, then runtime"
+    stages = _stages()
+    froms = [s[0] for s in stages]
+    assert "FROM scratch AS torch-wheel" in froms, "an (empty) stage for the torch-wheel context"
+    build = next(s for s in stages if s[0].endswith(" AS build"))
+    runtime = stages[-1]
+    assert build[0] == "FROM ${PYTHON_IMAGE} AS build" and runtime[0] == "FROM ${PYTHON_IMAGE}", (
+        "both stages on the base given as a build argument (the venv links to its python3)")
     assert "slim" in _arg("PYTHON_IMAGE") and "3.11" in _arg("PYTHON_IMAGE")
     text = " ".join(ins)
-    # CPU torch pinned and from the CPU index, before the wheel
+    # CPU torch pinned: the wheel from the torch-wheel context, else from the CPU index; before
+    # the qsmflow wheel, so that its torch requirement never pulls a CUDA build
     assert _arg("TORCH_VERSION") == "2.13.0"
     assert _arg("TORCH_INDEX").endswith("/whl/cpu")
-    torch_at = text.index('"torch==${TORCH_VERSION}"')
+    assert "--mount=type=bind,from=torch-wheel" in text
+    assert '"torch-${TORCH_VERSION}+cpu-*.whl"' in text
+    torch_at = text.index('"torch==${TORCH_VERSION}+cpu"')
     wheel_at = text.index("qsmflow-*.whl")
     assert torch_at < wheel_at
-    assert "COPY --from=build /dist/" in text, "runtime stage installs the wheel from the build stage"
+    assert text.count("--constraint /src/constraints.txt") == 2, "both installs use the pins"
+    assert "COPY --from=build /opt/qsmflow /opt/qsmflow" in runtime, (
+        "the runtime stage takes the environment from the build stage")
+    # no installer, compiler or build tool runs in the runtime stage
+    for i in runtime:
+        assert not re.search(r"\b(pip|apt-get|apt|build|gcc|make)\b", i.split("#")[0]) or (
+            i.startswith(("LABEL", "ENV", "COPY --from=build"))), i
     assert "COPY qsmflow" in text and "python -m build --wheel" in text
     assert any(e.startswith("bids-validator-deno==") for e in _wheel_extras()), (
         "the App validates its input by default: the image needs the BIDS validator")
@@ -115,8 +143,52 @@ def test_dockerfile_contract():
         assert f"org.opencontainers.image.{label}=" in text, label
     # the build context files the Dockerfile copies exist and are not ignored
     ignore = (REPO / "containers" / "Dockerfile.dockerignore").read_text()
-    for f in ("pyproject.toml", "README.md", "qsmflow/"):
+    for f in ("pyproject.toml", "README.md", "qsmflow/", "containers/constraints.txt"):
         assert (REPO / f.rstrip("/")).exists() and f"!{f}" in ignore
+
+
+def _pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line)
+            assert m, f"containers/constraints.txt: not NAME==VERSION: {line!r}"
+            pins[canonicalize_name(m[1])] = m[2]
+    return pins
+
+
+def test_constraints_meet_pyproject():
+    """Every version pinned for the image satisfies qsmflow's own requirements (a dependency
+    raised in pyproject.toml needs its pin raised in containers/constraints.txt too)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _pins()
+    assert pins, "containers/constraints.txt pins nothing"
+    for own in ("qsmflow", "torch", "pip", "bids-validator-deno"):
+        assert own not in pins, f"{own} is pinned in the Dockerfile, not in constraints.txt"
+    pins["torch"] = _arg("TORCH_VERSION")
+    pins["bids-validator-deno"] = next(e.split("==")[1] for e in _wheel_extras()
+                                       if e.startswith("bids-validator-deno=="))
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"}
+    bad = []
+    for dep in map(Requirement, deps):
+        if dep.marker is not None and not dep.marker.evaluate(env):
+            continue
+        v = pins.get(canonicalize_name(dep.name))
+        if v is not None and not dep.specifier.contains(v, prereleases=True):
+            bad.append(f"{dep} (pinned {v})")
+    assert not bad, ("containers/constraints.txt pins versions pyproject.toml excludes: "
+                     + ", ".join(bad) + "; update the pins (see the file's header)")
 
 
 def test_apptainer_definition():
@@ -171,7 +243,7 @@ def test_replay_install_in_fresh_venv_and_run_demo(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--no-cache-dir"]
+    pip = [str(py), "-m", "pip", "install", "-q", "--no-cache-dir", "-c", str(CONSTRAINTS)]
     r = subprocess.run(pip + [f"torch=={_arg('TORCH_VERSION')}"], capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
