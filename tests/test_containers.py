@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from qsmflow._compat import tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "containers" / "Dockerfile"
 APPTAINER = REPO / "containers" / "apptainer.def"
@@ -163,10 +165,6 @@ def _pins() -> dict[str, str]:
 def test_constraints_meet_pyproject():
     """Every version pinned for the image satisfies qsmflow's own requirements (a dependency
     raised in pyproject.toml needs its pin raised in containers/constraints.txt too)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
