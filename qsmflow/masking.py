@@ -213,16 +213,6 @@ def brain_from_foreground(fg, voxel_size, open_mm, fill_holes=True) -> np.ndarra
     return brain
 
 
-def foreground(mag) -> np.ndarray:
-    """Tissue foreground (bool) of a magnitude (3D, or 4D with echoes last, combined by
-    root-sum-of-squares): above half of Otsu's threshold of the non-zero voxels."""
-    m = combine_echoes(mag)
-    pos = m[m > 0]
-    if pos.size == 0:
-        raise ValueError("magnitude is all zero: no signal to mask")
-    return m > 0.5 * otsu_threshold(pos)
-
-
 def deepbet_available() -> bool:
     """True when the ``deepbet`` package (with its shipped weights) can be imported."""
     try:

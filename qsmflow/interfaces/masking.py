@@ -99,8 +99,7 @@ class BrainMask(SimpleInterface):
             raise ValueError(f"the {method} brain mask is empty: check the magnitude/phase "
                              "images or choose another --masking")
         self._results["out_mask"] = str(save_nifti(out_file("brain_mask.nii"), mask, affine))
-        used = method if extractor == method else f"{extractor}" + (
-            " + phase-quality" if method == "combined" else "")
+        used = extractor + (" + phase-quality" if method == "combined" else "")
         self._results["out_meta"] = {"Masking": used, "MaskingRequested": method,
                                      "MaskingParameters": jsonable(params)}
         return runtime
