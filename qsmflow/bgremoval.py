@@ -148,6 +148,19 @@ def _erode_smv(grid, mask_pad, s_half, n_ball):
     return grid.conv(mask_pad, s_half) > 1.0 - 0.5 / n_ball
 
 
+def smv_highpass(shape, mask_padded, voxel_size, radius_mm, workers=None):
+    """The SHARP high-pass ``C = δ − SMV(radius_mm)`` on a zero-padded grid of ``shape``:
+    ``(grid, c_half, eroded)`` with ``c_half`` its real half spectrum (moment-corrected SMV, as
+    RESHARP uses) and ``eroded`` the voxels of ``mask_padded`` whose whole ball lies inside it
+    (where ``C·f`` of a field harmonic in the mask is 0). ``voxel_size`` and ``radius_mm`` in
+    mm."""
+    grid = _Grid(shape, workers)
+    smv, ball = _smv_half(grid, voxel_size, radius_mm)
+    mp = np.asarray(mask_padded, np.float32)
+    eroded = _erode_smv(grid, mp, ball, _ball_count(voxel_size, radius_mm)) & (mp > 0)
+    return grid, np.float32(1.0) - smv, eroded
+
+
 def _vdot(a, b):
     return float(np.vdot(a, b).real)
 

@@ -28,6 +28,10 @@ from . import physics
 
 #: susceptibility of air relative to tissue/water (ppm)
 CHI_AIR = 9.4
+#: dipole kernel of the simulated fields (:func:`qsmflow.physics.dipole_kernel_hybrid`: the
+#: point-dipole far field, so the background is harmonic in the brain for any B0 direction, and
+#: the data are not made with the very kernel the inversions use)
+FORWARD_KERNEL = "hybrid"
 
 #: largest |χ| (ppm) of non-brain tissue a brain-mask voxel may carry by partial volume
 NONBRAIN_CHI_MAX = 0.05
@@ -136,14 +140,17 @@ class HeadPhantom:
     def local_field_ppm(self, b0_dir=None) -> np.ndarray:
         """True local field (ppm): the field of :attr:`chi_brain`. ``b0_dir`` in voxel axes,
         default from ``affine``."""
-        return physics.forward_field(self.chi_brain, self.voxel_size, self._b0(b0_dir))
+        return physics.forward_field(self.chi_brain, self.voxel_size, self._b0(b0_dir),
+                                     kernel=FORWARD_KERNEL)
 
     def total_field_ppm(self, b0_dir=None) -> np.ndarray:
         """Total field (ppm) of all of χ in a head surrounded by air (field of χ − χ_air),
         including the parts of the head outside the FOV when :attr:`chi_ext` is set."""
         if self.chi_ext is None:
-            return physics.forward_field(self.chi - CHI_AIR, self.voxel_size, self._b0(b0_dir))
-        f = physics.forward_field(self.chi_ext - CHI_AIR, self.voxel_size, self._b0(b0_dir))
+            return physics.forward_field(self.chi - CHI_AIR, self.voxel_size, self._b0(b0_dir),
+                                         kernel=FORWARD_KERNEL)
+        f = physics.forward_field(self.chi_ext - CHI_AIR, self.voxel_size, self._b0(b0_dir),
+                                  kernel=FORWARD_KERNEL)
         return f[tuple(slice(o, o + n) for o, n in zip(self.ext_offset, self.shape))]
 
     def background_field_ppm(self, b0_dir=None) -> np.ndarray:

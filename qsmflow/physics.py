@@ -246,16 +246,59 @@ def smv_kernel(shape, voxel_size, radius_mm) -> np.ndarray:
     return sfft.fftn(ball).real
 
 
+#: distance (in largest voxel sides) beyond which :func:`dipole_kernel_hybrid` uses the point
+#: dipole field instead of the band-limited kernel
+HYBRID_NEAR_VOXELS = 3.0
+
+
+def dipole_kernel_hybrid(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), workers=None,
+                         near_voxels=HYBRID_NEAR_VOXELS) -> np.ndarray:
+    """Half-spectrum (``rfftn`` grid of ``shape``) dipole kernel for *simulation*: the
+    band-limited kernel of :func:`dipole_kernel` within ``near_voxels`` largest voxel sides of
+    the source, the sampled point-dipole field V·(3cos²θ − 1)/(4π r³) beyond; D(0) = 0.
+
+    Sampled on the grid, the band-limited kernel is not the dipole field away from the source:
+    its sinc tails are wrong along the axis lines and, for a B0 oblique to the grid, the cross
+    terms k_i·k_j/k² spread a checkerboard over whole planes through every source voxel. The
+    field of the air and bone around the brain then is not harmonic inside it (on the 1.5 mm
+    whole head with B0 18° off axis, ‖C·f_bg‖ = 1.6 × ‖C·f_local‖ instead of 0.16 along the
+    axis), which no real scan shows: a real field is sampled from a continuous one. The far
+    field of a voxel is a point dipole to within (voxel/r)², so this kernel keeps the near field
+    (and the on-axis B0 case to within 1 % of the local field) and removes the artefact (0.38).
+    """
+    vs = check_voxel_size(voxel_size)
+    b = check_b0_dir(b0_dir)
+    workers = workers or fft_workers()
+    shape = tuple(int(n) for n in shape)
+    d = sfft.irfftn(dipole_kernel(shape, vs, b, half=True), s=shape, workers=workers)
+    g = np.meshgrid(*[sfft.fftfreq(n, 1.0 / n) * v for n, v in zip(shape, vs)], indexing="ij",
+                    sparse=True)
+    r2 = g[0] ** 2 + g[1] ** 2 + g[2] ** 2
+    far = r2 >= (float(near_voxels) * max(vs)) ** 2
+    rb2 = (g[0] * b[0] + g[1] * b[1] + g[2] * b[2]) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(np.prod(vs)) / (4.0 * np.pi) * (3.0 * rb2 / r2 - 1.0) / r2**1.5
+    np.copyto(d, point, where=far)
+    del point, far, r2, rb2
+    k = sfft.rfftn(d, workers=workers).real
+    k[0, 0, 0] = 0.0
+    return k
+
+
 # --------------------------------------------------------------------------------------------
 # forward model
 # --------------------------------------------------------------------------------------------
-def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=None) -> np.ndarray:
+def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=None,
+                  kernel="kspace") -> np.ndarray:
     """Field perturbation (ppm, relative to B0) of a susceptibility map ``chi`` (ppm).
 
     The array is zero-padded to a fast FFT size ≥ 2× its size (or ``shape + pad``) so the
     convolution does not wrap around, then cropped back. ``voxel_size`` in mm per array axis,
-    ``b0_dir`` a unit vector in voxel axes.
+    ``b0_dir`` a unit vector in voxel axes. ``kernel``: "kspace" (:func:`dipole_kernel`, the
+    model the inversions use) or "hybrid" (:func:`dipole_kernel_hybrid`, for simulating data).
     """
+    if kernel not in ("kspace", "hybrid"):
+        raise ValueError(f"kernel must be 'kspace' or 'hybrid', got {kernel!r}")
     chi = np.asarray(chi, dtype=float)
     if chi.ndim != 3:
         raise ValueError(f"chi must be a 3D array, got shape {chi.shape}")
@@ -263,7 +306,8 @@ def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=Non
         raise ValueError("chi contains NaN or Inf: replace them (e.g. np.nan_to_num) first")
     workers = workers or fft_workers()
     pshape = padded_shape(chi.shape, pad)
-    d = dipole_kernel(pshape, voxel_size, b0_dir, half=True)
+    d = (dipole_kernel(pshape, voxel_size, b0_dir, half=True) if kernel == "kspace" else
+         dipole_kernel_hybrid(pshape, voxel_size, b0_dir, workers))
     f = sfft.irfftn(sfft.rfftn(pad_array(chi, pshape), workers=workers) * d, s=pshape,
                     workers=workers)
     return crop_array(f, chi.shape)

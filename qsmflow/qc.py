@@ -128,7 +128,11 @@ def cone_energy(field, mask, voxel_size, b0_dir, d_max=CONE_D_MAX) -> float:
     kx, ky, kz = physics.kspace_grid(f.shape, voxel_size, half=True)
     k = np.sqrt(kx**2 + ky**2 + kz**2)
     # the lowest frequencies carry the mask's own shape (its truncation), not the dipole
-    keep = k > 2.0 / (np.asarray(f.shape) * physics.check_voxel_size(voxel_size)).min()
+    vs = physics.check_voxel_size(voxel_size)
+    keep = k > 2.0 / (np.asarray(f.shape) * vs).min()
+    # inside the ball every direction is sampled up to the same |k| (thick slices reach a lower
+    # Nyquist along their axis, which would skew the cone of one B0 axis against the others)
+    keep &= k <= 0.5 / max(vs)
     cone = keep & (np.abs(d) < d_max)
     if not cone.any():
         return float("nan")

@@ -34,7 +34,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def truth_errors(bids_dir: Path, out_dir: Path, subjects, inversions) -> list[tuple]:
     """``[(subject, method, NRMSE %)]`` of every χ map against the phantom's truth, inside the
-    intersection of the pipeline's and the true brain mask."""
+    intersection of the pipeline's and the true brain mask (for a single-step method, which
+    reads the total field, of its χ map's support and the true brain mask)."""
+    from ..inversion import TOTAL_FIELD_METHODS
     from ..io import load_nifti
     from ..metrics import nrmse_demeaned
 
@@ -49,7 +51,8 @@ def truth_errors(bids_dir: Path, out_dir: Path, subjects, inversions) -> list[tu
         m = mask & mask_true
         for meth in inversions:
             chi = load_nifti(d / f"sub-{sub}_desc-{meth}_Chimap.nii.gz")[0]
-            rows.append((sub, meth, nrmse_demeaned(chi, chi_true, m)))
+            mm = mask_true & (chi != 0) if meth in TOTAL_FIELD_METHODS else m
+            rows.append((sub, meth, nrmse_demeaned(chi, chi_true, mm)))
     return rows
 
 

@@ -77,7 +77,10 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("methods")
     g.add_argument("--inversion", nargs="+", metavar="METHOD",
                    help="dipole inversions, one χ map (ppm) each: tkd tikhonov ilsqr medi fansi "
-                        "tv metaqsm mesaqsm qsminvnet: qsmflow's implementations of the published "
+                        "tv metaqsm mesaqsm qsminvnet, or sstv (single-step TV: inverts the "
+                        "total field in the whole brain mask, background removal built in, so "
+                        "it keeps the cortex that --bgremoval erodes): qsmflow's "
+                        "implementations of the published "
                         "algorithms (not the authors' toolboxes), the networks with qsmflow's "
                         f"shipped weights (default: {' '.join(DEFAULT_INVERSIONS)})")
     g.add_argument("--bgremoval", choices=list(BG_METHODS),

@@ -14,8 +14,10 @@ from ._base import geometry, jsonable, opt, out_file, threads
 
 
 class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
-    local_field = File(exists=True, mandatory=True, desc="local field (Hz)")
-    mask = File(exists=True, mandatory=True, desc="brain mask the local field is valid in")
+    local_field = File(exists=True, mandatory=True,
+                       desc="local field (Hz); the total field for inversion.TOTAL_FIELD_METHODS")
+    mask = File(exists=True, mandatory=True, desc="mask the field is valid in (the brain mask "
+                "for inversion.TOTAL_FIELD_METHODS)")
     b0_tesla = traits.Float(mandatory=True, desc="field strength (T)")
     method = traits.Enum(*inversion.METHODS, mandatory=True, desc="inversion method")
     params = traits.Dict(desc="method parameters (see qsmflow.inversion.method_parameters)")
@@ -63,4 +65,8 @@ class DipoleInversion(SimpleInterface):
             "MagneticFieldStrength": b0,
             "B0Direction": [round(float(x), 6) for x in b0_dir],
         }
+        if method in inversion.TOTAL_FIELD_METHODS:
+            self._results["out_meta"]["Input"] = (
+                "total field in the brain mask (background removal inside the data term); χ "
+                "is valid in the brain mask less its outer edge_mm")
         return runtime

@@ -29,17 +29,22 @@ METHODS: dict[str, str] = {
     "medi": "qsmflow.inversion.medi:medi",
     "fansi": "qsmflow.inversion.fansi:fansi",
     "tv": "qsmflow.inversion.tv:tv_admm",
+    "sstv": "qsmflow.inversion.sstv:sstv",
     "metaqsm": "qsmflow.nn.inference:metaqsm",
     "mesaqsm": "qsmflow.nn.inference:mesaqsm",
     "qsminvnet": "qsmflow.nn.inference:qsminvnet",
 }
 
-#: the non-learned methods (no torch, no weights)
+#: the non-learned methods of the local field (no torch, no weights)
 CONVENTIONAL = ("tkd", "tikhonov", "ilsqr", "medi", "fansi", "tv")
+
+#: methods that read the *total* field in the whole brain mask (background removal built in)
+#: instead of the local field in the background-removed mask
+TOTAL_FIELD_METHODS = ("sstv",)
 
 _COMMON = ("field_ppm", "mask", "voxel_size", "b0_dir", "magnitude", "noise")
 
-__all__ = ["METHODS", "CONVENTIONAL", "REFERENCE_MODES", "get_method", "invert",
+__all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "valid_mask", "REFERENCE_MODES", "get_method", "invert",
            "method_parameters", "resolved_parameters", "reference"]
 
 
@@ -59,6 +64,15 @@ def get_method(method: str):
     except AttributeError:
         raise ValueError(f"inversion method {method!r} is registered as {METHODS[method]} but "
                          f"{modname} has no {fname}: update qsmflow.inversion.METHODS") from None
+
+
+def valid_mask(method, mask, voxel_size, **params):
+    """Where ``method`` returns χ for a run on ``mask``: ``mask`` itself, or for a
+    total-field method the mask less the rim it leaves out (``edge_mm``)."""
+    if method in TOTAL_FIELD_METHODS:
+        from qsmflow.inversion import sstv
+        return sstv.valid_mask(mask, voxel_size, params.get("edge_mm"))
+    return np.asarray(mask, bool)
 
 
 def method_parameters(method: str) -> dict[str, dict]:
@@ -98,7 +112,9 @@ def resolved_parameters(method: str, **params) -> dict:
 
 def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
            noise=None, reference_mode="mean", csf_mask=None, **params):
-    """Run inversion ``method`` on a local field (ppm) and reference the result once.
+    """Run inversion ``method`` on a local field (ppm) and reference the result once (a
+    :data:`TOTAL_FIELD_METHODS` method: on the total field in the brain mask, referenced in
+    its :func:`valid_mask`).
 
     ``reference_mode``: "mean" (mean χ in ``mask`` = 0, default), "csf" (needs ``csf_mask``) or
     "none". Other keyword arguments are the method's parameters (:func:`method_parameters`).
@@ -118,4 +134,4 @@ def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magni
     if chi.shape != m.shape:
         raise ValueError(f"method {method!r} returned shape {chi.shape} for input {m.shape}: "
                          "the method is broken")
-    return reference(chi, m, reference_mode, csf_mask)
+    return reference(chi, valid_mask(method, m, vs, **params), reference_mode, csf_mask)

@@ -214,7 +214,8 @@ def cg(apply_a, b, x0=None, tol=1e-2, max_iter=100):
 
 
 def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
-            rad_per_ppm=DEFAULT_RAD_PER_PPM, tol=1e-2, max_iter=100, newton_iter=2):
+            rad_per_ppm=DEFAULT_RAD_PER_PPM, tol=1e-2, max_iter=100, newton_iter=2,
+            tv_weight=None):
     """ADMM for α‖∇χ‖₁ + data term on the padded grid of ``op``; returns padded χ (ppm).
 
     ``w2 is None``: unweighted ½‖Dχ − f‖², closed form per iteration with penalty ``mu1`` on
@@ -222,7 +223,8 @@ def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
     ½‖W(Dχ − f)‖² (``w2`` = W², padded) or, with ``nonlinear``, 1/s²·½‖W(e^{isDχ} − e^{isf})‖²,
     through a second split z2 = Dχ with penalty ``mu2`` (Milovic et al. 2018; two FFT pairs per
     iteration; z2 by ``newton_iter`` Newton steps, only where W > 0). Stops when the relative
-    change of χ is below ``tol``. Uses the identities z1 = v − clip(v), u1 = clip(v) for
+    change of χ is below ``tol``. ``tv_weight`` (3,)+padded shape, optional: a per-gradient
+    weight of the TV term (MEDI's edge mask: 0 on anatomical edges). Uses the identities z1 = v − clip(v), u1 = clip(v) for
     v = ∇χ + u1 (soft threshold at α/µ1), so only z1 − u1 is stored.
     """
     vs = op.vs
@@ -251,6 +253,8 @@ def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
     u1 = np.zeros_like(q)
     g = np.empty_like(q)
     thr = np.float32(alpha / mu1)
+    if tv_weight is not None:
+        thr = (thr * tv_weight).astype(np.float32)
     for _ in range(int(max_iter)):
         rhs = op.fft(grad_adj(q, vs))
         rhs *= mu1_

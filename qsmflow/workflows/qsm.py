@@ -11,6 +11,7 @@ from ..interfaces import (BackgroundRemoval, BrainMask, DipoleInversion, MultiEc
                           RelaxationMaps, ScalePhase, SWIMaps, UserBrainMask)
 from ..interfaces._base import estimate_mem_gb
 from ..interfaces.qc import QualityControl
+from ..inversion import TOTAL_FIELD_METHODS
 from ..maps import SWI_N_MASK
 
 #: citations of each method (methods text of the report)
@@ -34,6 +35,8 @@ CITATIONS = {
             "2011;66:777-783",
     "fansi": "Milovic C et al. FANSI. Magn Reson Med 2018;80:814-821",
     "tv": "Bilgic B et al. Magn Reson Med 2014;72:1444-1459 (TV by ADMM)",
+    "sstv": "Chatnuntawech I et al. Single-step quantitative susceptibility mapping with "
+            "variational penalties. NMR Biomed 2017;30:e3570",
     "metaqsm": "Liu J, Koch KM. Meta-QSM: an image-resolution-arbitrary network for QSM "
                "reconstruction. arXiv:1908.00206, 2019 (qsmflow implementation)",
     "mesaqsm": "Mesa-QSM, the fixed-resolution baseline of Liu J, Koch KM. Meta-QSM. "
@@ -227,9 +230,14 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
         invert = pe.Node(DipoleInversion(method=method, params=params.get(method, {}),
                                          num_threads=omp_nthreads),
                          name=f"invert_{method}", n_procs=omp_nthreads, mem_gb=mem(n_arrays))
+        # single-step methods read the total field in the whole brain mask instead
+        field_src, field_links = (
+            (fit_field, brain_mask) if method in TOTAL_FIELD_METHODS else
+            (remove_background, remove_background))
         connections += [
             (inputnode, invert, [("b0_tesla", "b0_tesla"), ("b0_dir", "b0_dir")]),
-            (remove_background, invert, [("out_field", "local_field"), ("out_mask", "mask")]),
+            (field_src, invert, [("out_field", "local_field")]),
+            (field_links, invert, [("out_mask", "mask")]),
             (fit_field, invert, [("out_noise", "noise")]),
             (invert, gather_chi, [("out_file", f"in{i}")]),
             (invert, gather_meta, [("out_meta", f"in{i}")]),
@@ -275,14 +283,20 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
     if "swi" in clinical_maps:
         cites.append("clearswi")
     refs = "; ".join(f"[{i}] {CITATIONS.get(c, c)}" for i, c in enumerate(dict.fromkeys(cites), 1))
-    inv = ", ".join(m.upper() if len(m) <= 4 else m for m in inversions)
+    local = [m for m in inversions if m not in TOTAL_FIELD_METHODS]
+    inv = ", ".join(m.upper() if len(m) <= 4 else m for m in local)
+    inv_text = (f"The background field was removed with {bgremoval.upper()}, and the local field "
+                f"(converted to ppm) was inverted with {inv}; " if local else "")
+    if len(local) < len(inversions):
+        inv_text += ("single-step TV (SS-TV, qsmflow's implementation) inverted the total field "
+                     "(ppm) in the whole brain mask directly, with the SMV high-pass of the "
+                     "background removal inside its data term; ")
     return (
         f"Quantitative susceptibility maps were computed with qsmflow, built on Nipype. The "
         f"phase of the {n_echoes}-echo gradient-echo acquisition was scaled to radians and "
         f"unwrapped with {unwrap}; the total field (Hz) was fitted by magnitude-weighted least "
         f"squares of the unwrapped phase against echo time, which also gave a per-voxel noise "
-        f"map. The brain was delineated with {mask}. The background field was removed with "
-        f"{bgremoval.upper()}, and the local field (converted to ppm) was inverted with {inv}; "
+        f"map. The brain was delineated with {mask}. {inv_text}"
         f"each susceptibility map was referenced to a mean of 0 ppm inside the brain mask. "
         f"Every step is qsmflow's own implementation of the cited method (not the authors' "
         f"software{_authors_software(unwrapping, cites)}), the networks with "
