@@ -32,6 +32,14 @@ DEFAULT_CASES = ("3T-1mm", "7T-1mm", "1.5T-1mm", "3T-0.75x0.75x2mm", "3T-0.76x0.
                  "3T-1mm-oblique18", "3T-1mm+brainlike", "7T-1mm+brainlike")
 
 
+def _qc(log: str) -> str:
+    """The App's QC verdict of the participant (PASS / WARN / FAIL) from its log."""
+    for verdict in ("FAIL", "WARN", "PASS"):
+        if f"QC {verdict}" in log:
+            return verdict
+    return "?"
+
+
 def _find(root: Path, pattern: str) -> Path:
     hits = sorted(root.rglob(pattern))
     if not hits:
@@ -128,7 +136,7 @@ def run(figdir: Path, quick: bool) -> str:
             t_sim = time.perf_counter() - t0
             app = run_app(tmp / "bids", tmp / "out", tmp / "work", inversions=INVERSIONS)
             if app["rc"] != 0:
-                rows.append([name, "failed", app["log"][-300:].replace("\n", " ")] + [""] * 7)
+                rows.append([name, "failed", app["log"][-300:].replace("\n", " ")] + [""] * 10)
                 continue
             res = evaluate(tmp / "bids", tmp / "out", tmp / "work", c["b0_tesla"])
             fig = figdir / f"wholehead_{spec.replace('+', '_')}.png"
@@ -144,7 +152,7 @@ def run(figdir: Path, quick: bool) -> str:
                     + [res["cover"][m] for m in TOTAL_FIELD_METHODS if m in INVERSIONS]
                     + [res["local"]] + [res["chi"][m] for m in INVERSIONS]
                     + [f"{best} {'yes' if res['chi'][best] <= TARGET_NRMSE and res['dice'] >= TARGET_DICE and res['cover'][best] >= TARGET_COVER else '**no**'}",
-                       app["wall_s"]])
+                       _qc(app["log"]), app["wall_s"]])
         print(f"[wholehead] {name}: sim {t_sim:.0f} s, app {app['wall_s']:.0f} s, "
               f"Dice {res['dice']:.3f}, cover {res['coverage']:.2f}, χ {res['chi']}", flush=True)
     load1 = os.getloadavg()[0]
@@ -165,7 +173,7 @@ def run(figdir: Path, quick: bool) -> str:
     text += md_table(["case", "voxel, matrix", "Dice", "coverage"]
                      + [f"{m} coverage" for m in TOTAL_FIELD_METHODS if m in INVERSIONS]
                      + ["local %"]
-                     + [f"χ {m} %" for m in INVERSIONS] + ["best, targets met", "app wall (s)"],
+                     + [f"χ {m} %" for m in INVERSIONS] + ["best, targets met", "QC", "app wall (s)"],
                      rows)
     if step_rows:
         text += "\nTime per step (s):\n\n"
