@@ -270,11 +270,9 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
     rv = [int(np.ceil(radius_mm / d)) + 1 for d in vs]
     box = _box(m, rv)
     sub_shape = tuple(s.stop - s.start for s in box)
-    grid = _Grid(_fast_shape(sub_shape, rv), workers)
-    smv, ball = _smv_half(grid, vs, radius_mm)
-    c_half = np.float32(1.0) - smv
-    mp = grid.pad(m[box])
-    me = _erode_smv(grid, mp, ball, _ball_count(vs, radius_mm)) & (mp > 0)
+    shape = _fast_shape(sub_shape, rv)
+    grid, c_half, me = smv_highpass(shape, physics.pad_array(m[box], shape), vs, radius_mm,
+                                    workers)
     if not me.any():
         raise ValueError(f"the mask vanishes when eroded by the {radius_mm} mm kernel: use a "
                          "smaller radius_mm")

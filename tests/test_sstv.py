@@ -3,7 +3,6 @@ the phantom's truth, against the two-step chain it replaces, and in the App's gr
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 import pytest
 
@@ -61,7 +60,11 @@ def test_sstv_uses_the_b0_direction_and_axis_order(head, chi):
     np.testing.assert_allclose(swapped, chi, atol=1e-4)
 
 
-def test_sstv_thick_slices(tmp_path):
+#: χ NRMSE ceiling (%) on 1.5×1.5×4.5 mm slices
+THICK_MAX = 60.0  # measured 54.7 in 95 % (RESHARP→MEDI: 54.9 in its 90 % of the mask)
+
+
+def test_sstv_thick_slices():
     vs = (1.5, 1.5, 4.5)
     p = make_head_phantom((96, 112, 32), vs, seed=1)
     m = p.brain_mask
@@ -69,9 +72,6 @@ def test_sstv_thick_slices(tmp_path):
     v = valid_mask("sstv", m, vs)
     assert v.sum() / m.sum() > 0.85      # the edge is one in-plane voxel, not one slice
     assert metrics.nrmse_detrended(x, p.chi_brain, v) < THICK_MAX
-
-
-THICK_MAX = 60.0  # measured 54.7 in 95 % (RESHARP→MEDI: 54.9 in its 90 % of the mask)
 
 
 def test_sstv_bad_parameters(head):
@@ -97,4 +97,3 @@ def test_sstv_reads_the_total_field_in_the_brain_mask():
     links = g.get_edge_data(by_name["fit_field"], by_name["invert_sstv"])["connect"]
     assert ("out_field", "local_field") in links
     assert "Chatnuntawech" in wf.__desc__ and "single-step TV" in wf.__desc__
-    assert isinstance(g, nx.DiGraph)

@@ -44,8 +44,8 @@ TOTAL_FIELD_METHODS = ("sstv",)
 
 _COMMON = ("field_ppm", "mask", "voxel_size", "b0_dir", "magnitude", "noise")
 
-__all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "valid_mask", "REFERENCE_MODES", "get_method", "invert",
-           "method_parameters", "resolved_parameters", "reference"]
+__all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "REFERENCE_MODES", "get_method",
+           "invert", "method_parameters", "resolved_parameters", "reference", "valid_mask"]
 
 
 def get_method(method: str):

@@ -224,8 +224,9 @@ def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
     through a second split z2 = Dχ with penalty ``mu2`` (Milovic et al. 2018; two FFT pairs per
     iteration; z2 by ``newton_iter`` Newton steps, only where W > 0). Stops when the relative
     change of χ is below ``tol``. ``tv_weight`` (3,)+padded shape, optional: a per-gradient
-    weight of the TV term (MEDI's edge mask: 0 on anatomical edges). Uses the identities z1 = v − clip(v), u1 = clip(v) for
-    v = ∇χ + u1 (soft threshold at α/µ1), so only z1 − u1 is stored.
+    weight of the TV term (MEDI's edge mask: 0 on anatomical edges). Uses the identities
+    z1 = v − clip(v), u1 = clip(v) for v = ∇χ + u1 (soft threshold at α/µ1), so only z1 − u1
+    is stored.
     """
     vs = op.vs
     mu1_ = np.float32(mu1)

@@ -29,9 +29,6 @@ from qsmflow import bgremoval
 from qsmflow.inversion import _ops
 from qsmflow.inversion.medi import edge_mask
 
-#: this method reads the total field (background included) and the whole brain mask
-INPUT_FIELD = "total"
-
 UNITS = {"radius_mm": "mm (SMV kernel radius; default max(4 mm, 2 × largest voxel side))",
          "alpha": "ppm·mm (TV weight)",
          "edge_fraction": "1 (fraction of magnitude gradients left unpenalised, as MEDI)",
@@ -82,6 +79,8 @@ def sstv(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
     mu1 = 50.0 * alpha if mu1 is None else mu1
     _ops.check_positive(radius_mm=radius_mm, alpha=alpha, mu1=mu1, mu2=mu2, tol=tol,
                         max_iter=max_iter)
+    if not 0 <= edge_fraction < 1:
+        raise ValueError(f"sstv edge_fraction must be in [0, 1), got {edge_fraction!r}")
     inner = valid_mask(m, vs, edge_mm)
     op = _ops.DipoleOp(f.shape, vs, b, pad)
     grid, c_half, me = bgremoval.smv_highpass(op.pshape, op.pad(m), vs, float(radius_mm),
@@ -94,8 +93,6 @@ def sstv(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
     w2 = (op.pad(_ops.data_weight(m, noi, mag)) * me) ** 2
     tv_weight = None
     if mag is not None and edge_fraction:
-        if not 0 < edge_fraction < 1:
-            raise ValueError(f"sstv edge_fraction must be in [0, 1), got {edge_fraction!r}")
         tv_weight = np.stack([op.pad(g) for g in edge_mask(mag, m, vs, edge_fraction)])
     chi = _ops.admm_tv(op, cf, w2, alpha=alpha, mu1=mu1, mu2=mu2, nonlinear=False, tol=tol,
                        max_iter=max_iter, tv_weight=tv_weight)

@@ -231,13 +231,13 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
                                          num_threads=omp_nthreads),
                          name=f"invert_{method}", n_procs=omp_nthreads, mem_gb=mem(n_arrays))
         # single-step methods read the total field in the whole brain mask instead
-        field_src, field_links = (
+        field_src, mask_src = (
             (fit_field, brain_mask) if method in TOTAL_FIELD_METHODS else
             (remove_background, remove_background))
         connections += [
             (inputnode, invert, [("b0_tesla", "b0_tesla"), ("b0_dir", "b0_dir")]),
             (field_src, invert, [("out_field", "local_field")]),
-            (field_links, invert, [("out_mask", "mask")]),
+            (mask_src, invert, [("out_mask", "mask")]),
             (fit_field, invert, [("out_noise", "noise")]),
             (invert, gather_chi, [("out_file", f"in{i}")]),
             (invert, gather_meta, [("out_meta", f"in{i}")]),
