@@ -35,8 +35,10 @@ import yaml
 
 from ._compat import tomllib
 
-#: defaults of the science settings
-DEFAULT_INVERSIONS = ("tkd", "medi")
+#: defaults of the science settings: TKD (fast, a baseline), MEDI (the two-step reference) and
+#: single-step TV from the total field, the one that keeps the cortex the background removal
+#: erodes and the most accurate on whole heads and thick slices (benchmarks/RESULTS.md)
+DEFAULT_INVERSIONS = ("tkd", "medi", "sstv")
 #: RESHARP with a 2 mm kernel (at least 2 voxels) and λ 1e-4·(r/6 mm)² (qsmflow.bgremoval.resharp):
 #: keeps ≥ 90 % of a 1 mm whole-head brain mask at the best whole-brain local-field NRMSE
 #: measured (docs/fieldmap.md)

@@ -395,9 +395,10 @@ def _grow(wrapped, unwrapped, done, todo, quality, n_levels=6, max_iter=100000):
     done[...] = dn.reshape(shp)[pad]
 
 
-def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
+def region_growing_unwrap(phase, magnitude=None, mask=None, *, voxel_size, quality=None,
                           core_quantile=0.1) -> np.ndarray:
-    """Quality-guided unwrapping (rad): ``phase + 2π·k`` with integer ``k`` per voxel.
+    """Quality-guided unwrapping (rad): ``phase + 2π·k`` with integer ``k`` per voxel;
+    ``voxel_size`` (mm per array axis) for the Laplacian estimate of step 3.
 
     1. voxel quality (:func:`unwrap_quality`: phase coherence, magnitude) unless given;
     2. the reliable core (mask voxels above the ``core_quantile`` quality quantile, largest
@@ -415,6 +416,7 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
     from skimage.restoration import unwrap_phase
 
     ph = _check_volume(phase).astype(np.float64)
+    vs = physics.check_voxel_size(voxel_size)
     m = _check_mask(mask, ph.shape)
     if magnitude is not None:
         magnitude = _check_volume(magnitude, "magnitude")
@@ -445,7 +447,7 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, quality=None,
     left = m & ~done  # islands not connected to the core: unwrap each on its own, then
     if left.any():    # shift it by the 2π multiple that agrees with its surroundings
         main = done.copy()
-        lap = laplacian_unwrap(ph, (1.0, 1.0, 1.0))  # smooth, globally consistent estimate
+        lap = laplacian_unwrap(ph, vs)  # smooth, globally consistent estimate
         gap = out - lap
         lab, _ = ndimage.label(left)
         for i, bbox in enumerate(ndimage.find_objects(lab), 1):
@@ -555,12 +557,14 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method=DEFAU
         ph, _ = bipolar_correction(ph, te, mag, voxel_size=vs)
     n = ph.shape[-1]
     if n == 1:
-        u = region_growing_unwrap(ph[..., 0], None if mag is None else mag[..., 0], m)
+        u = region_growing_unwrap(ph[..., 0], None if mag is None else mag[..., 0], m,
+                                  voxel_size=vs)
         return u[..., None]
     m1 = None if mag is None else mag[..., 0]
     m2 = None if mag is None else mag[..., 1]
     psi = _wrap(ph[..., 1].astype(np.float64) - ph[..., 0])
-    psi_u = region_growing_unwrap(psi, None if mag is None else np.sqrt(m1 * m2), m)
+    psi_u = region_growing_unwrap(psi, None if mag is None else np.sqrt(m1 * m2), m,
+                                  voxel_size=vs)
     omega = psi_u / (te[1] - te[0])
     z0 = np.exp(1j * (ph[..., 0] - omega * te[0]))
     if m1 is not None:

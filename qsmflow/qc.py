@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from . import physics
+from . import bgremoval, physics
 
 #: |χ| (ppm) above which a brain voxel is implausible (veins and iron-rich nuclei stay below
 #: ~0.5 ppm at the resolution of a clinical scan; haemorrhage can exceed it locally)
@@ -117,6 +117,30 @@ def forward_residual(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir) -> floa
     return float(np.linalg.norm(model - f) / max(np.linalg.norm(f), 1e-30))
 
 
+def highpass(field, mask, voxel_size, radius_mm, pad=8):
+    """``(C·(field·mask), eroded)``: the SHARP high-pass ``C = δ − SMV(radius_mm)`` (mm) of a
+    field (any unit) cut to ``mask``, and ``mask`` eroded by the ball, where ``C`` removes any
+    field harmonic in the mask (a background field). Zero-padded by ``pad`` voxels per axis."""
+    m = np.asarray(mask, bool)
+    shape = physics.padded_shape(m.shape, pad)
+    grid, c_half, me = bgremoval.smv_highpass(shape, physics.pad_array(m, shape), voxel_size,
+                                              float(radius_mm))
+    cf = grid.conv(grid.pad(np.where(m, field, 0.0)), c_half)
+    return physics.crop_array(cf, m.shape), physics.crop_array(me, m.shape)
+
+
+def forward_residual_total(chi_ppm, total_field_ppm, brain_mask, voxel_size, b0_dir,
+                           radius_mm) -> float:
+    """‖M_e·C(D∗χ − f)‖ / ‖M_e·C f‖ for a χ map (ppm) made from the total field ``f`` (ppm)
+    in ``brain_mask`` by a single-step method: its own data term, with ``C`` and ``M_e`` of
+    :func:`highpass` for ``radius_mm`` (the method's SMV radius)."""
+    m = np.asarray(brain_mask, bool)
+    model = physics.forward_field(np.where(m, chi_ppm, 0.0), voxel_size, b0_dir)
+    cr, me = highpass(model - total_field_ppm, m, voxel_size, radius_mm)
+    cf = highpass(total_field_ppm, m, voxel_size, radius_mm)[0]
+    return float(np.linalg.norm(cr[me]) / max(np.linalg.norm(cf[me]), 1e-30))
+
+
 def cone_energy(field, mask, voxel_size, b0_dir, d_max=CONE_D_MAX) -> float:
     """Spectral energy of the masked, demeaned field near the dipole kernel's zero cone
     (|D(k)| < ``d_max`` for ``b0_dir``) per k-space point, relative to the mean (1 = white):
@@ -174,23 +198,34 @@ def field_fit_outlier_fraction(residual_rad, mask, limit_rad=1.0) -> float:
 
 
 def qc_metrics(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir, *, brain_mask=None,
-               affine=None, fit_residual_rad=None) -> dict:
+               affine=None, fit_residual_rad=None, total_field_radius_mm=None) -> dict:
     """All metrics of one χ map (ppm) and its local field (ppm) in ``mask`` (where χ is valid).
 
     ``brain_mask`` (the mask before background-removal erosion; default ``mask``) gives the
     volume and shape metrics, ``affine`` (RAS+, mm) the superior direction of
     ``MaskInferiorFraction`` (skipped without it), ``fit_residual_rad`` the field-fit metric.
+    ``total_field_radius_mm``: χ comes from a single-step method with this SMV radius (mm),
+    ``local_field_ppm`` is then the total field in ``brain_mask`` and the field metrics are
+    taken on its high-pass (:func:`forward_residual_total`, :func:`highpass`).
     Keys are those of :data:`LIMITS`, values rounded for a sidecar.
     """
     m = np.asarray(mask, bool)
     brain = m if brain_mask is None else np.asarray(brain_mask, bool)
     spread = chi_spread(chi_ppm, m)
     vol = mask_volume_ml(brain, voxel_size)
+    if total_field_radius_mm is None:
+        fwd = forward_residual(chi_ppm, local_field_ppm, m, voxel_size, b0_dir)
+        cone = b0_cone_ratio(local_field_ppm, m, voxel_size, b0_dir)
+    else:
+        fwd = forward_residual_total(chi_ppm, local_field_ppm, brain, voxel_size, b0_dir,
+                                     total_field_radius_mm)
+        cf, me = highpass(local_field_ppm, brain, voxel_size, total_field_radius_mm)
+        cone = b0_cone_ratio(cf, me, voxel_size, b0_dir)
     out = {
         "ChiOutlierFraction": chi_outlier_fraction(chi_ppm, m),
         "ChiSpread_ppm": spread, "ChiSpreadHigh_ppm": spread,
-        "ForwardResidual": forward_residual(chi_ppm, local_field_ppm, m, voxel_size, b0_dir),
-        "B0ConeRatio": b0_cone_ratio(local_field_ppm, m, voxel_size, b0_dir),
+        "ForwardResidual": fwd,
+        "B0ConeRatio": cone,
         "ChiTailAsymmetry": chi_tail_asymmetry(chi_ppm, m),
         "MaskVolume_ml": vol, "MaskVolumeHigh_ml": vol,
     }

@@ -67,6 +67,96 @@ def check_paths(bids_dir, output_dir, work_dir) -> tuple[Path, Path, Path]:
     return bids_dir, output_dir, work_dir
 
 
+#: arguments the pipeline fills in itself (data, geometry, threads): not ``[params.*]`` entries
+_PIPELINE_ARGS = frozenset({"field", "field_ppm", "mask", "voxel_size", "b0_dir", "magnitude",
+                            "noise", "mag", "affine", "te_s", "threads", "workers", "residual",
+                            "phase", "phase4d", "mag4d", "method", "csf_mask"})
+#: parameters without a default value (None = "derived from the data") that take a number
+_NUMERIC_SUFFIXES = ("_mm", "_rad", "_s", "_ms")
+_NUMERIC_NAMES = frozenset({"lam", "mu", "mu1", "tol", "threshold"})
+
+
+def _tunable(fn) -> dict:
+    """``{name: default}`` of the keyword parameters of ``fn`` a user may set."""
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty and n not in _PIPELINE_ARGS}
+
+
+def _is_number(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_value(section: str, name: str, value, default) -> None:
+    """A ``[params.section]`` value of the type its default has (ConfigError naming it)."""
+    numeric = name.endswith(_NUMERIC_SUFFIXES) or name in _NUMERIC_NAMES
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif _is_number(default) or (default is None and numeric):
+        ok = _is_number(value) or (isinstance(value, list) and len(value) > 0
+                                   and all(_is_number(v) for v in value))
+        want = "a finite number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str) or _is_number(value), f'a number or a word like "{default}"'
+    else:
+        ok, want = True, ""
+    if not ok:
+        raise ConfigError(f"[params.{section}] {name} = {value!r} in the config: {name} must be "
+                          f"{want} (default: {default!r})")
+
+
+def _param_sections(cfg: RunConfig) -> dict:
+    """``{section: {name: default}}``: every ``[params.*]`` section qsmflow reads."""
+    from . import bgremoval, masking, phase
+    from .interfaces.maps import R2STAR_PARAMS, SWI_PARAMS
+
+    deep, mag, pq = (_tunable(masking.deepbet_mask), _tunable(masking.magnitude_mask),
+                     _tunable(masking.phase_quality_mask))
+    sections = {
+        "resharp": _tunable(bgremoval.resharp), "vsharp": _tunable(bgremoval.vsharp),
+        "pdf": _tunable(bgremoval.pdf), "lbv": _tunable(bgremoval.lbv),
+        "auto": {**mag, **deep}, "deepbet": deep, "magnitude": mag, "phase-quality": pq,
+        "combined": {**mag, **deep, **pq}, "r2star": dict(R2STAR_PARAMS),
+        "swi": dict(SWI_PARAMS),
+    }
+    sections.update({u: _tunable(phase.unwrap_echoes) for u in UNWRAPPING})
+    return sections
+
+
+def check_params(cfg: RunConfig) -> None:
+    """Every ``[params.*]`` section, name and value type of the configuration is one qsmflow
+    uses (inversions: :func:`qsmflow.inversion.resolved_parameters`); ConfigError otherwise."""
+    from . import inversion
+
+    sections = _param_sections(cfg)
+    known = sorted(set(sections) | set(inversion.METHODS))
+    for section, values in (cfg.params or {}).items():
+        if section not in known:
+            raise ConfigError(f"[params.{section}] in the config: no step or method is called "
+                              f"{section!r}; use one of {', '.join(known)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[params.{section}] in the config must be a table of name = value")
+        if section in inversion.METHODS:
+            try:
+                inversion.resolved_parameters(section, **values)
+            except ValueError as exc:
+                raise ConfigError(f"[params.{section}] in the config: {exc}") from None
+            defaults = inversion.method_parameters(section)
+            allowed = {k: v["default"] for k, v in defaults.items()}
+        else:
+            allowed = sections[section]
+            unknown = sorted(set(values) - set(allowed))
+            if unknown:
+                raise ConfigError(f"[params.{section}] in the config: unknown parameter(s) "
+                                  f"{', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        for name, value in values.items():
+            if name in allowed:
+                _check_value(section, name, value, allowed[name])
+
+
 def check_methods(cfg: RunConfig) -> None:
     """Every method and parameter name of the configuration exists."""
     from . import inversion
@@ -79,10 +169,7 @@ def check_methods(cfg: RunConfig) -> None:
         if m not in inversion.METHODS:
             raise ConfigError(f"--inversion: unknown method {m!r}; choose from "
                               f"{', '.join(inversion.METHODS)}")
-        try:
-            inversion.resolved_parameters(m, **cfg.method_params(m))
-        except ValueError as exc:
-            raise ConfigError(f"[params.{m}] in the config: {exc}") from None
+    check_params(cfg)
     for opt, value, choices in (("--bgremoval", cfg.bgremoval, BG_METHODS),
                                 ("--unwrapping", cfg.unwrapping, UNWRAPPING),
                                 ("--masking", cfg.masking, MASK_METHODS)):

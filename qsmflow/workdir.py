@@ -5,6 +5,8 @@ and says when it holds another version's (or another pipeline's) derivatives, as
 ``clean_work_dir`` deletes qsmflow's Nipype folder inside the work folder, and only when it looks
 like one: a folder named ``qsmflow_wf`` (not a link) that holds Nipype's node files
 (``_node.pklz``/``result_*.pklz``) and nothing that Nipype does not write.
+``forget_missing_derivatives`` makes a rerun write again the derivatives deleted since the
+last run (a cached sink would otherwise be reused and report files that are gone).
 """
 
 from __future__ import annotations
@@ -45,6 +47,41 @@ def old_results_warning(output_dir, version: str = __version__) -> str | None:
     what = f"qsmflow {ver}" if name == "qsmflow" else f"{name} {ver}"
     return (f"{output_dir} holds derivatives of {what}, not of qsmflow {version}: results of "
             "both would be mixed; use a new output folder for this version")
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        return [y for v in x for y in _flat(v)]
+    return [x]
+
+
+def forget_missing_derivatives(work_dir) -> list[Path]:
+    """Delete the cached results of every derivatives sink in ``<work_dir>/qsmflow_wf`` whose
+    written files are not all there any more, so that the next run writes them again (the
+    steps before a sink stay cached). Returns the sink folders forgotten."""
+    from nipype.utils.filemanip import loadpkl
+
+    from .interfaces.bids import DerivativesSink
+
+    root = Path(work_dir) / WORKFLOW_NAME
+    forgotten = []
+    for res in sorted(root.rglob("result_*.pklz")) if root.is_dir() else []:
+        node_dir = res.parent
+        if node_dir.parent.name == "mapflow":  # the MapNode's own folder decides
+            continue
+        try:
+            result = loadpkl(res)
+            kinds = _flat(getattr(result, "interface", None))
+            files = _flat(result.outputs.out_file) if result.outputs is not None else []
+        except Exception:  # unreadable or not a sink: Nipype decides as usual
+            continue
+        if not kinds or not all(isinstance(k, type) and issubclass(k, DerivativesSink)
+                                for k in kinds):
+            continue
+        if any(not isinstance(f, str) or not Path(f).is_file() for f in files):
+            shutil.rmtree(node_dir)
+            forgotten.append(node_dir)
+    return forgotten
 
 
 def clean_work_dir(work_dir) -> Path | None:

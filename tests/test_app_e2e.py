@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 
 from qsmflow.cli import demo, run
+from qsmflow.config import DEFAULT_INVERSIONS
 from qsmflow.io import run_bids_validator
 from qsmflow._compat import tomllib
 
 #: accuracy the demo must reach: NRMSE (%) of χ against the phantom's truth inside the brain
 #: mask (3 mm voxels, SNR 100, the pipeline's own mask and fields). For scale: TKD of the TRUE
 #: local field reaches ~50 % on this phantom at 3 mm; zero everywhere scores 100 %.
-MAX_NRMSE = {"tkd": 75.0, "medi": 60.0}  # measured 59 / 43 %; a sign flip gives ~200 %
+MAX_NRMSE = {"tkd": 75.0, "medi": 60.0,  # measured 59-65 / 39-44 %; a sign flip gives ~200 %
+             "sstv": 70.0}  # measured 61.9 / 44.2 % (in its wider support: 88 % of the brain)
 #: TKD is a direct inverse outside the cone: forward-modelling its χ must give back the local
 #: field. Measured ~45 %; a sign flip gives ~180 %, a Hz/ppm or B0 mix-up ≥ 100 %.
 MAX_TKD_RESIDUAL = 60.0
@@ -77,7 +79,7 @@ def test_derivatives_and_sidecars(demo_run):
     assert (anat / "sub-01_desc-brain_mask.nii.gz").exists()
     assert not list(d.rglob(".*.tmp*")), "temporary files left behind"
     cfg = list((d / "logs").glob("config-*.toml"))
-    assert cfg and tomllib.loads(cfg[0].read_text())["inversion"] == ["tkd", "medi"]
+    assert cfg and tomllib.loads(cfg[0].read_text())["inversion"] == list(DEFAULT_INVERSIONS)
 
 
 def test_clinical_maps_are_derivatives_with_sidecars(demo_run):
@@ -179,6 +181,27 @@ def test_rerun_recomputes_nothing_and_leaves_the_input_alone(demo_run):
     assert "reused from an earlier run" in page and "<td>this run</td>" not in page
     assert {p: p.stat().st_mtime_ns for p in demo_run["deriv"].rglob("*.nii.gz")} == outputs
     assert _digest(demo_run["bids"]) == raw
+
+
+def test_rerun_writes_again_the_derivatives_deleted_since(demo_run):
+    """Delete a participant's anat/ folder, rerun with the same -w: its derivatives are back,
+    bit for bit, and only the sinks ran (no processing step was recomputed)."""
+    import shutil
+
+    anat = demo_run["deriv"] / "sub-01" / "anat"
+    before = _digest(anat)
+    assert any(k.endswith("_Chimap.nii.gz") for k in before)
+    steps = {p: p.stat().st_mtime_ns for p in demo_run["work"].rglob("result_*.pklz")
+             if "/ds_" not in str(p)}
+    shutil.rmtree(anat)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run.main([str(demo_run["bids"]), str(demo_run["deriv"]), "participant",
+                       "-w", str(demo_run["work"]), "--nprocs", "2", "--skip-bids-validation"])
+    assert rc == 0, buf.getvalue()[-2000:]
+    assert "write again outputs missing from" in buf.getvalue()
+    assert _digest(anat) == before
+    assert {p: p.stat().st_mtime_ns for p in steps} == steps, "a processing step was recomputed"
 
 
 def test_real_scanner_dicoms_through_the_app_and_back(tmp_path, shared_data):

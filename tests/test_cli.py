@@ -43,7 +43,7 @@ def test_help_lists_every_option_with_default(capsys):
                 "--config", "--stop-on-first-crash", "--skip-bids-validation", "--verbose",
                 "--dicom-out"):
         assert opt in text, opt
-    assert "default: tkd medi" in text and "GB" in text and "default: None" not in text
+    assert "default: tkd medi sstv" in text and "GB" in text and "default: None" not in text
     for action in run.get_parser()._actions:  # every option states its default
         if action.option_strings and action.dest not in ("help", "version"):
             assert "default" in action.help or action.default not in (None, False), action.dest
@@ -126,6 +126,37 @@ def test_unknown_method_and_parameter(ds, tmp_path, capsys):
     msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--config", cfg,
                             "--skip-bids-validation"], tmp_path / "out")
     assert "threshhold" in msg and "threshold" in msg
+
+
+@pytest.mark.parametrize("toml, names", [
+    ('[params.magnitude]\nerode_m = 2\n', ("erode_m", "erode_mm")),          # a typo (was dropped)
+    ('[params.resharp]\nradius = 4\n', ("radius", "radius_mm")),            # was a TypeError mid-run
+    ('[params.resharp]\nradius_mm = "4"\n', ("radius_mm", "number")),       # a string for mm
+    ('[params.region-growing]\nbipolar = 1\n', ("bipolar", "true or false")),
+    ('[params.medi]\nlam = "high"\n', ("lam", "number")),
+    ('[params.swi]\nslab = 12\n', ("slab", "slab_mm")),
+    ('[params.reshrap]\nradius_mm = 4\n', ("reshrap", "resharp")),          # no such step
+])
+def test_every_step_parameter_is_checked_before_anything_runs(ds, tmp_path, capsys, toml, names):
+    """Each ``[params.*]`` section (masking, background removal, unwrapping, inversions, maps):
+    unknown names and values of the wrong type are refused in one line, exit 2, nothing written."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(toml)
+    msg = _run_bad(capsys, [ds, tmp_path / "out", "participant", "--config", cfg,
+                            "--skip-bids-validation"], tmp_path / "out")
+    assert all(n in msg for n in names), msg
+
+
+def test_good_step_parameters_pass_the_check(tmp_path):
+    from qsmflow.validation import check_methods
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[params.magnitude]\nerode_mm = 2\nr2star_max = "auto"\n'
+                    '[params.resharp]\nradius_mm = 3\nedge_mm = 1.5\n[params.vsharp]\n'
+                    'radii_mm = [8, 6, 4]\n[params.region-growing]\nbipolar = true\n'
+                    '[params.medi]\nlam = 500\n[params.swi]\nn = 4\n[params.sstv]\n'
+                    'radius_mm = 5\n')
+    check_methods(build_config({}, toml))  # raises on any refusal
 
 
 def test_bad_plugin_yaml(ds, tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_region_growing_exact_with_noise():
     rng = np.random.default_rng(1)
     mag = np.where(mask, 1.0, 0.05) + 0.01 * rng.random(true.shape)
     w = physics.wrap(true + 0.15 * rng.standard_normal(true.shape))
-    u = ph.region_growing_unwrap(w, mag, mask)
+    u = ph.region_growing_unwrap(w, mag, mask, voxel_size=vs)
     k = (u - w) / TWO_PI
     np.testing.assert_allclose(k, np.round(k), atol=1e-6)  # input + exact multiples of 2π
     n = np.round((u - true) / TWO_PI)[mask]
@@ -105,9 +105,28 @@ def test_region_growing_island_matches_its_surroundings():
     mask = np.zeros(truth.shape, bool)
     mask[2:20, 2:30, 2:30] = True
     mask[22:25, 14:17, 14:17] = True  # island: truth there is ≈ 12 rad, i.e. 2 wraps
-    u = ph.region_growing_unwrap(ph._wrap(truth), None, mask)
+    u = ph.region_growing_unwrap(ph._wrap(truth), None, mask, voxel_size=(1.0, 1.0, 1.0))
     k = np.round((u - truth) / (2 * np.pi))[mask]
     assert np.all(k == k[0])
+
+
+def test_region_growing_island_step_uses_the_voxel_size(monkeypatch):
+    """The island step's Laplacian estimate runs with the acquisition's voxel size (it used
+    1 mm whatever the data), and the voxel size is required."""
+    x, y, z = np.meshgrid(*[np.arange(32)] * 3, indexing="ij")
+    truth = 0.45 * x + 0.2 * y - 0.1 * z
+    mask = np.zeros(truth.shape, bool)
+    mask[2:20, 2:30, 2:30] = True
+    mask[22:25, 14:17, 14:17] = True
+    seen, real = [], ph.laplacian_unwrap
+    monkeypatch.setattr(ph, "laplacian_unwrap",
+                        lambda p, vs, *a, **k: seen.append(tuple(vs)) or real(p, vs, *a, **k))
+    u = ph.region_growing_unwrap(ph._wrap(truth), None, mask, voxel_size=(0.8, 0.8, 2.5))
+    assert seen == [(0.8, 0.8, 2.5)]
+    k = np.round((u - truth) / (2 * np.pi))[mask]
+    assert np.all(k == k[0])
+    with pytest.raises(TypeError):
+        ph.region_growing_unwrap(ph._wrap(truth), None, mask)
 
 
 def test_region_growing_follows_steep_gradient():
@@ -117,8 +136,8 @@ def test_region_growing_follows_steep_gradient():
     true = 0.05 * x**2
     rng = np.random.default_rng(0)
     w = physics.wrap(true + 0.05 * rng.standard_normal(true.shape))
-    u = ph.region_growing_unwrap(w, None, None, quality=-x.astype(np.float32),
-                                 core_quantile=0.6)  # core x < 19: < 0.6π per voxel
+    u = ph.region_growing_unwrap(w, None, None, voxel_size=(1.0, 1.0, 1.0),
+                                 quality=-x.astype(np.float32), core_quantile=0.6)  # core x < 19: < 0.6π per voxel
     n = np.round((u - true) / TWO_PI)
     assert np.all(n == n[0, 0, 0])
 

@@ -97,3 +97,28 @@ def test_sstv_reads_the_total_field_in_the_brain_mask():
     links = g.get_edge_data(by_name["fit_field"], by_name["invert_sstv"])["connect"]
     assert ("out_field", "local_field") in links
     assert "Chatnuntawech" in wf.__desc__ and "single-step TV" in wf.__desc__
+
+
+def test_qc_judges_sstv_on_its_own_data_term(head, chi):
+    """QC of a single-step map: ‖M_e·C(D∗χ − f)‖/‖M_e·C f‖ on the total field (a wrong B0, a
+    flipped sign or no χ at all explain little of it), and a pass verdict for the right map."""
+    from qsmflow import qc
+    from qsmflow.inversion import total_field_radius_mm
+
+    m, tot = head["mask"], head["total"]
+    r = total_field_radius_mm("sstv", VS)
+    assert r == 5.0 and total_field_radius_mm("medi", VS) is None   # 2 × 2.5 mm voxels
+
+    def fwd(x, b0=B0):
+        return qc.forward_residual_total(x, tot, m, VS, b0, r)
+
+    good = fwd(chi)
+    assert good < 0.2, good                               # measured 0.10
+    assert abs(fwd(np.zeros_like(chi)) - 1.0) < 1e-6      # nothing explained
+    assert fwd(-chi) > 1.8                                # measured 1.97
+    assert fwd(chi, (1.0, 0.0, 0.0)) > 1.2                # wrong B0 axis: measured 1.70
+    # the background dominates the raw total field, so judging χ on it would always fail
+    assert qc.forward_residual(chi, tot, m, VS, B0) > 0.9
+    report = qc.qc_report(chi, tot, valid_mask("sstv", m, VS), VS, B0, brain_mask=m,
+                          total_field_radius_mm=r)
+    assert report["Verdict"] == "pass", report["Reasons"]

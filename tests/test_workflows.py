@@ -146,3 +146,23 @@ def test_derivative_names_keep_entities_and_fold_rec_in_fmap():
         "sub-01/ses-1/fmap/sub-01_ses-1_acq-fastMag_run-02_desc-local_fieldmap.nii.gz")
     with pytest.raises(ValueError, match="letters and digits"):
         derivative_relpath({"sub": "01"}, "chimap", desc="../x")
+
+
+def test_thread_counts_do_not_change_any_step_hash(tmp_path):
+    """``--omp-nthreads`` sets how fast a step runs, not what it computes: every node hashes the
+    same with 1 and 4 threads (so a cached run is reused), and the threads do reach the steps."""
+    root = make_skeleton(tmp_path / "ds")
+    subjects = collect_acquisitions(root)
+    inv = ("tkd", "medi", "sstv")
+
+    def hashes(n):
+        wf = _build(root, tmp_path, subjects, inversions=inv, omp_nthreads=n)
+        nodes = {nd.fullname: nd for nd in wf._get_all_nodes()}
+        threaded = [nd for nd in nodes.values()
+                    if "num_threads" in nd.inputs.copyable_trait_names()]
+        assert len(threaded) >= 5 and all(nd.inputs.num_threads == n for nd in threaded)
+        return {name: nd.inputs.get_hashval()[1] for name, nd in nodes.items()
+                if name.split(".")[-1] != "inputnode"}
+
+    one, four = hashes(1), hashes(4)
+    assert one.keys() == four.keys() and one == four

@@ -515,6 +515,12 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
           f"plugin {cfg.plugin}", flush=True)
     log_dir = prepare_output(plan, run_uuid)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    from ..workdir import forget_missing_derivatives
+
+    gone = forget_missing_derivatives(plan.work_dir)
+    if gone:
+        print(f"{len(gone)} derivative step(s) write again outputs missing from "
+              f"{plan.output_dir}", flush=True)
     wf = init_qsmflow_wf(subjects=plan.subjects, bids_dir=plan.bids_dir,
                          output_dir=plan.output_dir, work_dir=plan.work_dir, log_dir=log_dir,
                          run_uuid=run_uuid, inversions=cfg.inversion, bgremoval=cfg.bgremoval,

@@ -19,7 +19,8 @@ class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*BG_METHODS, usedefault=True, desc="background-removal method")
     params = traits.Dict(desc="method parameters (radius_mm, ...)")
     b0_dir = traits.List(traits.Float, desc="B0 direction in voxel axes (sidecar B0_dir)")
-    num_threads = traits.Int(1, usedefault=True, desc="FFT threads")
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc="FFT threads (not hashed: a cached result is reused)")
 
 
 class _BackgroundRemovalOutputSpec(TraitedSpec):

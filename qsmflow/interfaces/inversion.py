@@ -25,7 +25,8 @@ class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, desc="echo-combined magnitude (MEDI edge weights)")
     noise = File(exists=True, desc="field noise map (Hz), MEDI data weight = 1/noise")
     b0_dir = traits.List(traits.Float, desc="B0 direction in voxel axes (sidecar B0_dir)")
-    num_threads = traits.Int(1, usedefault=True, desc="FFT threads")
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc="FFT threads (not hashed: a cached result is reused)")
 
 
 class _DipoleInversionOutputSpec(TraitedSpec):

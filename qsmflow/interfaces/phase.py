@@ -56,7 +56,8 @@ class _MultiEchoFitInputSpec(BaseInterfaceInputSpec):
     unwrapping = traits.Str(phase.DEFAULT_UNWRAPPING, usedefault=True,
                             desc="spatial unwrapping method (phase.UNWRAPPING_METHODS)")
     params = traits.Dict(desc="extra keyword arguments of phase.unwrap_echoes")
-    num_threads = traits.Int(1, usedefault=True, desc="FFT threads")
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc="FFT threads (not hashed: a cached result is reused)")
 
 
 class _MultiEchoFitOutputSpec(TraitedSpec):

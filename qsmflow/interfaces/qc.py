@@ -6,7 +6,7 @@ from __future__ import annotations
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, traits)
 
-from .. import qc
+from .. import inversion, qc
 from ..io import load_nifti
 from ..physics import hz_to_ppm
 from ._base import geometry, opt
@@ -20,6 +20,8 @@ class _QualityControlInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True, desc="mask the χ maps are valid in")
     brain_mask = File(exists=True, desc="brain mask before background removal (volume, shape)")
     residual = File(exists=True, desc="multi-echo fit residual (rad)")
+    total_field = File(exists=True, desc="total field (Hz), for the maps of "
+                       "inversion.TOTAL_FIELD_METHODS (needs brain_mask)")
     b0_tesla = traits.Float(mandatory=True, desc="field strength (T)")
     b0_dir = traits.List(traits.Float, desc="B0 direction in voxel axes (sidecar B0_dir)")
 
@@ -43,11 +45,20 @@ class QualityControl(SimpleInterface):
         brain = load_nifti(self.inputs.brain_mask)[0] > 0 if opt(self.inputs.brain_mask) else None
         res = load_nifti(self.inputs.residual)[0] if opt(self.inputs.residual) else None
         f = hz_to_ppm(field_hz, self.inputs.b0_tesla)
+        total = (hz_to_ppm(load_nifti(self.inputs.total_field)[0], self.inputs.b0_tesla)
+                 if opt(self.inputs.total_field) and brain is not None else None)
         metas, rank = [], {"pass": 0, "warn": 1, "fail": 2}
         worst = "pass"
         for chi_file, meta in zip(self.inputs.chi_maps, self.inputs.in_meta):
-            report = qc.qc_report(load_nifti(chi_file)[0], f, mask, vs, b0_dir, brain_mask=brain,
-                                  affine=affine, fit_residual_rad=res)
+            method, params = meta.get("Method"), meta.get("Parameters") or {}
+            radius = inversion.total_field_radius_mm(method, vs, **params)
+            if radius is not None and total is not None:  # judged on its own data term
+                args = (total, inversion.valid_mask(method, brain, vs, **params))
+            else:
+                args, radius = (f, mask), None
+            report = qc.qc_report(load_nifti(chi_file)[0], *args, vs, b0_dir, brain_mask=brain,
+                                  affine=affine, fit_residual_rad=res,
+                                  total_field_radius_mm=radius)
             worst = max(worst, report["Verdict"], key=rank.get)
             metas.append({**meta, "QC": report})
         self._results["out_meta"] = metas

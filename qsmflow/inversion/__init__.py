@@ -45,7 +45,8 @@ TOTAL_FIELD_METHODS = ("sstv",)
 _COMMON = ("field_ppm", "mask", "voxel_size", "b0_dir", "magnitude", "noise")
 
 __all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "REFERENCE_MODES", "get_method",
-           "invert", "method_parameters", "resolved_parameters", "reference", "valid_mask"]
+           "invert", "method_parameters", "resolved_parameters", "reference",
+           "total_field_radius_mm", "valid_mask"]
 
 
 def get_method(method: str):
@@ -73,6 +74,16 @@ def valid_mask(method, mask, voxel_size, **params):
         from qsmflow.inversion import sstv
         return sstv.valid_mask(mask, voxel_size, params.get("edge_mm"))
     return np.asarray(mask, bool)
+
+
+def total_field_radius_mm(method, voxel_size, **params):
+    """SMV radius (mm) with which a total-field method removes the background inside its data
+    term (its ``radius_mm``, default for ``voxel_size``); ``None`` for a local-field method."""
+    if method not in TOTAL_FIELD_METHODS:
+        return None
+    from qsmflow.inversion import sstv
+    r = params.get("radius_mm")
+    return float(sstv.default_radius_mm(voxel_size) if r is None else r)
 
 
 def method_parameters(method: str) -> dict[str, dict]:
