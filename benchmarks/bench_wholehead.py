@@ -139,7 +139,7 @@ def run(figdir: Path, quick: bool) -> str:
                 rows.append([name, "failed", app["log"][-300:].replace("\n", " ")] + [""] * 10)
                 continue
             res = evaluate(tmp / "bids", tmp / "out", tmp / "work", c["b0_tesla"])
-            fig = figdir / f"wholehead_{spec.replace('+', '_')}.png"
+            fig = figdir / f"wholehead_{name.replace('+', '_').replace('@', '_at')}.png"
             _figure(fig, name, res, tmp / "bids")
             figs.append(fig)
             for s in collect_timings(tmp / "work" / "qsmflow_wf"):

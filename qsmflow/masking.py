@@ -81,8 +81,8 @@ def combine_echoes(mag) -> np.ndarray:
     """Root-sum-of-squares over echoes of a (X, Y, Z[, E]) magnitude (a 3D array is returned
     as float)."""
     m = np.asarray(mag, float)
-    if m.ndim == 4:
-        return np.sqrt(np.sum(m**2, axis=-1))
+    if m.ndim == 4:  # without a 4D temporary
+        return np.sqrt(np.einsum("xyze,xyze->xyz", m, m))
     if m.ndim != 3:
         raise ValueError(f"magnitude must be 3D or 4D (X, Y, Z[, echoes]), got {m.shape}")
     return m
@@ -128,17 +128,27 @@ def r2star_map(mag, te_s, *, dephasing=True) -> np.ndarray:
     return r2
 
 
-def _auto_r2star_max(r2, fg) -> float:
-    """Data-derived R2* limit (1/s): 1.6 × the median R2* of the central foreground (the voxels
-    at least half the largest depth inside the filled head: brain in any head or brain FOV)."""
+def _central_foreground(fg) -> np.ndarray:
+    """The voxels of ``fg`` at least half the largest depth inside the filled head (brain in
+    any head or brain FOV)."""
     head = ndimage.binary_fill_holes(fg)
     if head.all():
-        centre = fg
-    else:
-        d = ndimage.distance_transform_edt(head)
-        centre = fg & (d >= 0.5 * d.max())
+        return np.asarray(fg, bool)
+    d = ndimage.distance_transform_edt(head)
+    return fg & (d >= 0.5 * d.max())
+
+
+def _auto_r2star_max(r2, centre) -> float:
+    """Data-derived R2* limit (1/s): 1.6 × the median R2* of the central foreground."""
     ref = float(np.median(r2[centre])) if centre.any() else np.nan
     return 1.6 * ref if np.isfinite(ref) and ref > 0 else np.inf
+
+
+def _bbox(mask, margin: int) -> tuple:
+    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0) - margin, idx.max(0) + 1 + margin
+    return tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, mask.shape))
 
 
 def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max="auto",
@@ -169,11 +179,14 @@ def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max="auto
     return brain
 
 
-def magnitude_foreground(mag, *, te_s=None, r2star_max="auto", threshold=None):
+def magnitude_foreground(mag, *, te_s=None, r2star_max="auto", threshold=None, within=None):
     """``(foreground, r2star_used)``: voxels above ``threshold`` (default half of Otsu's
     threshold of the non-zero echo-combined magnitude) and, with ≥ 2 echoes and ``te_s`` (s),
     with R2* (3×3×3 median) below ``r2star_max`` (1/s or ``"auto"``, see
-    :func:`magnitude_mask`); ``r2star_used`` says whether the R2* criterion applied."""
+    :func:`magnitude_mask`); ``r2star_used`` says whether the R2* criterion applied.
+    ``within`` (bool): the foreground is needed there only; R2* is then fitted in the bounding
+    box of it and of the central foreground alone (the same result inside ``within``, ~3×
+    faster on a whole-head FOV)."""
     m = combine_echoes(mag)
     if not np.isfinite(m).all():
         raise ValueError("magnitude contains NaN/Inf: replace them (e.g. by 0) first")
@@ -185,8 +198,15 @@ def magnitude_foreground(mag, *, te_s=None, r2star_max="auto", threshold=None):
     use_r2 = (te_s is not None and r2star_max is not None and np.ndim(mag) == 4
               and np.shape(mag)[-1] >= 2)
     if use_r2:
-        r2 = ndimage.median_filter(r2star_map(mag, te_s), 3)
-        lim = _auto_r2star_max(r2, fg) if r2star_max == "auto" else float(r2star_max)
+        auto = r2star_max == "auto"
+        centre = _central_foreground(fg) if auto else None
+        box = (slice(None),) * 3
+        if within is not None and np.any(within):
+            need = np.asarray(within, bool) | centre if auto else np.asarray(within, bool)
+            box = _bbox(need, margin=1)  # + the median filter's reach: exact inside
+        r2 = np.full(fg.shape, np.inf, np.float64)  # outside the box: not needed, not kept
+        r2[box] = ndimage.median_filter(r2star_map(np.asarray(mag)[box], te_s), 3)
+        lim = _auto_r2star_max(r2, centre) if auto else float(r2star_max)
         fg &= r2 < lim
     if not fg.any():
         raise ValueError(f"no voxel above the magnitude threshold {thr:g}: lower `threshold`")
@@ -266,7 +286,7 @@ def deepbet_mask(mag, affine, *, te_s=None, r2star_max="auto", threshold=0.5, tr
                                          threshold=float(threshold))
     brain = np.asarray(out.dataobj) > 0
     if trim and brain.any():
-        fg, _ = magnitude_foreground(mag, te_s=te_s, r2star_max=r2star_max)
+        fg, _ = magnitude_foreground(mag, te_s=te_s, r2star_max=r2star_max, within=brain)
         brain = ndimage.binary_fill_holes(largest_component(brain & fg))
     if not brain.any():
         raise ValueError("deepbet found no brain: the field of view must hold a whole head; "

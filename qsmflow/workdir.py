@@ -56,13 +56,16 @@ def _flat(x):
 
 
 def forget_missing_derivatives(work_dir) -> list[Path]:
-    """Delete the cached results of every derivatives sink in ``<work_dir>/qsmflow_wf`` whose
-    written files are not all there any more, so that the next run writes them again (the
-    steps before a sink stay cached). Returns the sink folders forgotten."""
+    """Delete the cached results of every step in ``<work_dir>/qsmflow_wf`` that writes outside
+    it (derivatives sinks, the DICOM export) whose written files or folders are not all there
+    any more, so that the next run writes them again (the steps before stay cached). Returns
+    the step folders forgotten."""
     from nipype.utils.filemanip import loadpkl
 
     from .interfaces.bids import DerivativesSink
+    from .interfaces.dicom import DicomExportMaps
 
+    writers = {DerivativesSink: "out_file", DicomExportMaps: "out_dirs"}
     root = Path(work_dir) / WORKFLOW_NAME
     forgotten = []
     for res in sorted(root.rglob("result_*.pklz")) if root.is_dir() else []:
@@ -71,14 +74,15 @@ def forget_missing_derivatives(work_dir) -> list[Path]:
             continue
         try:
             result = loadpkl(res)
-            kinds = _flat(getattr(result, "interface", None))
-            files = _flat(result.outputs.out_file) if result.outputs is not None else []
-        except Exception:  # unreadable or not a sink: Nipype decides as usual
+            kinds = set(_flat(getattr(result, "interface", None)))
+            field = writers.get(next(iter(kinds))) if len(kinds) == 1 else None
+            files = (_flat(getattr(result.outputs, field)) if field and result.outputs is not None
+                     else [])
+        except Exception:  # unreadable: Nipype decides as usual
             continue
-        if not kinds or not all(isinstance(k, type) and issubclass(k, DerivativesSink)
-                                for k in kinds):
+        if field is None:  # not a step that writes outside the work folder
             continue
-        if any(not isinstance(f, str) or not Path(f).is_file() for f in files):
+        if any(not isinstance(f, str) or not Path(f).exists() for f in files):
             shutil.rmtree(node_dir)
             forgotten.append(node_dir)
     return forgotten

@@ -199,7 +199,7 @@ def test_rerun_writes_again_the_derivatives_deleted_since(demo_run):
         rc = run.main([str(demo_run["bids"]), str(demo_run["deriv"]), "participant",
                        "-w", str(demo_run["work"]), "--nprocs", "2", "--skip-bids-validation"])
     assert rc == 0, buf.getvalue()[-2000:]
-    assert "write again outputs missing from" in buf.getvalue()
+    assert "write again the outputs deleted since the last run" in buf.getvalue()
     assert _digest(anat) == before
     assert {p: p.stat().st_mtime_ns for p in steps} == steps, "a processing step was recomputed"
 
@@ -235,3 +235,22 @@ def test_real_scanner_dicoms_through_the_app_and_back(tmp_path, shared_data):
     assert "tkd" in ds.SeriesDescription.lower()
     ref = pydicom.dcmread(next(src.iterdir()), stop_before_pixels=True)
     assert (ds.StudyInstanceUID, ds.PatientID == ref.PatientID) == (ref.StudyInstanceUID, True)
+    # the export is a step of the graph (its own folder, cached): no patient data in the work
+    # folder, and a deleted series is written again by a rerun, nothing else recomputed
+    node = next((tmp_path / "work").rglob("export_dicom"))
+    assert (node / "_report" / "report.rst").exists()
+    work_text = b"".join(p.read_bytes() for p in (tmp_path / "work").rglob("*")
+                         if p.is_file() and p.suffix in (".rst", ".json", ".txt"))
+    for phi in (str(ref.PatientName), str(ref.PatientID), str(ref.PatientBirthDate)):
+        assert phi and phi.encode() not in work_text, phi
+    steps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("result_*.pklz")
+             if "export_dicom" not in str(p) and "/ds_" not in str(p)}
+    import shutil
+
+    shutil.rmtree(dcm / "sub-01_desc-tkd_Chimap")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = run.main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                       "--inversion", "tkd", "--nprocs", "2", "--dicom-out", str(dcm),
+                       "--source-dicom", str(src)])
+    assert rc == 0 and len(list((dcm / "sub-01_desc-tkd_Chimap").iterdir())) == 10
+    assert {p: p.stat().st_mtime_ns for p in steps} == steps

@@ -166,3 +166,44 @@ def test_thread_counts_do_not_change_any_step_hash(tmp_path):
 
     one, four = hashes(1), hashes(4)
     assert one.keys() == four.keys() and one == four
+
+
+def test_methods_text_for_every_acquisition_with_published_names(tmp_path):
+    """Two runs acquired differently (2 and 1 echoes) each get their methods paragraph; the
+    methods are spelled as published (iLSQR, MEDI, SS-TV, V-SHARP), not as option names."""
+    root = make_skeleton(tmp_path / "ds", runs=("1", "2"))
+    for f in (root / "sub-01" / "anat").glob("sub-01_run-2_echo-2_*"):
+        f.unlink()
+    subjects = collect_acquisitions(root)
+    wf = _build(root, tmp_path, subjects, inversions=("ilsqr", "medi", "sstv"),
+                bgremoval="vsharp")
+    text = wf.get_node("single_subject_01_wf").__desc__
+    assert text.count("References:") == 2
+    assert "sub-01_run-1: " in text and "sub-01_run-2: " in text
+    assert "2-echo" in text and "1-echo" in text
+    assert "inverted with iLSQR, MEDI;" in text and "with V-SHARP," in text and "SS-TV" in text
+    assert "ilsqr" not in text and "VSHARP" not in text
+    # alike acquisitions: one paragraph
+    same = make_skeleton(tmp_path / "same", runs=("1", "2"))
+    wf2 = _build(same, tmp_path / "w2", collect_acquisitions(same))
+    assert wf2.get_node("single_subject_01_wf").__desc__.count("References:") == 1
+
+
+def test_dicom_export_is_a_step_of_the_graph(tmp_path):
+    """``--dicom-out``: one ``export_dicom`` job per acquisition (cached, submitted like the
+    other steps), fed by the stored χ and clinical maps; none without ``--dicom-out``."""
+    root = make_skeleton(tmp_path / "ds", echoes=(0.004, 0.008, 0.012))
+    subjects = collect_acquisitions(root)
+    wf = _build(root, tmp_path, subjects, inversions=("tkd", "sstv"),
+                dicom_out=tmp_path / "dicom", source_dicom=tmp_path)
+    nodes = [n for n in wf._get_all_nodes() if n.name == "export_dicom"]
+    assert len(nodes) == 1 and not nodes[0].run_without_submitting
+    ex = nodes[0].inputs
+    assert ex.kinds == ["chimap", "chimap", "r2star", "t2star", "swi", "swi_minip"]
+    assert ex.methods == ["tkd", "sstv", "", "", "", ""]
+    assert ex.out_dir == str(tmp_path / "dicom") and ex.source_dicom == str(tmp_path)
+    edges = {(u.split(".")[-1], v.split(".")[-1]) for u, v in _edges(wf)}
+    assert {("ds_chimap", "dicom_maps"), ("ds_swi", "dicom_maps"),
+            ("dicom_maps", "export_dicom")} <= edges
+    assert not [n for n in _build(root, tmp_path / "no", subjects)._get_all_nodes()
+                if n.name == "export_dicom"]

@@ -419,41 +419,6 @@ def find_dicom_sources(plan) -> dict[str, dict]:
     return sources
 
 
-def export_dicom(plan, failed: set[str], sources: dict | None = None) -> list[str]:
-    """χ maps and the clinical maps (R2*, T2*, SWI, minIP) → DICOM into ``--dicom-out``, one
-    series each; ``sources``: :func:`find_dicom_sources`' result."""
-    try:
-        from ..interfaces.dicom import DicomExport
-    except ImportError as exc:
-        return [f"--dicom-out: DICOM export is not available ({exc})"]
-    from ..derivatives import CLINICAL_MAPS, derivative_relpath
-
-    try:
-        sources = find_dicom_sources(plan) if sources is None else sources
-    except InputError as exc:
-        return [f"--dicom-out: {exc}"]
-    errors = []
-    out = Path(plan.config.dicom_out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for sub, acqs in plan.subjects.items():
-        if sub in failed:
-            continue
-        for acq in acqs:
-            source = sources[acq.phase[0]]
-            maps = [(plan.output_dir / derivative_relpath(acq.entities, "chimap", desc=m),
-                     {"kind": "chimap", "method": m}) for m in plan.config.inversion]
-            maps += [(plan.output_dir / derivative_relpath(acq.entities, k), {"kind": k})
-                     for k in CLINICAL_MAPS]  # those this acquisition has
-            maps = [(f, kw) for f, kw in maps if kw["kind"] == "chimap" or f.exists()]
-            for f, kw in maps:
-                try:
-                    DicomExport(in_file=str(f), source=source, out_dir=str(out), **kw).run()
-                except Exception as exc:  # report and go on with the other maps
-                    msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-                    errors.append(f"{f.name}: DICOM export failed ({msg})")
-    return errors
-
-
 def main(argv=None) -> int:
     # Nipype's batch plugins name jobs after $LOGNAME, which containers and cron jobs lack
     os.environ.setdefault("LOGNAME", os.environ.get("USER", "qsmflow"))
@@ -481,14 +446,14 @@ def main(argv=None) -> int:
                 raise InputError(str(exc)) from None
             if cleaned:
                 LOG.info("--clean-workdir: removed %s", cleaned)
-        sources = find_dicom_sources(plan) if cfg.dicom_out else None
+        if cfg.dicom_out:  # every source series found before anything runs
+            find_dicom_sources(plan)
     except (InputError, ConfigError) as exc:
         print(f"qsmflow: error: {exc}", file=sys.stderr)
         release_all(held)
         return EXIT_BAD_INPUT
     try:
-        return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose,
-                       dicom_sources=sources)
+        return execute(plan, omp_nthreads=opts.omp_nthreads, verbose=opts.verbose)
     except OSError as exc:  # a full disk or a folder made unwritable while running
         where = exc.filename or plan.output_dir
         print(f"qsmflow: error: {where}: {exc.strerror or exc}; free space or fix the "
@@ -499,10 +464,8 @@ def main(argv=None) -> int:
         release_all(held)
 
 
-def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
-            dicom_sources: dict | None = None) -> int:
-    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`
-    (``dicom_sources``: :func:`find_dicom_sources`' result for ``--dicom-out``)."""
+def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
+    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`."""
     from ..config import apply_resources
     from ..workflows import init_qsmflow_wf
 
@@ -519,14 +482,17 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
 
     gone = forget_missing_derivatives(plan.work_dir)
     if gone:
-        print(f"{len(gone)} derivative step(s) write again outputs missing from "
-              f"{plan.output_dir}", flush=True)
+        print(f"{len(gone)} step(s) write again the outputs deleted since the last run "
+              "(derivatives, DICOM series)", flush=True)
     wf = init_qsmflow_wf(subjects=plan.subjects, bids_dir=plan.bids_dir,
                          output_dir=plan.output_dir, work_dir=plan.work_dir, log_dir=log_dir,
                          run_uuid=run_uuid, inversions=cfg.inversion, bgremoval=cfg.bgremoval,
                          unwrapping=cfg.unwrapping, masking=cfg.masking, params=cfg.params,
                          omp_nthreads=max(1, int(omp_nthreads)),
-                         clinical_maps=bool(cfg.clinical_maps))
+                         clinical_maps=bool(cfg.clinical_maps),
+                         dicom_out=(Path(cfg.dicom_out).expanduser().resolve()
+                                    if cfg.dicom_out else None),
+                         source_dicom=cfg.source_dicom or None)
     wf.config["execution"].update({"crashfile_format": "txt",
                                    "stop_on_first_crash": bool(cfg.stop_on_first_crash),
                                    "remove_unnecessary_outputs": False,
@@ -554,17 +520,18 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
               f"{plan.work_dir}) to check them and write the reports.")
         return EXIT_OK
     failed_lines: dict[str, list[tuple]] = {}
+    dicom_errors = []  # the export comes after the derivatives: they are there all the same
     for sub in plan.subjects:
         lines = _crash_summary(log_dir / f"sub-{sub}" / run_uuid)
+        dicom_errors += [(sub, *line) for line in lines if line[0] == "export_dicom"]
+        lines = [line for line in lines if line[0] != "export_dicom"]
         if lines:
             failed_lines[sub] = lines
-    if crashed and not failed_lines:  # e.g. the plugin itself failed: no crash file
+    if crashed and not failed_lines and not dicom_errors:  # e.g. the plugin failed: no crash file
         for sub in plan.subjects:
             failed_lines[sub] = [("workflow", f"{crashed}; rerun with -v", log_dir)]
     reports = write_reports(plan, wf, set(failed_lines), plan.work_dir / wf.name, since=t0,
                             errors=failed_lines)
-    dicom_errors = (export_dicom(plan, set(failed_lines), dicom_sources) if cfg.dicom_out
-                    else [])
     dt = time.time() - t0
     ok = [s for s in plan.subjects if s not in failed_lines]
     print(f"\nqsmflow finished in {dt:.0f} s: {len(ok)}/{nsub} participant(s) succeeded "
@@ -580,8 +547,9 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0,
         for step, msg, crash in lines:  # the human line last, after its crash file
             print(f"    crash file: {crash}", file=sys.stderr)
             print(f"qsmflow: error: sub-{sub} {step}: {msg}", file=sys.stderr)
-    for line in dicom_errors:
-        print(f"  {line}", file=sys.stderr)
+    for sub, _, msg, crash in dicom_errors:
+        print(f"    crash file: {crash}", file=sys.stderr)
+        print(f"qsmflow: error: sub-{sub} --dicom-out: {msg}", file=sys.stderr)
     return EXIT_FAILED if failed_lines or dicom_errors else EXIT_OK
 
 

@@ -245,7 +245,9 @@ def available_methods(candidates) -> list[str]:
 #: the voxel sizes of the paper's Mesa-QSM models and one neither was trained on (table c)
 MESA_VOXELS = {"mesaqsm_0.5x0.5x2.0": (0.5, 0.5, 2.0), "mesaqsm_0.7639x0.7639x3.0": (0.7639, 0.7639, 3.0)}
 UNSEEN_VOXEL = (0.9, 0.9, 2.5)
-CONVENTIONAL = ("tkd", "ilsqr", "medi", "fansi")
+#: the conventional inversions the network tables compare against (the papers' baselines; a
+#: subset of qsmflow.inversion.CONVENTIONAL)
+BASELINES = ("tkd", "ilsqr", "medi", "fansi")
 
 
 def _md(header, rows) -> str:
@@ -291,7 +293,7 @@ DC_NOTE = ("Rows `…+dc`: the network's χ followed by the data-consistency ste
 
 
 def bench_report(n: int = 20, shape=TEST_SHAPE, tables=("a", "n", "b", "c", "d"), figdir=None,
-                 cache_dir=None, log=print, conventional=CONVENTIONAL) -> str:
+                 cache_dir=None, log=print, conventional=BASELINES) -> str:
     """Markdown with the papers' tables (a)–(d) on ``n`` held-out volumes per table, and (n): the
     volumes of (a) without field noise (the papers' protocol); PNGs (one example per table) into
     ``figdir`` linked as ``figures/<file>.png``."""

@@ -22,9 +22,10 @@ def _wf_name(text: str) -> str:
 def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, run_uuid,
                     inversions, bgremoval="resharp", unwrapping="region-growing",
                     masking="magnitude", params=None, omp_nthreads=1, clinical_maps=True,
-                    name="qsmflow_wf"):
+                    dicom_out=None, source_dicom=None, name="qsmflow_wf"):
     """All subjects, one ``single_subject_<label>_wf`` each (independent: they run in parallel
-    and one subject's failure does not stop the others).
+    and one subject's failure does not stop the others). ``dicom_out``: export every map as
+    DICOM there (``source_dicom``: the source DICOM folder, else dicom2bids provenance).
 
     ``subjects``: ``{label: [qsmflow.bids_input.Acquisition, ...]}``; crash files of each
     subject go to ``<log_dir>/sub-<label>/<run_uuid>/``.
@@ -35,7 +36,7 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
             subject=label, acquisitions=acquisitions, bids_dir=bids_dir, output_dir=output_dir,
             inversions=inversions, bgremoval=bgremoval, unwrapping=unwrapping, masking=masking,
             params=params, omp_nthreads=omp_nthreads, clinical_maps=clinical_maps,
-            name=f"single_subject_{label}_wf")
+            dicom_out=dicom_out, source_dicom=source_dicom, name=f"single_subject_{label}_wf")
         crash_dir = str(Path(log_dir) / f"sub-{label}" / run_uuid)
         ssw.config["execution"]["crashdump_dir"] = crash_dir
         for node in ssw._get_all_nodes():  # Nipype merges only the top workflow's config
@@ -46,10 +47,20 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
     return workflow
 
 
+def combine_methods(descs) -> str:
+    """One methods text for a participant from ``[(acquisition name, text), ...]``: the text
+    once when every acquisition was processed alike, else one paragraph per acquisition."""
+    texts = list(dict.fromkeys(t for _, t in descs))
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    return "\n\n".join(f"{name}: {text}" for name, text in descs)
+
+
 def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inversions,
                            bgremoval="resharp", unwrapping="region-growing",
                            masking="magnitude", params=None, omp_nthreads=1,
-                           clinical_maps=True, name="single_subject_wf"):
+                           clinical_maps=True, dicom_out=None, source_dicom=None,
+                           name="single_subject_wf"):
     """Every acquisition of one subject: ``qsm_<acq>_wf`` + report figures + derivatives.
 
     Nothing of an acquisition is written before all its χ maps exist (the sinks wait on
@@ -64,6 +75,8 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
         Raw BIDS root (read only) and derivatives root.
     inversions, bgremoval, unwrapping, masking, params, omp_nthreads, clinical_maps
         As in :func:`qsmflow.workflows.qsm.init_qsm_wf`.
+    dicom_out, source_dicom : path or None
+        As in :func:`init_ds_wf`.
     """
     workflow = pe.Workflow(name=name)
     descs = []
@@ -76,7 +89,7 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
                              precomputed_mask=acq.user_mask.path if acq.user_mask else None,
                              clinical_maps=clinical_maps, name=f"qsm_{tag}_wf")
         made = clinical_maps_made(clinical_maps, bool(acq.magnitude), acq.n_echoes)
-        descs.append(qsm_wf.__desc__)
+        descs.append((acq.name, qsm_wf.__desc__))
         qsm_wf.inputs.inputnode.phase_files = list(acq.phase)
         if acq.magnitude:
             qsm_wf.inputs.inputnode.magnitude_files = list(acq.magnitude)
@@ -84,7 +97,8 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
         qsm_wf.inputs.inputnode.b0_tesla = float(acq.b0_tesla)
         qsm_wf.inputs.inputnode.b0_dir = [float(x) for x in acq.metadata.get("B0_dir", [])]
         ds_wf = init_ds_wf(acquisition=acq, bids_dir=bids_dir, output_dir=output_dir,
-                           inversions=inversions, maps=made, name=f"ds_{tag}_wf")
+                           inversions=inversions, maps=made, dicom_out=dicom_out,
+                           source_dicom=source_dicom, name=f"ds_{tag}_wf")
         figures = pe.Node(ReportFigures(prefix=acq.name, chi_names=list(inversions)),
                           name=f"report_figures_{tag}",
                           mem_gb=estimate_mem_gb(acq.n_voxels, 4 + len(inversions)))
@@ -114,13 +128,17 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
                 (qsm_wf, figures, [(f"outputnode.{k}", k) for k in made
                                    if k in ("r2star", "swi", "swi_minip")]),
             ])
-    workflow.__desc__ = descs[0] if descs else ""
+    workflow.__desc__ = combine_methods(descs)
     return workflow
 
 
-def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), name="ds_wf"):
+def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), dicom_out=None,
+               source_dicom=None, name="ds_wf"):
     """Derivatives of one acquisition (χ maps, mask, total/local field, magnitude, figures,
-    and the clinical ``maps``: keys of :data:`qsmflow.derivatives.CLINICAL_MAPS`).
+    and the clinical ``maps``: keys of :data:`qsmflow.derivatives.CLINICAL_MAPS`); with
+    ``dicom_out``, an ``export_dicom`` step (a job like the others, cached) writes the χ and
+    clinical maps as DICOM series there once they are stored (source series from
+    ``source_dicom``, else the dicom2bids provenance of the first phase image).
 
     Every sink waits on ``gather`` (all χ maps and figures done) so that an acquisition's
     derivatives appear together or not at all. Sidecars: static parts (Units, Description,
@@ -187,6 +205,7 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), name="
         (inputnode, ds_figures, [("figures", "in_file")]),
     ]
     sinks = [ds_total, ds_local, ds_mask, ds_chi, ds_figures]
+    map_sinks = []
     mag_src = [raw_uri(bids_dir, p) for p in (acquisition.magnitude or [])]
     map_sources = {"r2star": mag_src, "t2star": [self_uri(rel.get("r2star", ""))],
                    "swi": mag_src + [self_uri(rel["local_field"])],
@@ -198,6 +217,7 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), name="
                                                    skull_stripped=False, **common))
         connections.append((inputnode, ds, [(kind, "in_file"), (map_meta[kind], "meta")]))
         sinks.append(ds)
+        map_sinks.append(ds)
     if acquisition.magnitude:
         ds_mag = sink("magnitude", "ds_magnitude",
                       make_sidecar("magnitude", sources=raw_sources, skull_stripped=False))
@@ -210,8 +230,29 @@ def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), name="
         connections.append((inputnode, ds_mag, [("mask", "in_file")]))
     sinks.append(ds_mag)
     connections += [(gather, s, [("out", "depends_on")]) for s in sinks]
+    if dicom_out:
+        connections += _dicom_export(acquisition, inversions, maps, ds_chi, map_sinks,
+                                     dicom_out, source_dicom)
     workflow.connect(connections)
     return workflow
+
+
+def _dicom_export(acquisition, inversions, maps, ds_chi, map_sinks, dicom_out, source_dicom):
+    """Connections of the ``export_dicom`` node: the stored χ maps, then the clinical maps."""
+    from ..interfaces.dicom import DicomExportMaps
+
+    merge = pe.Node(niu.Merge(1 + len(map_sinks), ravel_inputs=True), name="dicom_maps",
+                    run_without_submitting=True)
+    export = pe.Node(DicomExportMaps(
+        kinds=["chimap"] * len(inversions) + list(maps),
+        methods=list(inversions) + [""] * len(maps), phase_file=str(acquisition.phase[0]),
+        metadata=_json_safe(acquisition.metadata), out_dir=str(dicom_out)),
+        name="export_dicom", mem_gb=estimate_mem_gb(acquisition.n_voxels, 3))
+    if source_dicom:
+        export.inputs.source_dicom = str(source_dicom)
+    return ([(ds_chi, merge, [("out_file", "in1")])]
+            + [(s, merge, [("out_file", f"in{i}")]) for i, s in enumerate(map_sinks, 2)]
+            + [(merge, export, [("out", "in_files")])])
 
 
 def figure_keys(maps: bool) -> tuple:

@@ -50,6 +50,18 @@ CITATIONS = {
                "package and its weights)",
 }
 
+#: how each method is spelled in the methods text
+DISPLAY_NAMES = {"tkd": "TKD", "tikhonov": "Tikhonov", "ilsqr": "iLSQR", "medi": "MEDI",
+                 "fansi": "FANSI", "tv": "TV-ADMM", "sstv": "SS-TV", "metaqsm": "Meta-QSM",
+                 "mesaqsm": "Mesa-QSM", "qsminvnet": "QSMInvNet", "resharp": "RESHARP",
+                 "vsharp": "V-SHARP", "pdf": "PDF", "lbv": "LBV"}
+
+
+def display_name(method: str) -> str:
+    """The published spelling of a method (``"ilsqr"`` → ``"iLSQR"``)."""
+    return DISPLAY_NAMES.get(method, method)
+
+
 #: citations of each unwrapping method (region-growing: its inspiration and its offset removal)
 UNWRAP_CITES = {"region-growing": ["romeo", "mcpc3ds"], "romeo": ["romeo"],
                 "laplacian": ["laplacian"]}
@@ -285,9 +297,9 @@ def methods_text(*, inversions, bgremoval, unwrapping, masking, n_echoes,
         cites.append("clearswi")
     refs = "; ".join(f"[{i}] {CITATIONS.get(c, c)}" for i, c in enumerate(dict.fromkeys(cites), 1))
     local = [m for m in inversions if m not in TOTAL_FIELD_METHODS]
-    inv = ", ".join(m.upper() if len(m) <= 4 else m for m in local)
-    inv_text = (f"The background field was removed with {bgremoval.upper()}, and the local field "
-                f"(converted to ppm) was inverted with {inv}; " if local else "")
+    inv = ", ".join(display_name(m) for m in local)
+    inv_text = (f"The background field was removed with {display_name(bgremoval)}, and the "
+                f"local field (converted to ppm) was inverted with {inv}; " if local else "")
     if len(local) < len(inversions):
         inv_text += ("single-step TV (SS-TV, qsmflow's implementation) inverted the total field "
                      "(ppm) in the whole brain mask directly, with the SMV high-pass of the "
