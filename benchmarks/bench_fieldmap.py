@@ -105,7 +105,7 @@ def _accuracy(figdir, quick):
     ax[0].imshow(np.where(m, local, 0)[:, :, z].T, origin="lower", cmap="gray", vmin=-lim,
                  vmax=lim)
     ax[0].set_title("true local field (ppm)")
-    for i, (name, (loc, em)) in enumerate(res.items(), 1):
+    for i, (name, (loc, _)) in enumerate(res.items(), 1):
         ax[i].imshow(loc[:, :, z].T, origin="lower", cmap="gray", vmin=-lim, vmax=lim)
         ax[i].set_title(f"{name}: {metrics.nrmse(loc, local, common):.0f} %")
     s, u, truth = keep["s"], keep["u"], keep["truth"]

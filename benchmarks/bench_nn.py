@@ -55,9 +55,9 @@ def _inference_time(shape=(256, 256, 64)) -> str:
         rows.append([name, "×".join(map(str, shape)), f"{t:.1f}", f"{mb:.0f}"])
     return ("### CPU inference (target ≤ 30 s, ≤ 6 GB on 2 cores)\n\n"
             f"torch threads: {torch.get_num_threads()}; fastest of 2 runs after a warm-up, in a fresh "
-            "process; peak memory = the whole process' max RSS (Python + torch + data + model: an upper bound) (the brain-mask "
-            "bounding box is cropped before the network runs). 2-core machine, no other job "
-            "running.\n\n"
+            "process; peak memory = the whole process' max RSS (Python + torch + data + model: "
+            "an upper bound) (the brain-mask bounding box is cropped before the network runs). "
+            "2-core machine, no other job running.\n\n"
             + md_table(["model", "matrix", "time (s)", "process peak RSS (MB)"], rows))
 
 

@@ -1,5 +1,6 @@
 """Whole BIDS App on one subject of a clinical protocol: 256×256×64, 0.76×0.76×3 mm, 4 echoes,
-3 T, the default inversions (TKD, MEDI, single-step TV), MultiProc with 2 processes. Target: ≤ 90 s wall, ≤ 4 GB peak memory.
+3 T, the default inversions (TKD, MEDI, single-step TV), MultiProc with 2 processes. Target:
+≤ 90 s wall, ≤ 4 GB peak memory.
 
 The app runs as a separate process (``python -m qsmflow.cli.main``); peak memory is the
 largest sum of resident memory over that process and all its children (Nipype's workers),
@@ -110,8 +111,8 @@ def run(figdir: Path, quick: bool) -> str:
              f"{ok_m} (≤ {TARGET_GB:g} GB)"]]
     text = ("## Whole pipeline (BIDS App)\n\n"
             "One simulated subject through `qsmflow bids_dir out participant --nprocs 2` "
-            f"(default inversions {' '.join(DEFAULT_INVERSIONS)}; MultiProc, 2 processes, 1 FFT thread each), from raw BIDS to "
-            "validated derivatives and the HTML report. Wall time of the whole command "
+            f"(default inversions {' '.join(DEFAULT_INVERSIONS)}; MultiProc, 2 processes, 1 FFT "
+            "thread each), from raw BIDS to validated derivatives and the HTML report. Wall time of the whole command "
             "(incl. start-up, pybids indexing, report); peak memory = the largest summed RSS of "
             "the app and its worker processes. "
             f"{'(quick: smaller matrix) ' if quick else ''}Simulating the dataset took "

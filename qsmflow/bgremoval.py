@@ -180,7 +180,7 @@ def _cg(apply_a, b, tol, max_iter, x0=None, dot=_vdot, precond=None):
         return x, 0
     real = x.real.dtype.type  # scalars in the vectors' precision (float32 or float64)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 -- the count is returned
         ap = apply_a(p)
         pap = dot(p, ap)
         if pap <= 0:

@@ -2,9 +2,10 @@
 
 One :class:`Acquisition` per set of source entities (``sub``/``ses``/``acq``/``rec``/``run`` and any
 other, e.g. ``ce``, ``chunk``) and suffix of ``MEGRE`` or ``T2starw`` phase images (optionally
-narrowed by a ``--bids-filter-file`` and an echo selection), with its phase and magnitude files ordered by ``EchoTime`` (never by
-file name), echo times in seconds and the field strength in tesla. Echoes may be one file each
-(``echo-<n>``) or one 4D file with a list ``EchoTime``.
+narrowed by a ``--bids-filter-file`` and an echo selection), with its phase and magnitude
+files ordered by ``EchoTime`` (never by file name), echo times in seconds and the field
+strength in tesla. Echoes may be one file each (``echo-<n>``) or one 4D file with a list
+``EchoTime``.
 
 Every problem found here raises :class:`InputError` with one line that names the file and the
 fix; this runs before any workflow is built, so a bad dataset writes nothing.
@@ -270,6 +271,7 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
     from bids.layout import Query
 
     entries = []  # (te, phase_path, meta, n_vols, shape3d, zooms)
+    ref_path = ref_affine = None  # the first echo's: the others must share its grid
     for f in group:
         path = f.path
         meta = layout.get_metadata(path)

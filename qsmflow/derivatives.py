@@ -15,8 +15,9 @@ Layout of a qsmflow derivatives dataset (checked with ``bids-validator-deno``)::
 
 ``<src>`` is the source's entities (``sub``/``ses``/``acq``/``rec``/``run``, ``ce``, ``chunk``, ...;
 echo and part dropped). Entities BIDS does not allow in a folder (``rec``, ``ce`` in ``fmap/``;
-``inv``, ``flip``, ... anywhere) are folded into ``acq`` (``acq-<acq><Rec>``, ``acq-<acq>CeGad``). Every image has a sidecar with ``Units``, ``Description``, ``Sources``
-(BIDS URIs) and ``SkullStripped``.
+``inv``, ``flip``, ... anywhere) are folded into ``acq`` (``acq-<acq><Rec>``,
+``acq-<acq>CeGad``). Every image has a sidecar with ``Units``, ``Description``, ``Sources`` (BIDS
+URIs) and ``SkullStripped``.
 """
 
 from __future__ import annotations

@@ -295,9 +295,10 @@ class _Painter:
                           for a, b, n, d in zip(lo, hi, self.shape, self.vs)], indexing="ij")
         return sl, np.stack(g, -1)
 
-    def ellipsoid(self, center, radii, rot=np.eye(3), shell_mm=None):
-        """(slices, fraction) of an ellipsoid (mm) with axes ``rot`` columns; with
-        ``shell_mm`` only a shell of that thickness inside its surface."""
+    def ellipsoid(self, center, radii, rot=None, shell_mm=None):
+        """(slices, fraction) of an ellipsoid (mm) with axes ``rot`` columns (default: the
+        array axes); with ``shell_mm`` only a shell of that thickness inside its surface."""
+        rot = np.eye(3) if rot is None else rot
         r = float(max(radii))
         sl, p = self._box(np.asarray(center) - r, np.asarray(center) + r)
         if sl is None:

@@ -101,7 +101,7 @@ def test_b0_along_each_array_axis_gives_the_same_chi(head):
     ref = inference.metaqsm(field, mask, vs)
     for axis in (0, 1):
         b = np.eye(3)[axis]
-        t = lambda x: np.moveaxis(x, 2, axis)  # noqa: E731 -- phantom axis 2 becomes `axis`
+        t = lambda x: np.moveaxis(x, 2, axis)  # noqa: E731,B023 -- phantom axis 2 becomes `axis`
         vs_t = tuple(np.insert(vs[:2], axis, vs[2]))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # an exact permutation warns about nothing

@@ -6,8 +6,8 @@ converter writes that dict into the BIDS sidecar, so no correction is ever silen
 - Siemens: phase stored as integers over the full ``BitsStored`` range (0..4095 without rescale
   tags, -4096..4094 with slope 2 / intercept -4096): that nominal range maps linearly to -π..π.
 - Philips: stored values × RescaleSlope + RescaleIntercept (the "display value") are in rad
-  (range ±π), degrees (±180, some software versions) or mrad (±1000π); the private scale slope (2005,100E) is recorded, not applied
-  (it converts to the "floating point value", which is not a phase in rad).
+  (range ±π), degrees (±180, some software versions) or mrad (±1000π); the private scale slope
+  (2005,100E) is recorded, not applied (it converts to the "floating point value", which is not a phase in rad).
 - GE: real and imaginary images → complex → magnitude and phase; GE's phase has the opposite
   sign to the convention here (positive frequency offset = positive phase), so the phase is
   negated and ``PhaseSignFlipped: true`` recorded. GE phase images (±π or ±1000π) likewise.

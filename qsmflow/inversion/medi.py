@@ -95,9 +95,9 @@ def medi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
         vr = np.float32(1.0) / np.sqrt(np.sum(gx * gx, axis=0) + np.float32(eps))
         vr_w = mg * mg * vr  # M_G·Vr·M_G per component
 
-        def reg(dx):
+        def reg(dx):  # used within this iteration only
             gd = _ops.grad(dx, vs)
-            gd *= vr_w
+            gd *= vr_w  # noqa: B023
             return _ops.grad_adj(gd, vs)
 
         def apply_a(dx):

@@ -214,7 +214,7 @@ def summary_table(res: dict, methods=None) -> tuple[list[str], list[list]]:
         r = res[m]["rows"]
         if not r:
             continue
-        cell = lambda k, f: f"{np.mean([x[k] for x in r]):{f}} ± {np.std([x[k] for x in r]):{f}}"  # noqa: E731
+        cell = lambda k, f: f"{np.mean([x[k] for x in r]):{f}} ± {np.std([x[k] for x in r]):{f}}"  # noqa: E731,B023
         rows.append([m, cell("rmse", ".2f"), cell("hfen", ".2f"), cell("ssim", ".3f"),
                      f"{np.median(res[m]['seconds']):.1f}", len(r)])
     return header, rows

@@ -302,7 +302,7 @@ MODEL_CARD = """# {name}
 | training | {steps} steps × batch {batch} = {samples} synthetic samples, {wall_h:.2f} h on {hardware} |
 | optimiser | RMSprop lr {lr:g}, ×{decay:g} every {decay_steps} steps, L1 loss, L2 {l2:g} |
 | data | crop {crop}, sources {sources}, data seed {data_seed}, {n_samples} samples split 9:1 |
-| validation ({nval} held-out synthetic crops) | L1 {l1:.4f} ppm, RMSE {rmse:.1f} %, HFEN {hfen:.1f} %, SSIM {ssim:.3f} |
+| validation ({nval} held-out crops) | L1 {l1:.4f} ppm, RMSE {rmse:.1f} %, HFEN {hfen:.1f} %, SSIM {ssim:.3f} |
 | torch | {torch} |
 
 {note}

@@ -81,10 +81,10 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
 
     Steps: phase → rad and echoes stacked in TE order (``scale_phase``); brain mask
     (``brain_mask``, or ``load_brain_mask`` for a ``precomputed_mask``); spatial + temporal
-    unwrapping and magnitude-weighted field fit (``fit_field``); background removal (``remove_background``); one dipole inversion per method
-    in parallel branches from the same local field (``invert_<method>``), each referenced once; a QC
-    verdict of every χ map from the data (``quality_control``, :mod:`qsmflow.qc`) in its
-    sidecar entries (``meta_chi``: ``QC``).
+    unwrapping and magnitude-weighted field fit (``fit_field``); background removal
+    (``remove_background``); one dipole inversion per method in parallel branches from the same
+    local field (``invert_<method>``), each referenced once; a QC verdict of every χ map from
+    the data (``quality_control``, :mod:`qsmflow.qc`) in its sidecar entries (``meta_chi``: ``QC``).
 
     Parameters
     ----------
