@@ -13,6 +13,8 @@ Nobody else in the package redefines a constant or a kernel: import them from he
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import numpy as np
@@ -27,9 +29,28 @@ GAMMA_BAR_MHZ_PER_T = 42.57747892
 _MAX_PLAUSIBLE_TE_S = 0.2
 
 
+#: threads set by :func:`use_workers` for the calls made inside it (this thread/task only)
+_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("qsmflow_workers",
+                                                                     default=None)
+
+
+@contextlib.contextmanager
+def use_workers(n: int):
+    """Run the FFTs of the calls inside with ``n`` threads (what a pipeline step passes down;
+    nothing is written to the environment, so child processes are not affected)."""
+    token = _WORKERS.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _WORKERS.reset(token)
+
+
 def fft_workers() -> int:
-    """Threads for scipy.fft: ``QSMFLOW_NUM_THREADS`` if set, else ``OMP_NUM_THREADS``, else all
-    cores. Pass the result as ``workers=`` to every scipy.fft call."""
+    """Threads for scipy.fft: those of an enclosing :func:`use_workers`, else
+    ``QSMFLOW_NUM_THREADS`` if set, else ``OMP_NUM_THREADS``, else all cores. Pass the result as
+    ``workers=`` to every scipy.fft call."""
+    if _WORKERS.get() is not None:
+        return int(_WORKERS.get())
     for var in ("QSMFLOW_NUM_THREADS", "OMP_NUM_THREADS"):
         v = os.environ.get(var, "").strip()
         if v.isdigit() and int(v) > 0:

@@ -261,3 +261,21 @@ def test_b0_direction_through_a_nifti_with_qfac_minus_one(tmp_path):
     a = np.deg2rad(-12.0)
     np.testing.assert_allclose(physics.b0_direction_from_affine(aff2),
                                [0, np.sin(a), -np.cos(a)], atol=1e-6)
+
+
+def test_fft_threads_are_passed_down_not_put_in_the_environment(monkeypatch):
+    """A step's thread count reaches the core's FFTs (``use_workers``, what the interfaces
+    use) without touching the environment that child processes inherit."""
+    import os
+
+    from qsmflow.interfaces._base import threads
+
+    monkeypatch.setenv("QSMFLOW_NUM_THREADS", "2")
+    before = dict(os.environ)
+    assert physics.fft_workers() == 2
+    with threads(3):
+        assert physics.fft_workers() == 3 and dict(os.environ) == before
+        with physics.use_workers(1):
+            assert physics.fft_workers() == 1
+        assert physics.fft_workers() == 3
+    assert physics.fft_workers() == 2 and dict(os.environ) == before

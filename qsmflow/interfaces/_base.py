@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 from nipype.interfaces.base import isdefined
 
-from ..physics import b0_direction_from_affine, voxel_size_from_affine
+from ..physics import b0_direction_from_affine, use_workers, voxel_size_from_affine
 
 #: bytes of one float64 voxel
 _F8 = 8
@@ -37,18 +36,10 @@ def opt(value):
     return value if isdefined(value) else None
 
 
-@contextlib.contextmanager
 def threads(n: int):
-    """Let the core's FFTs use ``n`` threads (``QSMFLOW_NUM_THREADS``) inside one node."""
-    old = os.environ.get("QSMFLOW_NUM_THREADS")
-    os.environ["QSMFLOW_NUM_THREADS"] = str(max(1, int(n)))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("QSMFLOW_NUM_THREADS", None)
-        else:
-            os.environ["QSMFLOW_NUM_THREADS"] = old
+    """Let the core's FFTs use ``n`` threads inside one node (:func:`qsmflow.physics.use_workers`:
+    passed down, the environment is left alone)."""
+    return use_workers(n)
 
 
 def jsonable(d: dict) -> dict:
