@@ -23,7 +23,9 @@ from scipy import ndimage
 from . import io as qio
 from . import physics
 
-METHODS = ("resharp", "vsharp", "pdf", "lbv")
+#: the background-removal registry: name → function (filled in at the end of the module); the
+#: CLI's choices, the config check and the interface all read it
+METHODS: dict = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,9 +566,10 @@ def resolved_parameters(method, voxel_size, **params) -> dict:
 def remove_background(method, field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), **params):
     """Dispatch to :func:`resharp`, :func:`vsharp`, :func:`pdf` or :func:`lbv` by name (units in
     = out)."""
-    fn = {"resharp": resharp, "vsharp": vsharp, "pdf": pdf, "lbv": lbv}.get(str(method).lower())
+    fn = METHODS.get(str(method).lower())
     if fn is None:
-        raise ValueError(f"unknown background removal method {method!r}: use one of {METHODS}")
+        raise ValueError(f"unknown background removal method {method!r}: use one of "
+                         f"{', '.join(METHODS)}")
     return fn(field, mask, voxel_size, b0_dir, **params)
 
 
@@ -596,3 +599,6 @@ def remove_background_files(field_file, mask_file, out_field, out_mask, *, metho
                                                      f"mask eroded by {method}"})
     qio.save_nifti(out_field, local, affine, sidecar=meta)
     return Path(out_field), Path(out_mask)
+
+
+METHODS.update(resharp=resharp, vsharp=vsharp, pdf=pdf, lbv=lbv)

@@ -27,7 +27,9 @@ from . import physics
 LOG = logging.getLogger(__name__)
 
 #: brain-mask methods (the app's --masking choices)
-MASK_METHODS = ("auto", "deepbet", "magnitude", "phase-quality", "combined")
+#: the masking registry: ``--masking`` name → the functions it may run (their keyword parameters
+#: are what ``[params.<name>]`` may set; filled in at the end of the module)
+MASK_METHODS: dict = {}
 
 #: smallest extent (mm) along every axis of a field of view that shows a whole brain: below it
 #: (slabs, cropped volumes) the network, trained on whole heads, is not used by ``auto``
@@ -422,3 +424,8 @@ def mask_files(magnitude_files, out_file, *, te_s=None, erode_mm=0.0, threshold=
         meta["Method"] += " AND fit-residual quality"
     return qio.save_nifti(out_file, mask, affine, sidecar=meta)
 
+
+MASK_METHODS.update({
+    "auto": (magnitude_mask, deepbet_mask), "deepbet": (deepbet_mask,),
+    "magnitude": (magnitude_mask,), "phase-quality": (phase_quality_mask,),
+    "combined": (magnitude_mask, deepbet_mask, phase_quality_mask)})

@@ -113,16 +113,11 @@ def _param_sections(cfg: RunConfig) -> dict:
     from . import bgremoval, masking, phase
     from .interfaces.maps import R2STAR_PARAMS, SWI_PARAMS
 
-    deep, mag, pq = (_tunable(masking.deepbet_mask), _tunable(masking.magnitude_mask),
-                     _tunable(masking.phase_quality_mask))
-    sections = {
-        "resharp": _tunable(bgremoval.resharp), "vsharp": _tunable(bgremoval.vsharp),
-        "pdf": _tunable(bgremoval.pdf), "lbv": _tunable(bgremoval.lbv),
-        "auto": {**mag, **deep}, "deepbet": deep, "magnitude": mag, "phase-quality": pq,
-        "combined": {**mag, **deep, **pq}, "r2star": dict(R2STAR_PARAMS),
-        "swi": dict(SWI_PARAMS),
-    }
+    sections = {name: _tunable(fn) for name, fn in bgremoval.METHODS.items()}
+    for name, fns in masking.MASK_METHODS.items():
+        sections[name] = {k: v for fn in fns for k, v in _tunable(fn).items()}
     sections.update({u: _tunable(phase.unwrap_echoes) for u in UNWRAPPING})
+    sections.update(r2star=dict(R2STAR_PARAMS), swi=dict(SWI_PARAMS))
     return sections
 
 
@@ -160,8 +155,8 @@ def check_params(cfg: RunConfig) -> None:
 def check_methods(cfg: RunConfig) -> None:
     """Every method and parameter name of the configuration exists."""
     from . import inversion
-    from .interfaces.bgremoval import BG_METHODS
-    from .interfaces.masking import MASK_METHODS
+    from .bgremoval import METHODS as BG_METHODS
+    from .masking import MASK_METHODS
 
     if not cfg.inversion:
         raise ConfigError("--inversion: give at least one method, e.g. --inversion tkd medi")

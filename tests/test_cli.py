@@ -208,3 +208,24 @@ def test_graph_plugin_reports_submission_not_success(ds, tmp_path, capsys, monke
     assert rc == run.EXIT_OK and calls == ["SLURMGraph"]
     assert "submitted" in text and "nothing is finished" in text and "succeeded" not in text
     assert not list(out.rglob("*.html"))
+
+
+def test_one_registry_per_method_family():
+    """The CLI's choices, the interfaces' accepted values and the config check of each method
+    family all come from its registry (adding a method there adds it everywhere)."""
+    from qsmflow import bgremoval, inversion, masking, phase
+    from qsmflow.interfaces import BackgroundRemoval, BrainMask, DipoleInversion
+    from qsmflow.validation import _param_sections
+
+    parser = run.get_parser()
+    choices = {a.dest: set(a.choices) for a in parser._actions if a.choices}
+    assert choices["bgremoval"] == set(bgremoval.METHODS)
+    assert choices["masking"] == set(masking.MASK_METHODS)
+    assert choices["unwrapping"] == set(phase.UNWRAPPING_METHODS)
+    assert set(BackgroundRemoval().inputs.trait("method").trait_type.values) == set(bgremoval.METHODS)
+    assert set(BrainMask().inputs.trait("method").trait_type.values) == set(masking.MASK_METHODS)
+    assert set(DipoleInversion().inputs.trait("method").trait_type.values) == set(inversion.METHODS)
+    sections = _param_sections(build_config({}, None))
+    assert set(bgremoval.METHODS) | set(masking.MASK_METHODS) | set(phase.UNWRAPPING_METHODS) \
+        <= set(sections)
+    assert all(callable(fn) for fn in bgremoval.METHODS.values())

@@ -10,13 +10,12 @@ from ..io import load_nifti, save_nifti
 from ._base import geometry, jsonable, opt, out_file, threads
 
 #: background-removal methods offered by the app
-BG_METHODS = tuple(bgremoval.METHODS)
 
 
 class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, mandatory=True, desc="total field (Hz)")
     mask = File(exists=True, mandatory=True, desc="brain mask")
-    method = traits.Enum(*BG_METHODS, usedefault=True, desc="background-removal method")
+    method = traits.Enum(*bgremoval.METHODS, usedefault=True, desc="background-removal method")
     params = traits.Dict(desc="method parameters (radius_mm, ...)")
     b0_dir = traits.List(traits.Float, desc="B0 direction in voxel axes (sidecar B0_dir)")
     num_threads = traits.Int(1, usedefault=True, nohash=True,

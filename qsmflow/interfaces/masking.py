@@ -15,7 +15,7 @@ from ..user_mask import load_user_mask
 from ..io import load_nifti, save_nifti
 from ._base import geometry, jsonable, opt, out_file
 
-MASK_METHODS = masking.MASK_METHODS
+MASK_METHODS = tuple(masking.MASK_METHODS)
 
 
 def _accepted(fn, params: dict) -> dict:
