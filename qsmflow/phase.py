@@ -257,7 +257,7 @@ def _check_multi_echo(phase4d, mag4d, te_s):
 # --------------------------------------------------------------------------------------------
 # Laplacian (least-squares) unwrapping
 # --------------------------------------------------------------------------------------------
-def laplacian_unwrap(phase, voxel_size=(1.0, 1.0, 1.0), mask=None, workers=None) -> np.ndarray:
+def laplacian_unwrap(phase, voxel_size, mask=None, workers=None) -> np.ndarray:
     """Laplacian unwrapping (rad): solve ∇²u = ∇·wrap(∇φ) with Neumann boundaries by DCT.
 
     The discrete form of Schofield & Zhu's ``cos φ ∇² sin φ − sin φ ∇² cos φ``: wrapped finite
@@ -476,7 +476,7 @@ def _smooth_complex(z, voxel_size, sigma_mm):
             + 1j * ndimage.gaussian_filter(z.imag, sig, mode="nearest"))
 
 
-def bipolar_correction(phase4d, te_s, mag4d=None, *, voxel_size=(1.0, 1.0, 1.0), sigma_mm=4.0):
+def bipolar_correction(phase4d, te_s, mag4d=None, *, voxel_size, sigma_mm=4.0):
     """Remove the odd/even echo phase difference of bipolar readouts (rad).
 
     Model ``φ_k = φ0 + ω·TE_k + s_k·β`` with ``s_k = +1`` for echoes 1, 3, 5, … and −1 for
@@ -521,7 +521,7 @@ def _temporal_unwrap(p, mag, te, omega):
     return out
 
 
-def unwrap_echoes(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), method=DEFAULT_UNWRAPPING,
+def unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method=DEFAULT_UNWRAPPING,
                   mask=None, *, offset_sigma_mm=4.0, bipolar=False):
     """Unwrap multi-echo phase in space and time (rad, same shape as ``phase4d``).
 
@@ -664,7 +664,7 @@ def romeo_available() -> bool:
     return shutil.which("romeo") is not None
 
 
-def romeo_unwrap(phase4d, mag4d, te_s, voxel_size=(1.0, 1.0, 1.0), mask=None) -> np.ndarray:
+def romeo_unwrap(phase4d, mag4d, te_s, voxel_size, mask=None) -> np.ndarray:
     """Unwrap with the real ROMEO (Dymerska et al. 2021): the ``romeo`` program of ROMEO.jl,
     run on temporary NIfTI files (phase rad ``(X, Y, Z, E)``, magnitude, mask; echo times passed
     in ms). Returns its ``unwrapped.nii`` (rad, the shape of ``phase4d``). ``ValueError``

@@ -245,7 +245,7 @@ def test_real_data_unwrap_and_fit(shared_data):
 def test_bad_multi_echo_inputs():
     p = np.zeros((4, 4, 4, 3))
     with pytest.raises(ValueError, match="magnitude shape"):
-        ph.unwrap_echoes(p, np.ones((4, 4, 4, 2)), [0.004, 0.008, 0.012])
+        ph.unwrap_echoes(p, np.ones((4, 4, 4, 2)), [0.004, 0.008, 0.012], (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="increasing"):
         ph.fit_multi_echo(p, None, [0.004, 0.012, 0.008])
     with pytest.raises(ValueError, match="milliseconds"):
@@ -255,11 +255,11 @@ def test_bad_multi_echo_inputs():
     bad = p.copy()
     bad[1, 1, 1, 0] = np.inf
     with pytest.raises(ValueError, match="NaN/Inf"):
-        ph.unwrap_echoes(bad, None, [0.004, 0.008, 0.012])
+        ph.unwrap_echoes(bad, None, [0.004, 0.008, 0.012], (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="empty"):
-        ph.unwrap_echoes(p, None, [0.004, 0.008, 0.012], mask=np.zeros((4, 4, 4)))
+        ph.unwrap_echoes(p, None, [0.004, 0.008, 0.012], (1.0, 1.0, 1.0), mask=np.zeros((4, 4, 4)))
     with pytest.raises(ValueError, match="method"):
-        ph.unwrap_echoes(p, None, [0.004, 0.008, 0.012], method="magic")
+        ph.unwrap_echoes(p, None, [0.004, 0.008, 0.012], (1.0, 1.0, 1.0), method="magic")
 
 
 def _write_echoes(tmp_path, phase, mag, te, units="rad"):
@@ -321,3 +321,14 @@ def test_uneven_echoes_unwrap_with_offset():
     fit = ph.fit_multi_echo(u, mag, te, mask)
     d = (fit.field_hz - f_hz)[mask]
     assert np.std(d) < 1.0
+
+
+def test_core_unwrapping_needs_the_voxel_size():
+    """No silent 1 mm: the unwrappers take the voxel size (mm) as a required argument."""
+    p, te = np.zeros((4, 4, 4, 3)), [0.004, 0.008, 0.012]
+    for call in (lambda: ph.laplacian_unwrap(p[..., 0]),
+                 lambda: ph.unwrap_echoes(p, None, te),
+                 lambda: ph.bipolar_correction(p, te),
+                 lambda: ph.region_growing_unwrap(p[..., 0])):
+        with pytest.raises(TypeError, match="voxel_size"):
+            call()
