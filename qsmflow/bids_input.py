@@ -270,7 +270,7 @@ def _collect_files(layout, group, subject, session) -> tuple[list, list, list, d
     """Ordered (phase files, mag files or [], echo times, first sidecar) of one group."""
     from bids.layout import Query
 
-    entries = []  # (te, phase_path, meta, n_vols, shape3d, zooms)
+    entries = []  # (echo times s, phase path, sidecar, shape3d, zooms mm, echo entity)
     ref_path = ref_affine = None  # the first echo's: the others must share its grid
     for f in group:
         path = f.path
