@@ -255,11 +255,16 @@ def scheduler_args(plugin: str, mem_gb: float, n_procs: int) -> dict | None:
     return None
 
 
+def all_nodes(workflow) -> list:
+    """Every node of ``workflow`` and its sub-workflows (Nipype's public API)."""
+    return [workflow.get_node(name) for name in workflow.list_node_names()]
+
+
 def apply_resources(workflow, plugin: str, max_mem_gb: float, max_procs: int) -> int:
     """Clamp every node's ``mem_gb``/``n_procs`` to what the run may use, and for batch plugins
     turn them into the node's scheduler arguments. Returns the number of nodes touched."""
     n = 0
-    for node in workflow._get_all_nodes():
+    for node in all_nodes(workflow):
         mem = min(float(node.mem_gb), float(max_mem_gb))
         procs = min(int(node.n_procs), int(max_procs))
         node._mem_gb = mem

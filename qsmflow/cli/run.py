@@ -466,7 +466,7 @@ def main(argv=None) -> int:
 
 def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`."""
-    from ..config import apply_resources
+    from ..config import all_nodes, apply_resources
     from ..workflows import init_qsmflow_wf
 
     cfg = plan.config
@@ -503,7 +503,7 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
     apply_resources(wf, cfg.plugin, cfg.resolved_mem_gb(), cfg.resolved_nprocs())
     from nipype.interfaces.utility import IdentityInterface
 
-    steps = [n for n in wf._get_all_nodes() if not n.run_without_submitting
+    steps = [n for n in all_nodes(wf) if not n.run_without_submitting
              and not isinstance(n.interface, IdentityInterface)]
     progress = Progress(total=len(steps), quiet=False)
     plugin, plugin_args = _plugin_args(cfg, progress)

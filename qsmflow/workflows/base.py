@@ -8,6 +8,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..config import all_nodes
 from ..derivatives import CLINICAL_MAPS, derivative_relpath, make_sidecar, raw_uri, self_uri
 from ..interfaces import DerivativesSink, ReportFigures
 from ..interfaces._base import estimate_mem_gb
@@ -39,7 +40,7 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
             dicom_out=dicom_out, source_dicom=source_dicom, name=f"single_subject_{label}_wf")
         crash_dir = str(Path(log_dir) / f"sub-{label}" / run_uuid)
         ssw.config["execution"]["crashdump_dir"] = crash_dir
-        for node in ssw._get_all_nodes():  # Nipype merges only the top workflow's config
+        for node in all_nodes(ssw):  # Nipype merges only the top workflow's config
             cfg = dict(node.config or {})
             cfg["execution"] = {**cfg.get("execution", {}), "crashdump_dir": crash_dir}
             node.config = cfg
