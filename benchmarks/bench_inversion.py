@@ -20,11 +20,11 @@ import numpy as np
 from _util import fft_pair_seconds, md_table
 from qsmflow import metrics
 from qsmflow.inversion import CONVENTIONAL, invert, method_parameters
+from qsmflow.workflows.qsm import display_name
 
 SHARED = Path(os.environ.get("QSMFLOW_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 QSM2016 = SHARED / "data" / "qsm2016"
-LABELS = {"tkd": "TKD", "tikhonov": "Tikhonov", "ilsqr": "iLSQR", "medi": "MEDI",
-          "fansi": "FANSI", "tv": "TV-ADMM"}
+LABELS = {m: display_name(m) for m in CONVENTIONAL}
 METRIC_KEYS = [("rmse", "RMSE %"), ("nrmse", "NRMSE %"), ("hfen", "HFEN %"), ("ssim", "SSIM"),
                ("xsim", "XSIM")]
 PUBLIC = {"tv": 26.5, "fansi": 29.1, "tkd": 37.0, "ilsqr": 40.8, "medi": 52.0}

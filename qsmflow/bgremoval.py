@@ -51,18 +51,6 @@ def _check_inputs(field, mask):
     return f, m
 
 
-def _box(mask, margin_vox):
-    """Slices of the mask's bounding box grown by ``margin_vox`` per axis (clipped)."""
-    sl = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        idx = np.nonzero(mask.any(axis=other))[0]
-        lo = max(int(idx[0]) - int(margin_vox[ax]), 0)
-        hi = min(int(idx[-1]) + 1 + int(margin_vox[ax]), mask.shape[ax])
-        sl.append(slice(lo, hi))
-    return tuple(sl)
-
-
 def _fast_shape(shape, extra):
     return tuple(sfft.next_fast_len(int(n) + int(e), real=True) for n, e in zip(shape, extra))
 
@@ -270,7 +258,7 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
     if not lam > 0:
         raise ValueError(f"RESHARP lam must be > 0, got {lam!r}")
     rv = [int(np.ceil(radius_mm / d)) + 1 for d in vs]
-    box = _box(m, rv)
+    box = physics.bounding_box(m, rv)
     sub_shape = tuple(s.stop - s.start for s in box)
     shape = _fast_shape(sub_shape, rv)
     grid, c_half, me = smv_highpass(shape, physics.pad_array(m[box], shape), vs, radius_mm,
@@ -335,7 +323,7 @@ def vsharp(field, mask, voxel_size, b0_dir=None, *, radii_mm=None, max_radius_mm
     if radii[-1] <= 0:
         raise ValueError(f"V-SHARP radii must be positive mm, got {radii}")
     rv = [int(np.ceil(radii[0] / d)) + 1 for d in vs]
-    box = _box(m, rv)
+    box = physics.bounding_box(m, rv)
     sub_shape = tuple(s.stop - s.start for s in box)
     grid = _Grid(_fast_shape(sub_shape, rv), workers)
     mp = grid.pad(m[box])
@@ -518,7 +506,7 @@ def lbv(field, mask, voxel_size, b0_dir=None, *, tol=1e-5, max_iter=200, peel_mm
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
-    box = _box(m, [1, 1, 1])
+    box = physics.bounding_box(m, [1, 1, 1])
     inner, coords, a, boundary_weights = _laplace_system(m[box], vs)
     if not inner.any():
         raise ValueError("the mask has no interior voxels (every voxel touches its boundary): "

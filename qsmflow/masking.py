@@ -146,13 +146,6 @@ def _auto_r2star_max(r2, centre) -> float:
     return 1.6 * ref if np.isfinite(ref) and ref > 0 else np.inf
 
 
-def _bbox(mask, margin: int) -> tuple:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(0) - margin, idx.max(0) + 1 + margin
-    return tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, mask.shape))
-
-
 def magnitude_mask(mag, voxel_size, erode_mm=0.0, *, te_s=None, r2star_max="auto",
                    threshold=None, open_mm=None, fill_holes=True) -> np.ndarray:
     """Brain mask (bool) from magnitude (3D or 4D with echoes last), no FSL.
@@ -205,7 +198,7 @@ def magnitude_foreground(mag, *, te_s=None, r2star_max="auto", threshold=None, w
         box = (slice(None),) * 3
         if within is not None and np.any(within):
             need = np.asarray(within, bool) | centre if auto else np.asarray(within, bool)
-            box = _bbox(need, margin=1)  # + the median filter's reach: exact inside
+            box = physics.bounding_box(need, 1)  # + the median filter's reach: exact inside
         r2 = np.full(fg.shape, np.inf, np.float64)  # outside the box: not needed, not kept
         r2[box] = ndimage.median_filter(r2star_map(np.asarray(mag)[box], te_s), 3)
         lim = _auto_r2star_max(r2, centre) if auto else float(r2star_max)

@@ -199,6 +199,17 @@ def pad_array(x, shape):
     return np.pad(x, widths)
 
 
+def bounding_box(mask, margin=0) -> tuple:
+    """Slices of the bounding box of the non-zero voxels of ``mask``, grown by ``margin`` voxels
+    (one number, or one per axis) and clipped to the array."""
+    m = np.asarray(mask, bool)
+    idx = np.argwhere(m)
+    grow = np.broadcast_to(np.asarray(margin, int), (m.ndim,))
+    lo = np.maximum(idx.min(0) - grow, 0)
+    hi = np.minimum(idx.max(0) + 1 + grow, m.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def crop_array(x, shape):
     """Inverse of :func:`pad_array`."""
     return np.asarray(x)[tuple(slice(0, int(s)) for s in shape)]

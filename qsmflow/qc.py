@@ -130,15 +130,17 @@ def highpass(field, mask, voxel_size, radius_mm, pad=8):
 
 
 def forward_residual_total(chi_ppm, total_field_ppm, brain_mask, voxel_size, b0_dir,
-                           radius_mm) -> float:
+                           radius_mm, highpassed=None) -> float:
     """‖M_e·C(D∗χ − f)‖ / ‖M_e·C f‖ for a χ map (ppm) made from the total field ``f`` (ppm)
     in ``brain_mask`` by a single-step method: its own data term, with ``C`` and ``M_e`` of
-    :func:`highpass` for ``radius_mm`` (the method's SMV radius)."""
+    :func:`highpass` for ``radius_mm`` (the method's SMV radius). ``highpassed``: ``(C·f, M_e)``
+    when :func:`highpass` of ``f`` was already computed."""
     m = np.asarray(brain_mask, bool)
+    cf, me = highpass(total_field_ppm, m, voxel_size, radius_mm) if highpassed is None \
+        else highpassed
     model = physics.forward_field(np.where(m, chi_ppm, 0.0), voxel_size, b0_dir)
-    cr, me = highpass(model - total_field_ppm, m, voxel_size, radius_mm)
-    cf = highpass(total_field_ppm, m, voxel_size, radius_mm)[0]
-    return float(np.linalg.norm(cr[me]) / max(np.linalg.norm(cf[me]), 1e-30))
+    cm = highpass(model, m, voxel_size, radius_mm)[0]  # C is linear: C(Dχ − f) = C·Dχ − C·f
+    return float(np.linalg.norm((cm - cf)[me]) / max(np.linalg.norm(cf[me]), 1e-30))
 
 
 def cone_energy(field, mask, voxel_size, b0_dir, d_max=CONE_D_MAX) -> float:
@@ -217,9 +219,9 @@ def qc_metrics(chi_ppm, local_field_ppm, mask, voxel_size, b0_dir, *, brain_mask
         fwd = forward_residual(chi_ppm, local_field_ppm, m, voxel_size, b0_dir)
         cone = b0_cone_ratio(local_field_ppm, m, voxel_size, b0_dir)
     else:
-        fwd = forward_residual_total(chi_ppm, local_field_ppm, brain, voxel_size, b0_dir,
-                                     total_field_radius_mm)
         cf, me = highpass(local_field_ppm, brain, voxel_size, total_field_radius_mm)
+        fwd = forward_residual_total(chi_ppm, local_field_ppm, brain, voxel_size, b0_dir,
+                                     total_field_radius_mm, highpassed=(cf, me))
         cone = b0_cone_ratio(cf, me, voxel_size, b0_dir)
     out = {
         "ChiOutlierFraction": chi_outlier_fraction(chi_ppm, m),

@@ -108,7 +108,7 @@ def _check_value(section: str, name: str, value, default) -> None:
                           f"{want} (default: {default!r})")
 
 
-def _param_sections(cfg: RunConfig) -> dict:
+def _param_sections() -> dict:
     """``{section: {name: default}}``: every ``[params.*]`` section qsmflow reads."""
     from . import bgremoval, masking, phase
     from .interfaces.maps import R2STAR_PARAMS, SWI_PARAMS
@@ -126,7 +126,7 @@ def check_params(cfg: RunConfig) -> None:
     uses (inversions: :func:`qsmflow.inversion.resolved_parameters`); ConfigError otherwise."""
     from . import inversion
 
-    sections = _param_sections(cfg)
+    sections = _param_sections()
     known = sorted(set(sections) | set(inversion.METHODS))
     for section, values in (cfg.params or {}).items():
         if section not in known:

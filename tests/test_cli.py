@@ -225,7 +225,7 @@ def test_one_registry_per_method_family():
     assert set(BackgroundRemoval().inputs.trait("method").trait_type.values) == set(bgremoval.METHODS)
     assert set(BrainMask().inputs.trait("method").trait_type.values) == set(masking.MASK_METHODS)
     assert set(DipoleInversion().inputs.trait("method").trait_type.values) == set(inversion.METHODS)
-    sections = _param_sections(build_config({}, None))
+    sections = _param_sections()
     assert set(bgremoval.METHODS) | set(masking.MASK_METHODS) | set(phase.UNWRAPPING_METHODS) \
         <= set(sections)
     assert all(callable(fn) for fn in bgremoval.METHODS.values())

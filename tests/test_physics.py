@@ -268,12 +268,10 @@ def test_fft_threads_are_passed_down_not_put_in_the_environment(monkeypatch):
     use) without touching the environment that child processes inherit."""
     import os
 
-    from qsmflow.interfaces._base import threads
-
     monkeypatch.setenv("QSMFLOW_NUM_THREADS", "2")
     before = dict(os.environ)
     assert physics.fft_workers() == 2
-    with threads(3):
+    with physics.use_workers(3):
         assert physics.fft_workers() == 3 and dict(os.environ) == before
         with physics.use_workers(1):
             assert physics.fft_workers() == 1

@@ -396,27 +396,20 @@ def qc_summary(plan, sub: str) -> list[str]:
     return lines
 
 
-def find_dicom_sources(plan) -> dict[str, dict]:
-    """``--dicom-out``: the source record (patient, study, frame of reference) of every
-    acquisition, keyed by its first phase file, found before anything runs (from
-    ``--source-dicom``, else dicom2bids provenance); ``InputError`` says what to pass."""
-    import nibabel as nib
-
-    from ..dicom.source import SourceIndex, export_source
-    from ..io import sidecar_path
+def check_dicom_sources(plan) -> None:
+    """``--dicom-out``: every acquisition's source record (patient, study, frame of reference)
+    can be found (from ``--source-dicom``, else dicom2bids provenance), checked before anything
+    runs; ``InputError`` says what to pass. The export step finds it again when it runs, so no
+    patient data is kept."""
+    from ..dicom.source import SourceIndex, image_source
 
     try:
         index = SourceIndex(plan.config.source_dicom) if plan.config.source_dicom else None
-        sources = {}
         for acqs in plan.subjects.values():
             for acq in acqs:
-                img = nib.load(acq.phase[0])
-                sources[acq.phase[0]] = export_source(
-                    sidecar_path(acq.phase[0]), dict(acq.metadata), index=index,
-                    affine=img.affine, shape=img.shape)
+                image_source(acq.phase[0], dict(acq.metadata), index=index)
     except ValueError as exc:  # names the file or folder and what to pass
         raise InputError(str(exc)) from None
-    return sources
 
 
 def main(argv=None) -> int:
@@ -447,7 +440,7 @@ def main(argv=None) -> int:
             if cleaned:
                 LOG.info("--clean-workdir: removed %s", cleaned)
         if cfg.dicom_out:  # every source series found before anything runs
-            find_dicom_sources(plan)
+            check_dicom_sources(plan)
     except (InputError, ConfigError) as exc:
         print(f"qsmflow: error: {exc}", file=sys.stderr)
         release_all(held)

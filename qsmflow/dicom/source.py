@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_json
+from ..io import load_json, sidecar_path
 from .convert import dicom_source, private_path
 from .geometry import LPS_TO_RAS
 from .scan import group_series, scan_folder
@@ -148,3 +148,13 @@ def export_source(sidecar_file, metadata: dict | None = None, *, index: SourceIn
     if private is not None:
         return {**rec, **private}
     raise ValueError(f"{sidecar_file.name}: {_NEEDS}")
+
+
+def image_source(image_file, metadata: dict | None = None, *,
+                 index: SourceIndex | None = None) -> dict:
+    """:func:`export_source` of a raw NIfTI image, matched by its sidecar and its grid."""
+    import nibabel as nib
+
+    img = nib.load(str(image_file))
+    return export_source(sidecar_path(image_file), metadata, index=index, affine=img.affine,
+                         shape=img.shape)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from nipype.interfaces.base import isdefined
 
-from ..physics import b0_direction_from_affine, use_workers, voxel_size_from_affine
+from ..physics import b0_direction_from_affine, voxel_size_from_affine
 
 #: bytes of one float64 voxel
 _F8 = 8
@@ -34,12 +34,6 @@ def geometry(affine, b0_dir=None):
 def opt(value):
     """Nipype's Undefined → None."""
     return value if isdefined(value) else None
-
-
-def threads(n: int):
-    """Let the core's FFTs use ``n`` threads inside one node (:func:`qsmflow.physics.use_workers`:
-    passed down, the environment is left alone)."""
-    return use_workers(n)
 
 
 def jsonable(d: dict) -> dict:

@@ -7,7 +7,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
 
 from .. import bgremoval
 from ..io import load_nifti, save_nifti
-from ._base import geometry, jsonable, opt, out_file, threads
+from ._base import geometry, jsonable, opt, out_file
+from ..physics import use_workers
 
 #: background-removal methods offered by the app
 
@@ -41,7 +42,7 @@ class BackgroundRemoval(SimpleInterface):
         mask = load_nifti(self.inputs.mask)[0] > 0
         vs, b0_dir = geometry(affine, opt(self.inputs.b0_dir))
         params = dict(self.inputs.params or {})
-        with threads(self.inputs.num_threads):
+        with use_workers(self.inputs.num_threads):
             local, eroded = bgremoval.remove_background(self.inputs.method, field, mask, vs,
                                                         b0_dir, **params)
         self._results["out_field"] = str(save_nifti(out_file("local_field_hz.nii"), local,

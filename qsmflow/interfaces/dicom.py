@@ -104,20 +104,15 @@ class DicomExportMaps(SimpleInterface):
     output_spec = _DicomExportMapsOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
-
-        from qsmflow.dicom.source import SourceIndex, export_source
-        from qsmflow.io import sidecar_path
+        from qsmflow.dicom.source import SourceIndex, image_source
 
         files, kinds, methods = (list(self.inputs.in_files), list(self.inputs.kinds),
                                  list(self.inputs.methods))
         if not len(files) == len(kinds) == len(methods):
             raise ValueError(f"{len(files)} maps but {len(kinds)} kinds, {len(methods)} methods")
-        img = nib.load(self.inputs.phase_file)
         index = SourceIndex(self.inputs.source_dicom) if opt(self.inputs.source_dicom) else None
-        source = export_source(sidecar_path(self.inputs.phase_file),
-                               dict(self.inputs.metadata or {}) or None, index=index,
-                               affine=img.affine, shape=img.shape)
+        source = image_source(self.inputs.phase_file, dict(self.inputs.metadata or {}) or None,
+                              index=index)
         out_dir = os.path.abspath(self.inputs.out_dir)
         os.makedirs(out_dir, exist_ok=True)
         done, errors = [], []

@@ -10,7 +10,8 @@ from .. import inversion
 from ..inversion.reference import describe as describe_reference
 from ..io import load_nifti, save_nifti
 from ..physics import hz_to_ppm
-from ._base import geometry, jsonable, opt, out_file, threads
+from ._base import geometry, jsonable, opt, out_file
+from ..physics import use_workers
 
 
 class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
@@ -52,7 +53,7 @@ class DipoleInversion(SimpleInterface):
             noise = hz_to_ppm(load_nifti(self.inputs.noise)[0], b0)
         params = dict(self.inputs.params or {})
         method = self.inputs.method
-        with threads(self.inputs.num_threads):
+        with use_workers(self.inputs.num_threads):
             chi = inversion.invert(method, hz_to_ppm(field_hz, b0), mask > 0, vs, b0_dir,
                                    magnitude=mag, noise=noise,
                                    reference_mode=self.inputs.reference, **params)

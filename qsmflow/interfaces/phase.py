@@ -9,7 +9,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import phase
 from ..io import load_nifti, save_nifti
-from ._base import geometry, opt, out_file, threads
+from ._base import geometry, opt, out_file
+from ..physics import use_workers
 
 
 class _ScalePhaseInputSpec(BaseInterfaceInputSpec):
@@ -85,7 +86,7 @@ class MultiEchoFit(SimpleInterface):
         te = np.asarray(self.inputs.echo_times, float)
         vs, _ = geometry(affine)
         params = dict(self.inputs.params or {})
-        with threads(self.inputs.num_threads):
+        with use_workers(self.inputs.num_threads):
             unwrapped = phase.unwrap_echoes(ph, mag, te, vs, method=self.inputs.unwrapping,
                                             mask=mask, **params)
             fit = phase.fit_multi_echo(unwrapped, mag, te, mask=mask)

@@ -45,8 +45,10 @@ class QualityControl(SimpleInterface):
         brain = load_nifti(self.inputs.brain_mask)[0] > 0 if opt(self.inputs.brain_mask) else None
         res = load_nifti(self.inputs.residual)[0] if opt(self.inputs.residual) else None
         f = hz_to_ppm(field_hz, self.inputs.b0_tesla)
+        single_step = any(m.get("Method") in inversion.TOTAL_FIELD_METHODS
+                          for m in self.inputs.in_meta)
         total = (hz_to_ppm(load_nifti(self.inputs.total_field)[0], self.inputs.b0_tesla)
-                 if opt(self.inputs.total_field) and brain is not None else None)
+                 if single_step and opt(self.inputs.total_field) and brain is not None else None)
         metas, rank = [], {"pass": 0, "warn": 1, "fail": 2}
         worst = "pass"
         for chi_file, meta in zip(self.inputs.chi_maps, self.inputs.in_meta):

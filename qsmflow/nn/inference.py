@@ -130,13 +130,6 @@ def b0_frame(mask, voxel_size, b0_dir, b0_align="rotate") -> B0Frame:
     return frame
 
 
-def _bbox(mask, margin=2):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 def _check_volume(field_ppm, mask) -> tuple[np.ndarray, np.ndarray]:
     """``(field float32, mask bool)``; a one-line ``ValueError`` for a bad pair."""
     field = np.asarray(field_ppm, dtype=np.float32)
@@ -157,7 +150,7 @@ def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
     back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``."""
     field, m = _check_volume(field_ppm, mask)
     vs = physics.check_voxel_size(voxel_size)
-    sl = _bbox(m)
+    sl = physics.bounding_box(m, 2)
     f, mm = np.where(m, field, 0.0)[sl], m[sl].astype(np.float32)
     shp = f.shape
     pshape = [int(math.ceil(s / MULTIPLE) * MULTIPLE) for s in shp]
