@@ -215,7 +215,7 @@ mkdir -p "$D/demo"
 chown "$U" "$D/demo"
 say "simulating the demo dataset (1 subject) as $U"
 in_image "$U" "$D/demo:/demo:rw" -- python -c \
-    "from qsmflow.simulate import make_demo_dataset; make_demo_dataset('/demo/bids', n_subjects=1)" \
+    "from qsmflow.sims.megre import make_demo_dataset; make_demo_dataset('/demo/bids', n_subjects=1)" \
     || die "simulating the demo dataset failed"
 (cd "$D/demo/bids" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$D/input.sha256"
 inversions=(tkd medi metaqsm)

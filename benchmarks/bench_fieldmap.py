@@ -40,8 +40,8 @@ def _unresolvable(total_hz, dte, mask):
 
 
 def _accuracy(figdir, quick):
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     shape, vs = ((96, 112, 96), (2.0, 2.0, 2.0)) if quick else ((160, 192, 160), (1.0, 1.0, 1.0))
     p = make_head_phantom(shape, vs, seed=0)

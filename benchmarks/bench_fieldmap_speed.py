@@ -16,8 +16,8 @@ from qsmflow import phase as ph
 
 
 def _speed(quick):
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     sizes = [((96, 96, 48), (2.0, 2.0, 3.0))]
     if not quick:
@@ -54,8 +54,8 @@ def _dice(a, b) -> float:
 
 def _wholehead_masks(quick):
     """The default whole-head extractor (deepbet + magnitude/R2* trim) at 1 mm, 3 and 7 T."""
-    from qsmflow.phantom import make_whole_head_phantom
-    from qsmflow.simulate import WHOLE_HEAD_CASES, realistic_settings, simulate_megre
+    from qsmflow.sims.phantom import make_whole_head_phantom
+    from qsmflow.sims.megre import WHOLE_HEAD_CASES, realistic_settings, simulate_megre
 
     threads = physics.fft_workers()
     rows = []

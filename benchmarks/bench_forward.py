@@ -27,14 +27,14 @@ def _forward(shape):
 
 
 def _phantom(shape, vs):
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     make_head_phantom(shape, vs, seed=0)
 
 
 def _demo_subject():
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     simulate_megre(make_head_phantom((68, 84, 64), (3.0, 3.0, 3.0), seed=0), snr=100)
 
@@ -43,8 +43,8 @@ def _phantom_figure(path: Path, quick: bool):
     """Montage of the phantom and one simulated dataset (axial, coronal, sagittal)."""
     import matplotlib.pyplot as plt
 
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     shape, vs = ((68, 84, 64), (3.0,) * 3) if quick else ((144, 176, 132), (1.4,) * 3)
     ph = make_head_phantom(shape, vs, seed=0)

@@ -31,7 +31,7 @@ PUBLIC = {"tv": 26.5, "fansi": 29.1, "tkd": 37.0, "ilsqr": 40.8, "medi": 52.0}
 
 
 def _phantom_case(shape, vs):
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     p = make_head_phantom(shape, vs, seed=0)
     m = p.brain_mask

@@ -84,7 +84,7 @@ def _coverage(bids: Path, out: Path, methods) -> dict:
 
 def run(figdir: Path, quick: bool) -> str:
     from qsmflow.report import collect_timings
-    from qsmflow.simulate import write_bids_dataset
+    from qsmflow.sims.megre import write_bids_dataset
 
     shape = QUICK_SHAPE if quick else SHAPE
     with tempfile.TemporaryDirectory() as tmp:

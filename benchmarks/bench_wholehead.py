@@ -9,7 +9,7 @@ single-step sstv, which reads the total field, the support of its own χ map), l
 χ NRMSE (challenge 2.0: detrended, inside the true brain ∩ each map's mask), per-step
 time; one figure per case. ``QSMFLOW_BENCH_WH_COARSEN`` (default 1) multiplies every voxel
 size (2 = a quick run at half the resolution); ``QSMFLOW_BENCH_WH_CASES`` picks cases
-(comma-separated names of ``qsmflow.simulate.WHOLE_HEAD_CASES``, ``+brainlike`` suffix for the
+(comma-separated names of ``qsmflow.sims.megre.WHOLE_HEAD_CASES``, ``+brainlike`` suffix for the
 hard contrast, ``@F`` suffix for a per-case voxel-size factor, e.g. ``3T-1mm@1.5``).
 """
 
@@ -112,9 +112,9 @@ def _figure(path: Path, name: str, res: dict, bids: Path) -> None:
 
 
 def run(figdir: Path, quick: bool) -> str:
-    from qsmflow.phantom import WHOLE_HEAD_FOV_MM
+    from qsmflow.sims.phantom import WHOLE_HEAD_FOV_MM
     from qsmflow.report import collect_timings
-    from qsmflow.simulate import BRAIN_LIKE_CONTRAST, WHOLE_HEAD_CASES, write_bids_dataset
+    from qsmflow.sims.megre import BRAIN_LIKE_CONTRAST, WHOLE_HEAD_CASES, write_bids_dataset
 
     coarsen = float(os.environ.get("QSMFLOW_BENCH_WH_COARSEN", "2" if quick else "1"))
     names = os.environ.get("QSMFLOW_BENCH_WH_CASES")
@@ -160,7 +160,7 @@ def run(figdir: Path, quick: bool) -> str:
     text = ("## Whole-head acquisitions\n\n"
             "`qsmflow bids out participant --inversion " + " ".join(INVERSIONS) + "` with the "
             "default mask, unwrapping and background removal on one simulated whole head per "
-            "case (`qsmflow.simulate.WHOLE_HEAD_CASES`, FOV "
+            "case (`qsmflow.sims.megre.WHOLE_HEAD_CASES`, FOV "
             + "×".join(f"{f:g}" for f in WHOLE_HEAD_FOV_MM) + " mm from the vertex into the neck, "
             "SNR 80, seed 7; `+brainlike`: non-brain soft tissue, muscle, cord and fat with "
             "brain-like M0 and R2*). Dice: the extracted brain mask vs the true brain; coverage: "

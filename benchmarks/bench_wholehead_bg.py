@@ -1,6 +1,6 @@
 """Whole-head background removal (issue 12, "keep the cortex"): brain coverage and accuracy.
 
-For each :data:`qsmflow.simulate.WHOLE_HEAD_CASES` case, given the *true* brain mask, every
+For each :data:`qsmflow.sims.megre.WHOLE_HEAD_CASES` case, given the *true* brain mask, every
 background-removal configuration runs on two total fields: the true one and qsmflow's own
 (``phase.unwrap_echoes`` → ``phase.fit_multi_echo`` → ppm). Reported per configuration:
 
@@ -30,7 +30,8 @@ import numpy as np
 from scipy import ndimage
 
 from _util import md_table
-from qsmflow import bgremoval, inversion, masking, metrics, physics, simulate
+from qsmflow import bgremoval, inversion, masking, metrics, physics
+from qsmflow.sims import megre
 from qsmflow import phase as qphase
 
 #: (label, method, parameters)
@@ -76,7 +77,7 @@ def evaluate_case(case, coarsen=1.0, fansi=True, seed=0, configs=CONFIGS, qualit
     """Rows (dicts) of one case: every configuration on the true and on the fitted field
     (``quality_mask``: also on the fitted field inside the true mask ∩ the phase-quality mask
     of the fit, :func:`qsmflow.masking.phase_quality_mask`, as the pipeline does)."""
-    ph, sim = simulate.simulate_case(case, seed=seed, coarsen=coarsen)
+    ph, sim = megre.simulate_case(case, seed=seed, coarsen=coarsen)
     brain = ph.brain_mask
     vs = sim.voxel_size
     loc = sim.local_field_ppm
@@ -141,7 +142,7 @@ def tables(rows) -> str:
 def run(figdir: Path, quick: bool) -> str:
     """Section for ``benchmarks/run.py`` (``quick``: 2 mm voxels, TKD only)."""
     rows = []
-    for case in simulate.WHOLE_HEAD_CASES:
+    for case in megre.WHOLE_HEAD_CASES:
         rows += evaluate_case(case, coarsen=2.0 if quick else 1.0, fansi=not quick,
                               quality_mask=True)
     return ("## Whole head: background removal (coverage, local field, χ)\n\n"
@@ -151,7 +152,7 @@ def run(figdir: Path, quick: bool) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="*", default=list(simulate.WHOLE_HEAD_CASES))
+    ap.add_argument("--cases", nargs="*", default=list(megre.WHOLE_HEAD_CASES))
     ap.add_argument("--coarsen", type=float, default=1.0, help="voxel size × this (2: fast)")
     ap.add_argument("--no-fansi", action="store_true", help="TKD only")
     ap.add_argument("--quality-mask", action="store_true",

@@ -132,7 +132,7 @@ def memory_warning(cfg: "RunConfig") -> str | None:
 
 def load_bids_filters(path) -> dict:
     """``--bids-filter-file``: the JSON object (fMRIPrep's format) → dict; ConfigError names the
-    file and the fix. Its keys are checked by :func:`qsmflow.bids_input.megre_query`."""
+    file and the fix. Its keys are checked by :func:`qsmflow.bids.megre_query`."""
     import json
 
     path = Path(path)

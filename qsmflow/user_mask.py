@@ -7,7 +7,7 @@ grid of the GRE echoes. Such a mask is used instead of computing one.
 
 Two layers: array checks (:func:`binary_mask`, :func:`grid_mismatch_mm`; ``ValueError``) that
 the workflow's ``UserBrainMask`` node also uses, and the up-front lookup of every acquisition's
-mask (:func:`attach_user_masks`; :class:`~qsmflow.bids_input.InputError` with one line naming
+mask (:func:`attach_user_masks`; :class:`~qsmflow.bids.InputError` with one line naming
 the file and the fix) that runs before anything is written.
 """
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .bids import parse_filename
-from .bids_input import Acquisition, InputError
+from .bids import Acquisition, InputError, parse_filename
 
 LOG = logging.getLogger("qsmflow")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from qsmflow import bgremoval, inversion, masking, phase, qc
 from qsmflow.physics import b0_direction_from_affine, hz_to_ppm
-from qsmflow.simulate import BRAIN_LIKE_CONTRAST, simulate_case, simulate_megre
+from qsmflow.sims.megre import BRAIN_LIKE_CONTRAST, simulate_case, simulate_megre
 
 DEMO_SHAPE, DEMO_VOXEL = (68, 84, 64), (3.0, 3.0, 3.0)   # the demo's geometry
 
@@ -25,7 +25,7 @@ def head(kind: str):
     ``brainlike`` (the same with non-brain tissue that looks like brain on magnitude),
     ``oblique`` (18° oblique) or ``7T`` (the whole head at 7 T)."""
     if kind == "demo":
-        from qsmflow.phantom import make_head_phantom
+        from qsmflow.sims.phantom import make_head_phantom
 
         ph = make_head_phantom(DEMO_SHAPE, DEMO_VOXEL, seed=3)
         return ph, simulate_megre(ph, (0.004, 0.008, 0.012, 0.016), 3.0, snr=100, seed=3)

@@ -51,7 +51,7 @@ def _rewrite(path: Path, fn, dtype=None) -> None:
 
 @pytest.fixture(scope="module")
 def base_dataset(tmp_path_factory) -> Path:
-    from qsmflow.simulate import write_bids_dataset
+    from qsmflow.sims.megre import write_bids_dataset
 
     root = tmp_path_factory.mktemp("base") / "bids"
     write_bids_dataset(root, subjects=("01",), shape=SHAPE, voxel_size=VOXEL, te_s=TE, seed=1)
@@ -447,7 +447,7 @@ GOOD = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(GOOD))
 def test_unusual_but_valid_input_works(case, tmp_path):
-    from qsmflow.simulate import write_bids_dataset
+    from qsmflow.sims.megre import write_bids_dataset
 
     kw, post, extra, prefixes = GOOD[case]
     kw = {"subjects": ("01",), "shape": GOOD_SHAPE, "voxel_size": GOOD_VOXEL, "te_s": TE,
@@ -489,7 +489,7 @@ def _warnings_of(fn) -> list[str]:
 def test_missing_phase_echo_warns_and_uses_the_paired_echoes(base_dataset, tmp_path):
     """Echo-2 phase lost in conversion, its magnitude kept: a warning names the unpaired
     magnitude and the echoes used (1 and 3), and the run goes on with them."""
-    from qsmflow.bids_input import collect_acquisitions
+    from qsmflow.bids import collect_acquisitions
 
     bids = tmp_path / "bids"
     shutil.copytree(base_dataset, bids)
@@ -510,7 +510,7 @@ def test_concurrent_run_is_refused_and_the_lock_released(base_dataset, tmp_path)
     import socket
     import subprocess as sp
 
-    from qsmflow import lock
+    from qsmflow.cli import lock
 
     out = tmp_path / "out"
     out.mkdir()

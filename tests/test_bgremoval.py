@@ -103,7 +103,7 @@ def test_linear_in_units(iso, method):
 def test_phantom_resharp_target():
     """Default head phantom at 2 mm (CI size; the 1 mm target lives in the benchmark), every
     method compared inside the 6 mm RESHARP mask (inside all the others)."""
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     p = make_head_phantom((96, 112, 96), (2.0, 2.0, 2.0), seed=0)
     b0 = (0.0, 0.0, 1.0)

@@ -72,7 +72,7 @@ def _tag(root: Path, sub: str, entities: str) -> None:
 
 
 def _plan(ds, tmp_path, **settings):
-    from qsmflow.validation import plan_run
+    from qsmflow.cli.validation import plan_run
 
     settings.setdefault("inversion", ["tkd"])
     return plan_run(ds, tmp_path / "out", tmp_path / "work", build_config(settings))
@@ -103,7 +103,7 @@ def test_broken_other_subject_does_not_stop_selected_one(broken_sub02, tmp_path)
 
 
 def test_broken_selected_subject_still_refused(broken_sub02, tmp_path):
-    from qsmflow.bids_input import InputError
+    from qsmflow.bids import InputError
 
     with pytest.raises(InputError, match="sub-02_echo-1_part-phase"):  # unreadable: refused
         _plan(broken_sub02, tmp_path, participant_label=["02"])
@@ -115,7 +115,7 @@ def test_broken_selected_subject_still_refused(broken_sub02, tmp_path):
 
 
 def test_validator_findings_filtered_to_qsm_inputs():
-    from qsmflow.validation import relevant_validator_errors
+    from qsmflow.cli.validation import relevant_validator_errors
 
     errs = [{"code": "NIFTI_HEADER_UNREADABLE", "location": "/sub-02/anat/x_MEGRE.nii.gz"},
             {"code": "NIFTI_HEADER_UNREADABLE", "location": "/sub-01/ses-1/anat/x_MEGRE.nii"},
@@ -208,7 +208,7 @@ def test_echo_selection_mistakes_refused(tmp_path, capsys):
 
 
 def test_other_entities_kept_in_output_names(tmp_path):
-    from qsmflow.derivatives import derivative_relpath
+    from qsmflow.bids import derivative_relpath
 
     root = make_skeleton(tmp_path / "ds")
     _tag(root, "01", "acq-fast_ce-gad_rec-mag_run-2")
@@ -230,11 +230,11 @@ def test_derivative_names_with_other_entities_validate(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from qsmflow.derivatives import dataset_description, derivative_relpath, make_sidecar
+    from qsmflow.bids import derivative_description, derivative_relpath, make_sidecar
     from qsmflow.io import run_bids_validator, write_json
 
     out = tmp_path / "deriv"
-    write_json(out / "dataset_description.json", dataset_description(None, "test"))
+    write_json(out / "dataset_description.json", derivative_description(None, "test"))
     ents = {"sub": "01", "acq": "fast", "ce": "gad", "rec": "mag", "run": "2", "chunk": "3"}
     img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
     img.header.set_xyzt_units("mm")
@@ -336,7 +336,7 @@ def test_memory_above_the_machine_warned(monkeypatch):
 # --------------------------------------------------------------------------------------------
 def test_output_of_another_version_warned(tmp_path):
     from qsmflow import __version__
-    from qsmflow.workdir import old_results_warning
+    from qsmflow.cli.workdir import old_results_warning
 
     out = tmp_path / "out"
     assert old_results_warning(out) is None  # new folder
@@ -383,7 +383,7 @@ def _nipype_dir(work: Path) -> Path:
 
 
 def test_clean_workdir_removes_only_qsmflow_results(tmp_path):
-    from qsmflow.workdir import clean_work_dir
+    from qsmflow.cli.workdir import clean_work_dir
 
     work = tmp_path / "work"
     target = _nipype_dir(work)
@@ -395,7 +395,7 @@ def test_clean_workdir_removes_only_qsmflow_results(tmp_path):
 
 
 def test_clean_workdir_refuses_what_is_not_a_work_dir(tmp_path):
-    from qsmflow.workdir import clean_work_dir
+    from qsmflow.cli.workdir import clean_work_dir
 
     work = tmp_path / "work"
     target = _nipype_dir(work)

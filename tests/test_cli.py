@@ -148,7 +148,7 @@ def test_every_step_parameter_is_checked_before_anything_runs(ds, tmp_path, caps
 
 
 def test_good_step_parameters_pass_the_check(tmp_path):
-    from qsmflow.validation import check_methods
+    from qsmflow.cli.validation import check_methods
 
     toml = tmp_path / "run.toml"
     toml.write_text('[params.magnitude]\nerode_mm = 2\nr2star_max = "auto"\n'
@@ -185,9 +185,9 @@ def test_config_precedence_and_roundtrip(tmp_path):
 
 
 def test_dataset_description_is_a_valid_derivative(tmp_path):
-    from qsmflow.derivatives import dataset_description
+    from qsmflow.bids import derivative_description
 
-    d = dataset_description(tmp_path, "raw")
+    d = derivative_description(tmp_path, "raw")
     assert d["DatasetType"] == "derivative" and d["GeneratedBy"][0]["Name"] == "qsmflow"
     json.dumps(d)
 
@@ -215,7 +215,7 @@ def test_one_registry_per_method_family():
     family all come from its registry (adding a method there adds it everywhere)."""
     from qsmflow import bgremoval, inversion, masking, phase
     from qsmflow.interfaces import BackgroundRemoval, BrainMask, DipoleInversion
-    from qsmflow.validation import _param_sections
+    from qsmflow.cli.validation import _param_sections
 
     parser = run.get_parser()
     choices = {a.dest: set(a.choices) for a in parser._actions if a.choices}

@@ -17,7 +17,7 @@ from qsmflow.inversion import _ops
 from qsmflow.inversion.consistency import LAM_MIN, consistency_weight, data_consistency, field_noise
 from qsmflow.inversion.tikhonov import tikhonov
 from qsmflow.inversion.tkd import tkd
-from qsmflow.phantom import make_head_phantom
+from qsmflow.sims.phantom import make_head_phantom
 
 VS = (2.5, 2.5, 2.5)
 

@@ -21,7 +21,7 @@ from qsmflow.cli.dicom2bids import main as dicom2bids_main
 from qsmflow.dicom.convert import dicom_to_bids, read_series_volume
 from qsmflow.dicom.export import export_chimap
 from qsmflow.dicom.scan import scan_folder
-from qsmflow.dicom.synth import write_gre_dicoms
+from qsmflow.sims.dicom import write_gre_dicoms
 from qsmflow.io import load_json, run_bids_validator
 
 DCM2NIIX = shutil.which("dcm2niix")

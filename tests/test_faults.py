@@ -24,7 +24,7 @@ ARGS = ("participant", "--participant-label", "01", "02", "--inversion", "tkd",
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from qsmflow.simulate import write_bids_dataset
+    from qsmflow.sims.megre import write_bids_dataset
 
     root = tmp_path_factory.mktemp("faults") / "bids"
     write_bids_dataset(root, subjects=("01", "02"), shape=(32, 40, 32), voxel_size=(6.0, 6.0, 6.0),

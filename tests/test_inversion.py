@@ -16,7 +16,7 @@ from qsmflow.inversion import (CONVENTIONAL, METHODS, invert, method_parameters,
                                resolved_parameters)
 from qsmflow.inversion import _ops
 from qsmflow.inversion.tkd import tkd_gain
-from qsmflow.phantom import make_head_phantom
+from qsmflow.sims.phantom import make_head_phantom
 
 VS = (2.5, 2.5, 2.5)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from qsmflow import maps, physics
-from qsmflow.phantom import LABEL_NAMES, make_head_phantom
-from qsmflow.simulate import simulate_megre
+from qsmflow.sims.phantom import LABEL_NAMES, make_head_phantom
+from qsmflow.sims.megre import simulate_megre
 
 _LAB = {v: k for k, v in LABEL_NAMES.items()}
 

@@ -15,8 +15,8 @@ def _dice(a, b):
 
 @pytest.fixture(scope="module")
 def sim():
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     p = make_head_phantom((96, 112, 96), (2.0, 2.0, 2.0), seed=1)
     return p, simulate_megre(p, snr=50, seed=4, dephasing=False)
@@ -36,7 +36,7 @@ def test_phantom_dice(sim):
 
 @pytest.fixture(scope="module")
 def sim7(sim):
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.megre import simulate_megre
 
     return simulate_megre(sim[0], b0_tesla=7.0, snr=50, seed=4)  # with intravoxel dephasing
 
@@ -52,7 +52,7 @@ def test_phantom_dice_7t_dephasing(sim, sim7):
 def test_r2star_dephasing_fit(sim):
     """Noise-free 7 T: in brain voxels whose last echo lost 20–70 % to intravoxel dephasing,
     the quadratic-in-TE fit recovers the true R2* (median error ~3 s⁻¹; log-linear ~30 s⁻¹)."""
-    from qsmflow.simulate import dephasing_factor, dephasing_gradients, simulate_megre
+    from qsmflow.sims.megre import dephasing_factor, dephasing_gradients, simulate_megre
 
     p = sim[0]
     s = simulate_megre(p, b0_tesla=7.0, snr=None, seed=4)
@@ -161,8 +161,8 @@ def test_phase_only_mask_separates_brain_from_scalp():
     """Phase-only data (no magnitude): coherence + fit residual keep scalp and face too; the
     opening of brain_from_foreground must cut them off (4.5 mm phantom: Dice 0.87 vs 0.67)."""
     from qsmflow import phase as ph
-    from qsmflow.phantom import make_head_phantom
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.phantom import make_head_phantom
+    from qsmflow.sims.megre import simulate_megre
 
     vs = (4.5, 4.5, 4.5)
     p = make_head_phantom((40, 48, 40), vs, seed=2)

@@ -84,7 +84,7 @@ from qsmflow.nn import inference  # noqa: E402
 
 @pytest.fixture(scope="module")
 def head():
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     ph = make_head_phantom((96, 96, 64), (2.0, 2.0, 2.0), seed=0)
     m = ph.brain_mask

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qsmflow.phantom import (BRAIN_LABELS, CHI_AIR, LABEL_NAMES, NONBRAIN_CHI_MAX,
+from qsmflow.sims.phantom import (BRAIN_LABELS, CHI_AIR, LABEL_NAMES, NONBRAIN_CHI_MAX,
                              make_head_phantom)
 
 L = {v: k for k, v in LABEL_NAMES.items()}

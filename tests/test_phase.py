@@ -147,7 +147,7 @@ def test_region_growing_follows_steep_gradient():
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def phantom():
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     return make_head_phantom((96, 112, 96), (2.0, 2.0, 2.0), seed=0)
 
@@ -163,7 +163,7 @@ def test_unwrap_and_fit_phantom(phantom, b0, min_exact):
     (At 2 mm the phantom has ~0.1 % (3 T) / ~5 % (7 T) brain voxels whose true echo-difference
     phase changes by > π per voxel next to air; the ≥ 99.9 % target is measured at 1 mm in
     benchmarks/bench_fieldmap.py.)"""
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.megre import simulate_megre
 
     s = simulate_megre(phantom, b0_tesla=b0, snr=100, seed=2, dephasing=False)
     m = phantom.brain_mask
@@ -184,7 +184,7 @@ def test_unwrap_and_fit_phantom(phantom, b0, min_exact):
 
 
 def test_bipolar_correction(phantom):
-    from qsmflow.simulate import simulate_megre
+    from qsmflow.sims.megre import simulate_megre
 
     s = simulate_megre(phantom, b0_tesla=3.0, snr=200, bipolar_rad=0.6, seed=3, dephasing=False)
     m = phantom.brain_mask

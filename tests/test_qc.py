@@ -96,7 +96,7 @@ def test_b0_cone_ratio_on_thick_slices():
     """3 mm slices reach a lower Nyquist along B0 than in plane; the right axis must still pass
     (it failed at 2.5 on the whole-head 0.76×0.76×3 mm case before the isotropic k-ball)."""
     from qsmflow.bgremoval import resharp
-    from qsmflow.phantom import make_head_phantom
+    from qsmflow.sims.phantom import make_head_phantom
 
     vs = (0.75, 0.75, 3.0)
     p = make_head_phantom((192, 224, 48), vs, seed=3)

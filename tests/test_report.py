@@ -83,7 +83,7 @@ def failed_run(tmp_path_factory):
     import nibabel as nib
 
     from qsmflow.cli import run
-    from qsmflow.simulate import write_bids_dataset
+    from qsmflow.sims.megre import write_bids_dataset
 
     d = tmp_path_factory.mktemp("failed")
     bids = write_bids_dataset(d / "bids", subjects=("01", "02"), shape=(32, 40, 32),

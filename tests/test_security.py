@@ -153,7 +153,7 @@ HOSTILE = ["../x", "..", "a/b", "a\\b", "/etc", "01/../../x", "0 1", "01;rm", ""
 
 @pytest.mark.parametrize("label", HOSTILE)
 def test_hostile_labels_are_refused(label):
-    from qsmflow.derivatives import check_label
+    from qsmflow.bids import check_label
 
     with pytest.raises(ValueError):
         check_label(label, "participant label")
@@ -164,7 +164,7 @@ def test_hostile_labels_are_refused(label):
 def test_derivative_paths_stay_inside_the_output(entity, value, tmp_path):
     """Whatever entity values reach the derivative namer, the path it returns stays inside the
     output folder, or it refuses them."""
-    from qsmflow.derivatives import derivative_relpath
+    from qsmflow.bids import derivative_relpath
 
     entities = {"sub": "01", "ses": "1", "acq": None, "rec": None, "run": None, entity: value}
     out = (tmp_path / "out").resolve()

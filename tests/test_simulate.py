@@ -8,8 +8,8 @@ import pytest
 
 from qsmflow import physics
 from qsmflow.io import load_nifti, run_bids_validator
-from qsmflow.phantom import make_head_phantom
-from qsmflow.simulate import make_demo_dataset, simulate_megre, write_bids_dataset
+from qsmflow.sims.phantom import make_head_phantom
+from qsmflow.sims.megre import make_demo_dataset, simulate_megre, write_bids_dataset
 
 TE = (0.004, 0.009, 0.014)
 
@@ -186,7 +186,7 @@ def test_bids_naming_helpers(tmp_path):
 def test_intravoxel_dephasing_signal_loss():
     """A field ramp of G Hz per voxel leaves |sinc(G·TE)| of the signal per axis: none at a
     uniform field, ≈ 0 where G·TE = 1 (a full cycle across the voxel)."""
-    from qsmflow.simulate import dephasing_factor, dephasing_gradients
+    from qsmflow.sims.megre import dephasing_factor, dephasing_gradients
     x = np.arange(10.0)[:, None, None] * np.ones((10, 4, 4))
     g = dephasing_gradients(50.0 * x)  # 50 Hz per voxel along axis 0
     assert g[0] == pytest.approx(50.0) and np.all(g[1] == 0) and np.all(g[2] == 0)

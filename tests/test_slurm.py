@@ -55,7 +55,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def demo_bids(tmp_path_factory):
-    from qsmflow.simulate import make_demo_dataset
+    from qsmflow.sims.megre import make_demo_dataset
 
     root = tmp_path_factory.mktemp("slurm") / "bids"
     make_demo_dataset(root, n_subjects=1, seed=3)

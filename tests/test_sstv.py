@@ -8,7 +8,7 @@ import pytest
 
 from qsmflow import bgremoval, metrics
 from qsmflow.inversion import TOTAL_FIELD_METHODS, invert, valid_mask
-from qsmflow.phantom import make_head_phantom
+from qsmflow.sims.phantom import make_head_phantom
 from qsmflow.workflows import init_qsm_wf
 
 VS = (2.5, 2.5, 2.5)

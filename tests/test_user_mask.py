@@ -25,7 +25,7 @@ TRUTH_URI = f"bids:qsmflow-truth:{ANAT}/{MASK}"
 
 @pytest.fixture(scope="module")
 def demo_bids(tmp_path_factory) -> Path:
-    from qsmflow.simulate import make_demo_dataset
+    from qsmflow.sims.megre import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("um") / "bids", n_subjects=1, seed=3)
 
@@ -177,7 +177,7 @@ def test_missing_derivatives_folder_is_refused(demo_bids, tmp_path):
 # --- the lookup and the checks, without running the pipeline ---
 def _plan(bids, tmp, *dirs):
     from qsmflow.config import build_config
-    from qsmflow.validation import plan_run
+    from qsmflow.cli.validation import plan_run
 
     cfg = build_config({"participant_label": ["01"], "skip_bids_validation": True,
                         "inversion": ["tkd"], "derivatives": [str(d) for d in dirs]})

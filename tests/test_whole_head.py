@@ -5,8 +5,9 @@ holds beyond the brain (issue 12)."""
 import numpy as np
 import pytest
 
-from qsmflow import masking, physics, simulate
-from qsmflow.phantom import LABEL_NAMES, make_whole_head_phantom
+from qsmflow import masking, physics
+from qsmflow.sims import megre
+from qsmflow.sims.phantom import LABEL_NAMES, make_whole_head_phantom
 
 L = {v: k for k, v in LABEL_NAMES.items()}
 
@@ -40,20 +41,20 @@ def test_whole_head_fov_reaches_from_vertex_into_the_neck(head):
 
 def test_r2star_follows_the_field_strength():
     r = np.array([16.0, 21.0])
-    np.testing.assert_allclose(simulate.r2star_at_field(r, 3.0), r)
-    np.testing.assert_allclose(simulate.r2star_at_field(r, 7.0), 2.0 * r)
-    np.testing.assert_allclose(simulate.r2star_at_field(r, 1.5), 0.8 * r)
-    np.testing.assert_allclose(simulate.r2star_at_field(r, 5.0), 1.5 * r)
+    np.testing.assert_allclose(megre.r2star_at_field(r, 3.0), r)
+    np.testing.assert_allclose(megre.r2star_at_field(r, 7.0), 2.0 * r)
+    np.testing.assert_allclose(megre.r2star_at_field(r, 1.5), 0.8 * r)
+    np.testing.assert_allclose(megre.r2star_at_field(r, 5.0), 1.5 * r)
 
 
 def test_fat_precesses_at_its_chemical_shift(head):
     te = (0.004, 0.006, 0.008)
-    sim = simulate.simulate_megre(head, te, 3.0, snr=None, phase_offset=False, dephasing=False,
+    sim = megre.simulate_megre(head, te, 3.0, snr=None, phase_offset=False, dephasing=False,
                                   fat_shift=True)
     fat = head.fat_fraction > 0.99
     water = (head.fat_fraction == 0) & head.brain_mask
     assert fat.sum() > 100
-    f_fat = physics.ppm_to_hz(simulate.FAT_SHIFT_PPM, 3.0)  # -434 Hz at 3 T
+    f_fat = physics.ppm_to_hz(megre.FAT_SHIFT_PPM, 3.0)  # -434 Hz at 3 T
     assert f_fat == pytest.approx(-434.4, abs=0.5)
     dphi = physics.wrap(sim.phase[..., 1] - sim.phase[..., 0])
     expected = physics.wrap(2 * np.pi * (sim.total_field_hz + f_fat) * 0.002)
@@ -64,7 +65,7 @@ def test_fat_precesses_at_its_chemical_shift(head):
 
 
 def test_receive_bias_is_smooth_brighter_at_the_edge_with_mean_one():
-    b = simulate.receive_bias((40, 40, 40), (3.0, 3.0, 3.0), np.random.default_rng(0), 0.3)
+    b = megre.receive_bias((40, 40, 40), (3.0, 3.0, 3.0), np.random.default_rng(0), 0.3)
     assert b.mean() == pytest.approx(1.0, abs=1e-5)
     corner = b[[0, -1]][:, [0, -1]][:, :, [0, -1]].mean()
     assert corner > 1.15 * b[20, 20, 20]
@@ -75,8 +76,8 @@ def test_receive_bias_is_smooth_brighter_at_the_edge_with_mean_one():
 def hard_case(request):
     """2 mm whole head whose non-brain tissue looks like brain (M0, R2*): the case on which a
     magnitude/morphology mask keeps the neck."""
-    ph, sim = simulate.simulate_case(request.param, coarsen=2.0, seed=4,
-                                     contrast=simulate.BRAIN_LIKE_CONTRAST)
+    ph, sim = megre.simulate_case(request.param, coarsen=2.0, seed=4,
+                                     contrast=megre.BRAIN_LIKE_CONTRAST)
     return request.param, ph, sim
 
 

@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from qsmflow import bgremoval as bg
-from qsmflow import metrics, physics, simulate
+from qsmflow import metrics, physics
+from qsmflow.sims import megre
 from qsmflow import phase as qphase
 
 VS = (1.0, 1.0, 2.0)  # anisotropic: the Laplacian's 1/d² weights matter
@@ -101,7 +102,7 @@ def test_resharp_defaults_follow_the_voxel_size():
 @pytest.fixture(scope="module")
 def whole_head():
     """3 T whole head at 2 mm (coarsen=2 of the 1 mm case): phantom and simulated echoes."""
-    return simulate.simulate_case("3T-1mm", seed=0, coarsen=2.0)
+    return megre.simulate_case("3T-1mm", seed=0, coarsen=2.0)
 
 
 def _total_field(ph, sim, source):
@@ -142,7 +143,7 @@ def test_default_background_removal_on_the_whole_head_at_2mm(whole_head, source,
 def test_default_background_removal_keeps_90_percent_of_a_1mm_whole_head():
     """3 T, 1 mm, true brain mask and total field: the default (RESHARP 2 mm, λ 1.1e-5)
     keeps 90.8 % of the brain (6 mm kept 72 %) at 41.8 % local-field NRMSE."""
-    ph, sim = simulate.simulate_case("3T-1mm", seed=0)
+    ph, sim = megre.simulate_case("3T-1mm", seed=0)
     _check(ph, sim, _total_field(ph, sim, "true"), 0.9, 48.0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bids_skeleton import make_skeleton
-from qsmflow.bids_input import InputError, collect_acquisitions
+from qsmflow.bids import InputError, collect_acquisitions
 from qsmflow.config import apply_resources
 from qsmflow.workflows import init_qsm_wf, init_qsmflow_wf
 
@@ -137,7 +137,7 @@ def test_unknown_session_and_participant_are_refused(tmp_path):
 
 
 def test_derivative_names_keep_entities_and_fold_rec_in_fmap():
-    from qsmflow.derivatives import derivative_relpath
+    from qsmflow.bids import derivative_relpath
 
     ent = {"sub": "01", "ses": "1", "acq": "fast", "rec": "mag", "run": "02"}
     assert str(derivative_relpath(ent, "chimap", desc="medi")) == (

@@ -58,7 +58,7 @@ def truth_errors(bids_dir: Path, out_dir: Path, subjects, inversions) -> list[tu
 
 def main(argv=None) -> int:
     opts = get_parser().parse_args(argv)
-    from ..simulate import make_demo_dataset
+    from ..sims.megre import make_demo_dataset
     from . import run
 
     out = opts.outdir.expanduser().resolve()

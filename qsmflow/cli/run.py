@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
 from .. import __version__  # noqa: E402
-from ..bids_input import InputError  # noqa: E402
+from ..bids import InputError  # noqa: E402
 from ..bgremoval import METHODS as BG_METHODS  # noqa: E402
 from ..masking import HEAD_FOV_MIN_MM, MASK_METHODS  # noqa: E402
 from ..config import (DEFAULT_BGREMOVAL, DEFAULT_INVERSIONS, DEFAULT_MASKING,  # noqa: E402
@@ -299,13 +299,13 @@ def _plugin_args(cfg: RunConfig, progress: Progress) -> tuple[str, dict]:
 
 def prepare_output(plan, run_uuid: str) -> Path:
     """dataset_description.json, .bidsignore and the effective config; returns the log dir."""
-    from ..derivatives import dataset_description
+    from ..bids import derivative_description
     from ..io import write_json
 
     out = plan.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset_description.json",
-               dataset_description(plan.bids_dir, plan.bids_dir.name, links=plan.derivatives))
+               derivative_description(plan.bids_dir, plan.bids_dir.name, links=plan.derivatives))
     ignore = out / ".bidsignore"
     if not ignore.exists():
         ignore.write_text("logs/\n*.html\n**/figures\n")
@@ -322,7 +322,7 @@ def write_reports(plan, workflow, failed: set[str], work_root: Path,
     """One HTML page per subject (steps finished before ``since``, a Unix time, are marked as
     reused); a failed subject's page starts with its errors (``errors``: ``{subject: [(step,
     message, crash file)]}``) and shows what it has. Also ``logs/CITATION.md`` and ``.bib``."""
-    from ..derivatives import CLINICAL_MAPS, derivative_relpath
+    from ..bids import CLINICAL_MAPS, derivative_relpath
     from ..report import collect_timings, write_subject_report
     from ..report.citations import write_citation_files
     from ..workflows.base import figure_keys
@@ -381,7 +381,7 @@ def _relative(path, root) -> str:
 def qc_summary(plan, sub: str) -> list[str]:
     """Run-summary lines of a subject's QC (:mod:`qsmflow.qc`, read from its χ sidecars): one
     verdict line per acquisition, then one line per χ map that did not pass."""
-    from ..derivatives import derivative_relpath
+    from ..bids import derivative_relpath
     from ..report.qc import read_qc, summary_lines, worst
 
     lines = []
@@ -419,9 +419,9 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
     from ..config import memory_warning
-    from ..lock import acquire_all, release_all
-    from ..validation import plan_run
-    from ..workdir import clean_work_dir, old_results_warning
+    from .lock import acquire_all, release_all
+    from .validation import plan_run
+    from .workdir import clean_work_dir, old_results_warning
 
     held = []  # lock files of the output and work folders
     try:
@@ -458,7 +458,7 @@ def main(argv=None) -> int:
 
 
 def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
-    """Build and run the workflow of a checked :class:`~qsmflow.validation.RunPlan`."""
+    """Build and run the workflow of a checked :class:`~qsmflow.cli.validation.RunPlan`."""
     from ..config import all_nodes, apply_resources
     from ..workflows import init_qsmflow_wf
 
@@ -471,7 +471,7 @@ def execute(plan, *, omp_nthreads: int = 1, verbose: int = 0) -> int:
           f"plugin {cfg.plugin}", flush=True)
     log_dir = prepare_output(plan, run_uuid)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    from ..workdir import forget_missing_derivatives
+    from .workdir import forget_missing_derivatives
 
     gone = forget_missing_derivatives(plan.work_dir)
     if gone:

@@ -21,12 +21,10 @@ import numpy as np
 import pydicom
 
 from .. import __version__
-from ..bids import is_label
+from ..bids import check_label, dataset_description
 from ..io import save_nifti, write_json
 from . import enhanced, geometry, vendor
 from .scan import PHILIPS_SCALE_SLOPE_TAG, DicomImage, _private, group_series, scan_folder
-
-BIDS_VERSION = "1.10.0"
 
 #: header fields written into every sidecar (``DicomSource``): UIDs and acquisition type only, so
 #: that an export finds its study and frame of reference; nothing that identifies the patient
@@ -390,11 +388,6 @@ def _write_private(root: Path, name: str, records: dict) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_label(name, value):
-    if value is not None and not is_label(value):
-        raise ValueError(f"--{name} {value!r}: BIDS labels are letters and digits only, e.g. 01")
-
-
 def _prefix(subject, session, run):
     p = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     return p + (f"_run-{run}" if run else "")
@@ -403,9 +396,9 @@ def _prefix(subject, session, run):
 def _write_dataset_files(root: Path, subject: str) -> None:
     root = Path(root)
     if not (root / "dataset_description.json").exists():
-        write_json(root / "dataset_description.json", {
-            "Name": "qsmflow dicom2bids conversion", "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
-            "GeneratedBy": [{"Name": "qsmflow dicom2bids", "Version": __version__}]})
+        write_json(root / "dataset_description.json", dataset_description(
+            "qsmflow dicom2bids conversion", "raw",
+            generated_by=[{"Name": "qsmflow dicom2bids", "Version": __version__}]))
     if not (root / "README").exists():
         _atomic_text(root / "README", "Multi-echo gradient-echo data converted from DICOM with "
                                       "`qsmflow dicom2bids`.\n")
@@ -478,8 +471,8 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
     ``ValueError`` naming the series and the problem; then nothing is left in ``bids_dir``.
     ``dicom_dir`` is only read.
     """
-    _check_label("subject", subject)
-    _check_label("session", session)
+    subject = check_label(subject, "--subject")
+    session = check_label(session, "--session") if session else None
     bids_dir = Path(bids_dir).absolute()
     sub_rel = Path(f"sub-{subject}") / (f"ses-{session}" if session else "")
     if (bids_dir / sub_rel).exists():

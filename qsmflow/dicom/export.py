@@ -29,7 +29,7 @@ from . import geometry
 INT16_MAX = 32000  # headroom below 32767
 
 #: exportable maps: kind -> (ImageType value 3, unit, RescaleType, symmetric window,
-#: SeriesDescription template, what the map is); kinds are those of qsmflow.derivatives.OUTPUTS
+#: SeriesDescription template, what the map is); kinds are those of qsmflow.bids.OUTPUTS
 MAP_KINDS = {
     "chimap": ("QSM", "ppm", "PPM", True, "QSM {method} (ppm)",
                "Quantitative susceptibility map (ppm)"),

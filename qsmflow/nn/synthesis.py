@@ -4,7 +4,7 @@ One sample = (local field in ppm, χ in ppm, brain mask) on a crop at a random v
 
 1. a base χ map: the 2016 challenge COSMOS map (1.06 mm iso, B0 along axis 2; read from the
    shared data folder, never shipped) and/or the project's head phantom
-   (:func:`qsmflow.phantom.make_head_phantom`, several seeds → varied anatomy) when available;
+   (:func:`qsmflow.sims.phantom.make_head_phantom`, several seeds → varied anatomy) when available;
 2. a random rigid pose (rotation ≤ ``max_rot_deg``, flips of axes 0/1) plus a smooth random
    elastic displacement (``elastic_mm``), evaluated directly on the target grid: the base is
    resampled once with ``grid_sample`` (trilinear), with box supersampling along axes whose target
@@ -165,9 +165,9 @@ def load_cosmos(shared=None) -> BaseVolume:
 def load_phantoms(n: int, seed: int = 0) -> list[BaseVolume]:
     """``n`` head phantoms with different anatomy seeds; [] (with a warning) if unavailable."""
     try:
-        from ..phantom import make_head_phantom
+        from ..sims.phantom import make_head_phantom
     except ImportError:
-        warnings.warn("qsmflow.phantom is not available: synthesising from COSMOS only", stacklevel=2)
+        warnings.warn("qsmflow.sims.phantom is not available: synthesising from COSMOS only", stacklevel=2)
         return []
     out = []
     for i in range(int(n)):

@@ -9,7 +9,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..config import all_nodes
-from ..derivatives import CLINICAL_MAPS, derivative_relpath, make_sidecar, raw_uri, self_uri
+from ..bids import CLINICAL_MAPS, derivative_relpath, make_sidecar, raw_uri, self_uri
 from ..interfaces import DerivativesSink, ReportFigures
 from ..interfaces._base import estimate_mem_gb
 from .qsm import clinical_maps_made, init_qsm_wf
@@ -28,7 +28,7 @@ def init_qsmflow_wf(*, subjects: dict, bids_dir, output_dir, work_dir, log_dir, 
     and one subject's failure does not stop the others). ``dicom_out``: export every map as
     DICOM there (``source_dicom``: the source DICOM folder, else dicom2bids provenance).
 
-    ``subjects``: ``{label: [qsmflow.bids_input.Acquisition, ...]}``; crash files of each
+    ``subjects``: ``{label: [qsmflow.bids.Acquisition, ...]}``; crash files of each
     subject go to ``<log_dir>/sub-<label>/<run_uuid>/``.
     """
     workflow = pe.Workflow(name=name, base_dir=str(work_dir))
@@ -71,7 +71,7 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
     ----------
     subject : str
         Participant label (without ``sub-``).
-    acquisitions : list of :class:`qsmflow.bids_input.Acquisition`
+    acquisitions : list of :class:`qsmflow.bids.Acquisition`
     bids_dir, output_dir : path
         Raw BIDS root (read only) and derivatives root.
     inversions, bgremoval, unwrapping, masking, params, omp_nthreads, clinical_maps
@@ -136,14 +136,14 @@ def init_single_subject_wf(*, subject, acquisitions, bids_dir, output_dir, inver
 def init_ds_wf(*, acquisition, bids_dir, output_dir, inversions, maps=(), dicom_out=None,
                source_dicom=None, name="ds_wf"):
     """Derivatives of one acquisition (χ maps, mask, total/local field, magnitude, figures,
-    and the clinical ``maps``: keys of :data:`qsmflow.derivatives.CLINICAL_MAPS`); with
+    and the clinical ``maps``: keys of :data:`qsmflow.bids.CLINICAL_MAPS`); with
     ``dicom_out``, an ``export_dicom`` step (a job like the others, cached) writes the χ and
     clinical maps as DICOM series there once they are stored (source series from
     ``source_dicom``, else the dicom2bids provenance of the first phase image).
 
     Every sink waits on ``gather`` (all χ maps and figures done) so that an acquisition's
     derivatives appear together or not at all. Sidecars: static parts (Units, Description,
-    Sources, SkullStripped) from :func:`qsmflow.derivatives.make_sidecar`, the method and
+    Sources, SkullStripped) from :func:`qsmflow.bids.make_sidecar`, the method and
     parameters from the computing node (``meta_*``). A user-supplied mask
     (``acquisition.user_mask``) is named in the mask's ``Sources`` and, as ``BrainMaskSource``,
     in the mask's and every χ map's sidecar.

@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from .bids_input import InputError
+from ..bids import InputError
 
 LOG = logging.getLogger("qsmflow")
 LOCK_NAME = ".qsmflow.lock"

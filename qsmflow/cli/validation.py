@@ -1,6 +1,6 @@
 """Up-front checks of a BIDS App run, before any workflow is built or anything is written.
 
-Every failure raises :class:`qsmflow.bids_input.InputError` (bad data / paths) or
+Every failure raises :class:`qsmflow.bids.InputError` (bad data / paths) or
 :class:`qsmflow.config.ConfigError` (bad options) with one line that names the file or option
 and the fix; ``qsmflow.cli.run`` prints it and exits non-zero. Keep all such checks here so
 that the CLI, the demo and the tests share them.
@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bids_input import Acquisition, InputError, collect_acquisitions, make_layout
-from .config import BATCH_PLUGINS, LOCAL_PLUGINS, ConfigError, RunConfig
-from .phase import ROMEO_MISSING, UNWRAPPING_METHODS, romeo_available
-from .user_mask import attach_user_masks, check_derivatives_dirs
+from ..bids import Acquisition, InputError, collect_acquisitions, make_layout
+from ..config import BATCH_PLUGINS, LOCAL_PLUGINS, ConfigError, RunConfig
+from ..phase import ROMEO_MISSING, UNWRAPPING_METHODS, romeo_available
+from ..user_mask import attach_user_masks, check_derivatives_dirs
 
 UNWRAPPING = UNWRAPPING_METHODS
 
@@ -110,8 +110,8 @@ def _check_value(section: str, name: str, value, default) -> None:
 
 def _param_sections() -> dict:
     """``{section: {name: default}}``: every ``[params.*]`` section qsmflow reads."""
-    from . import bgremoval, masking, phase
-    from .interfaces.maps import R2STAR_PARAMS, SWI_PARAMS
+    from .. import bgremoval, masking, phase
+    from ..interfaces.maps import R2STAR_PARAMS, SWI_PARAMS
 
     sections = {name: _tunable(fn) for name, fn in bgremoval.METHODS.items()}
     for name, fns in masking.MASK_METHODS.items():
@@ -124,7 +124,7 @@ def _param_sections() -> dict:
 def check_params(cfg: RunConfig) -> None:
     """Every ``[params.*]`` section, name and value type of the configuration is one qsmflow
     uses (inversions: :func:`qsmflow.inversion.resolved_parameters`); ConfigError otherwise."""
-    from . import inversion
+    from .. import inversion
 
     sections = _param_sections()
     known = sorted(set(sections) | set(inversion.METHODS))
@@ -154,9 +154,9 @@ def check_params(cfg: RunConfig) -> None:
 
 def check_methods(cfg: RunConfig) -> None:
     """Every method and parameter name of the configuration exists."""
-    from . import inversion
-    from .bgremoval import METHODS as BG_METHODS
-    from .masking import MASK_METHODS
+    from .. import inversion
+    from ..bgremoval import METHODS as BG_METHODS
+    from ..masking import MASK_METHODS
 
     if not cfg.inversion:
         raise ConfigError("--inversion: give at least one method, e.g. --inversion tkd medi")
@@ -227,7 +227,7 @@ def validate_bids(bids_dir: Path, subjects=None) -> None:
     :class:`InputError`. Errors elsewhere (another subject, func/ data) are only logged."""
     import logging
 
-    from .io import run_bids_validator
+    from ..io import run_bids_validator
 
     try:
         found, _ = run_bids_validator(bids_dir)

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 #: name of the top-level Nipype workflow, i.e. qsmflow's folder inside the work folder
 WORKFLOW_NAME = "qsmflow_wf"
@@ -62,8 +62,8 @@ def forget_missing_derivatives(work_dir) -> list[Path]:
     the step folders forgotten."""
     from nipype.utils.filemanip import loadpkl
 
-    from .interfaces.bids import DerivativesSink
-    from .interfaces.dicom import DicomExportMaps
+    from ..interfaces.bids import DerivativesSink
+    from ..interfaces.dicom import DicomExportMaps
 
     writers = {DerivativesSink: "out_file", DicomExportMaps: "out_dirs"}
     root = Path(work_dir) / WORKFLOW_NAME

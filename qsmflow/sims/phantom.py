@@ -1,7 +1,7 @@
 """Numerical head phantom for QSM: the Zubal segmented head plus procedural nuclei, veins, lesions.
 
 The anatomy is the freely distributed Zubal head (Zubal et al., Med Phys 21:299, 1994; 1.1 × 1.1
-× 1.4 mm, shipped as ``qsmflow/data/zubal_head_labels.nii.gz``). Its 58 tissue classes are mapped
+× 1.4 mm, shipped as ``qsmflow/sims/data/zubal_head_labels.nii.gz``). Its 58 tissue classes are mapped
 to the classes of :data:`LABEL_NAMES`; what it lacks is drawn procedurally in millimetres, with
 partial-volume edges, at landmark positions taken from the anatomy (MNI-like offsets from the
 thalami): red nucleus, substantia nigra, dentate nucleus, internal cerebral veins and straight
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import physics
+from .. import physics
 
 #: susceptibility of air relative to tissue/water (ppm)
 CHI_AIR = 9.4

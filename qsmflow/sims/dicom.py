@@ -20,8 +20,8 @@ from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from .enhanced import ENHANCED_MR_IMAGE_STORAGE, FRAME_ATTRIBUTES, convert_value
-from .export import new_mr_dataset
+from ..dicom.enhanced import ENHANCED_MR_IMAGE_STORAGE, FRAME_ATTRIBUTES, convert_value
+from ..dicom.export import new_mr_dataset
 
 PHILIPS_MAG_SLOPE, PHILIPS_SCALE_SLOPE = 1.5, 0.0123
 PHILIPS_PHASE_SLOPE, PHILIPS_PHASE_INTERCEPT = 2 * np.pi / 4095, -np.pi

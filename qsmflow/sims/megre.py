@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, physics
-from .bids import bids_path, write_dataset_description, write_participants
-from .io import save_nifti
+from .. import __version__, physics
+from ..bids import bids_path, write_dataset_description, write_participants
+from ..io import save_nifti
 from .phantom import HeadPhantom, make_head_phantom, make_whole_head_phantom
 
 #: Manufacturer written into the sidecars of simulated data
@@ -186,7 +186,7 @@ def _listify(x):
 _README = """# {name}
 
 Simulated multi-echo gradient-echo (MEGRE) data of a numerical head phantom, written by
-qsmflow {version} (`qsmflow.simulate.write_bids_dataset`). Anatomy: the Zubal segmented head with
+qsmflow {version} (`qsmflow.sims.megre.write_bids_dataset`). Anatomy: the Zubal segmented head with
 procedurally added deep grey nuclei, veins, a calcification and a haemorrhage; susceptibility
 in ppm relative to CSF, air +9.4 ppm, bone -2 ppm. Magnitude = M0 exp(-R2* TE) with Rician
 noise and intravoxel dephasing, phase = phi0 + 2 pi f TE (radians, wrapped). Field strength {b0} T, echo times {te} s,
@@ -213,7 +213,7 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     ``_magnitude`` (noise-free echo 1). Each subject is a different phantom (seed + 101·index);
     sessions and runs of a subject share the anatomy and differ in noise and φ0.
     ``oblique_deg`` tilts the acquisition about the left–right axis (B0 then oblique in voxel
-    axes). ``whole_head``: the FOV of :func:`qsmflow.phantom.make_whole_head_phantom` (vertex to
+    axes). ``whole_head``: the FOV of :func:`qsmflow.sims.phantom.make_whole_head_phantom` (vertex to
     neck; ``shape`` is then ignored). ``realistic``: R2* at ``b0_tesla``, fat chemical shift and
     a receive bias (the settings of :func:`simulate_megre` a real scan has). ``contrast``: a
     :func:`with_contrast` table for the non-brain tissue.
@@ -229,7 +229,7 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     truth = root / "derivatives" / TRUTH_PIPELINE
     write_dataset_description(root, name, "raw", Authors=["qsmflow simulator"], generated_by=[
         {"Name": MODEL_NAME, "Version": __version__,
-         "Description": "qsmflow.simulate.write_bids_dataset"}])
+         "Description": "qsmflow.sims.megre.write_bids_dataset"}])
     (root / "README").write_text(_README.format(
         name=name, version=__version__, b0=b0, te=[float(t) for t in te],
         vs=tuple(voxel_size), obl=oblique_deg, snr=snr, seed=seed, truth=TRUTH_PIPELINE))

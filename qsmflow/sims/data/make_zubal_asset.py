@@ -5,7 +5,7 @@ Zubal tissue code (0–125) plus 128 where the voxel lies in the Zubal brain mas
 cropped to the head's bounding box (+2 voxels) and stored as uint8 with a RAS+ affine of the
 original voxel size 1.1 x 1.1 x 1.4 mm.
 
-    python qsmflow/data/make_zubal_asset.py /path/to/shared/data/zubal-phantom
+    python qsmflow/sims/data/make_zubal_asset.py /path/to/shared/data/zubal-phantom
 """
 
 import sys
