@@ -12,7 +12,6 @@ radius (SHARP family) or of ``pad_mm`` (PDF), so a 164×205×205 volume needs we
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import scipy.fft as sfft
@@ -20,7 +19,6 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy import ndimage
 
-from . import io as qio
 from . import physics
 
 #: the background-removal registry: name → function (filled in at the end of the module); the
@@ -551,42 +549,21 @@ def resolved_parameters(method, voxel_size, **params) -> dict:
     return out
 
 
-def remove_background(method, field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), **params):
-    """Dispatch to :func:`resharp`, :func:`vsharp`, :func:`pdf` or :func:`lbv` by name (units in
-    = out)."""
+def remove_background(method, field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *,
+                      workers=None, **params):
+    """Dispatch to :func:`resharp`, :func:`vsharp`, :func:`pdf` or :func:`lbv` by name
+    (:data:`METHODS`; units in = out) → ``(local_field, eroded_mask)``.
+
+    ``voxel_size`` in mm per array axis, ``b0_dir`` a unit vector in voxel axes, ``workers``
+    FFT threads (default: the enclosing :func:`qsmflow.physics.use_workers`, else the
+    environment); ``params``: the method's keyword parameters.
+    """
     fn = METHODS.get(str(method).lower())
     if fn is None:
         raise ValueError(f"unknown background removal method {method!r}: use one of "
                          f"{', '.join(METHODS)}")
-    return fn(field, mask, voxel_size, b0_dir, **params)
-
-
-def remove_background_files(field_file, mask_file, out_field, out_mask, *, method="resharp",
-                            b0_dir=None, sidecar=None, **params):
-    """File-level background removal: NIfTI field (+ mask) → local field and eroded mask files.
-
-    ``b0_dir`` (voxel axes) defaults to the sidecar ``B0_dir`` of the field, else the affine's
-    (:func:`physics.b0_direction_from_affine`). The field's sidecar ``Units`` is carried over.
-    Everything is computed before anything is written. Returns ``(out_field, out_mask)``.
-    """
-    f, affine, _ = qio.load_nifti(field_file)
-    m, maff, _ = qio.load_nifti(mask_file, dtype=None)
-    if f.shape != m.shape or not np.allclose(affine, maff, atol=1e-4):
-        raise ValueError(f"{Path(mask_file).name} is not on the grid of {Path(field_file).name}: "
-                         "resample the mask to the field")
-    sc = qio.load_json(qio.sidecar_path(field_file)) if sidecar is None else dict(sidecar)
-    bdir = physics.b0_direction_from_affine(affine, b0_dir if b0_dir is not None
-                                            else sc.get("B0_dir"))
-    vs = physics.voxel_size_from_affine(affine)
-    local, emask = remove_background(method, f, m > 0, vs, bdir, **params)
-    meta = {"Units": sc.get("Units", "unknown"), "BackgroundRemoval": method,
-            "BackgroundRemovalParameters": {k: v for k, v in resolved_parameters(
-                method, vs, **params).items() if k != "weight"},
-            "B0_dir": [float(v) for v in bdir], **coverage(m > 0, emask, vs)}
-    qio.save_nifti(out_mask, emask, affine, sidecar={"Type": "Brain", "Description":
-                                                     f"mask eroded by {method}"})
-    qio.save_nifti(out_field, local, affine, sidecar=meta)
-    return Path(out_field), Path(out_mask)
+    with physics.use_workers(workers):
+        return fn(field, mask, voxel_size, b0_dir, **params)
 
 
 METHODS.update(resharp=resharp, vsharp=vsharp, pdf=pdf, lbv=lbv)

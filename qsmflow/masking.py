@@ -5,23 +5,19 @@ phase-quality-based, combinable.
 trimmed to the magnitude foreground: the default for whole-head fields of view),
 ``magnitude_mask`` (echo-combined magnitude → Otsu threshold → break the scalp off by an
 opening in mm → largest component → geodesic reconstruction → hole filling → erosion in mm),
-``phase_quality_mask`` (multi-echo fit residual and/or local phase coherence), ``combine_masks``,
-and ``bet_mask`` (FSL ``bet`` through Nipype, only when installed and asked for). File level:
-``mask_files``.
+``phase_quality_mask`` (multi-echo fit residual and/or local phase coherence) and
+``combine_masks``: arrays in, arrays out (files are the ``BrainMask`` interface's job).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from . import io as qio
 from . import physics
 
 LOG = logging.getLogger(__name__)
@@ -362,60 +358,81 @@ def combine_masks(*masks) -> np.ndarray:
     return out
 
 
-def bet_available() -> bool:
-    """True when FSL ``bet`` is on PATH."""
-    return shutil.which("bet") is not None
+def _accepted(fn, params: dict) -> dict:
+    """The entries of ``params`` that ``fn`` takes as keyword arguments."""
+    import inspect
+
+    names = inspect.signature(fn).parameters
+    return {k: v for k, v in params.items() if k in names}
 
 
-def bet_mask(mag_file, out_file, frac=0.5):
-    """Brain mask by FSL ``bet`` (Nipype's FSL interface); only when ``bet`` is on PATH."""
-    if not bet_available():
-        raise ValueError("FSL bet is not on PATH: install FSL or use the built-in "
-                         "magnitude mask (mask method 'magnitude')")
-    from nipype.interfaces import fsl
+def brain_mask(method: str, affine, *, magnitude=None, te_s=None, phase=None, residual=None,
+               workers: int | None = None, **params) -> tuple[np.ndarray, str]:
+    """The brain mask of a ``--masking`` method (a key of :data:`MASK_METHODS`).
 
-    res = fsl.BET(in_file=str(mag_file), mask=True, frac=frac,
-                  out_file=str(Path(out_file).with_name("bet_brain.nii.gz"))).run()
-    m, aff, _ = qio.load_nifti(res.outputs.mask_file, dtype=None)
-    return qio.save_nifti(out_file, m > 0, aff, sidecar={"Type": "Brain", "Method": "FSL bet"})
+    Parameters
+    ----------
+    method : "auto", "deepbet", "magnitude", "phase-quality" or "combined"
+        ``auto``: deepbet for a whole-head field of view, else magnitude
+        (:func:`auto_mask_method`); ``combined``: ``auto``'s mask AND the phase-quality mask.
+    affine : (4, 4) array
+        Voxel-to-world affine (mm) of the images; gives the voxel size.
+    magnitude : array, optional
+        Magnitude, 3D or 4D with echoes last (needed by every method but phase-quality).
+    te_s : sequence of float, optional
+        Echo times (s) of a 4D magnitude: enables the R2* criterion.
+    phase, residual : array, optional
+        Phase of the first echo (rad) and multi-echo fit residual (rad), for phase-quality.
+    workers : int, optional
+        CPU threads of the deepbet network (default 1).
+    **params
+        Keyword parameters of the functions the method runs (``MASK_METHODS[method]``); each
+        function takes the ones it accepts.
 
-
-def mask_files(magnitude_files, out_file, *, te_s=None, erode_mm=0.0, threshold=None,
-               open_mm=None, r2star_max="auto", residual_file=None, method="magnitude") -> Path:
-    """File level: magnitude NIfTI(s) (3D per echo, or one 4D) → brain mask NIfTI (+ JSON).
-
-    ``te_s`` defaults to the sidecars' ``EchoTime`` (enables the R2* criterion).
-
-    ``method``: "magnitude" (built-in) or "bet" (FSL, on the first echo). ``residual_file``
-    (fit residual, rad) adds the phase-quality criterion. Nothing is written on bad input.
+    Returns
+    -------
+    mask : bool array
+    used : str
+        The method that ran, e.g. "deepbet" for ``auto`` on a whole head, or
+        "magnitude + phase-quality".
     """
-    files = [magnitude_files] if isinstance(magnitude_files, (str, Path)) else list(magnitude_files)
-    if method == "bet":
-        return bet_mask(files[0], out_file)
-    if method != "magnitude":
-        raise ValueError(f"unknown mask method {method!r}: use 'magnitude' or 'bet'")
-    vols, affine = [], None
-    for f in files:
-        d, aff, _ = qio.load_nifti(f, dtype=np.float32)
-        affine = aff if affine is None else affine
-        vols.append(d[..., None] if d.ndim == 3 else d)
-    if len({v.shape[:3] for v in vols}) > 1:
-        raise ValueError("magnitude echoes have different shapes: they must share one grid")
-    mag = np.concatenate(vols, axis=-1)
+    if method not in MASK_METHODS:
+        raise ValueError(f"unknown mask method {method!r}: use one of {', '.join(MASK_METHODS)}")
     vs = physics.voxel_size_from_affine(affine)
-    if te_s is None and mag.shape[-1] > 1:
-        tes = [qio.load_json(qio.sidecar_path(f)).get("EchoTime") for f in files]
-        te_s = None if any(t is None for t in tes) else np.hstack(tes)
-    mask = magnitude_mask(mag, vs, erode_mm=erode_mm, te_s=te_s, r2star_max=r2star_max,
-                          threshold=threshold, open_mm=open_mm)
-    meta = {"Type": "Brain", "Method": "magnitude threshold + morphology (qsmflow.masking)",
-            "ErodeMm": erode_mm, "OpenMm": "auto" if open_mm is None else open_mm,
-            "R2starMax": r2star_max}
-    if residual_file is not None:
-        r, _, _ = qio.load_nifti(residual_file)
-        mask = combine_masks(mask, phase_quality_mask(r, mask=mask))
-        meta["Method"] += " AND fit-residual quality"
-    return qio.save_nifti(out_file, mask, affine, sidecar=meta)
+    mag = None if magnitude is None else np.asarray(magnitude)
+    if te_s is not None and (mag is None or mag.ndim != 4 or mag.shape[-1] < 2):
+        te_s = None
+    extractor = method
+    mask = None
+    if method in ("auto", "deepbet", "magnitude", "combined"):
+        if mag is None:
+            raise ValueError(f"--masking {method} needs magnitude images: use "
+                             "--masking phase-quality for phase-only data")
+        if method in ("auto", "combined"):
+            extractor = auto_mask_method(mag.shape, vs)
+    if extractor == "deepbet":
+        if not deepbet_available():
+            raise ValueError("--masking deepbet needs the deepbet package: pip install "
+                             "deepbet, or use --masking magnitude")
+        mask = deepbet_mask(mag, affine, threads=workers or 1,
+                            **{"te_s": te_s, **_accepted(deepbet_mask, params)})
+    elif extractor == "magnitude":
+        mask = magnitude_mask(mag, vs, **{"te_s": te_s, **_accepted(magnitude_mask, params)})
+    if method in ("phase-quality", "combined"):
+        kw = _accepted(phase_quality_mask, params)
+        if method == "phase-quality":  # no magnitude mask: separate brain from scalp here
+            kw = {"voxel_size": vs, "open_mm": 15.0, "coherence_min": 0.9, **kw}
+        if residual is not None:
+            kw["residual"] = residual
+        if phase is not None:
+            kw["phase"], kw["magnitude"] = phase, mag
+        pq = phase_quality_mask(**kw)
+        mask = pq if mask is None else combine_masks(mask, pq)
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise ValueError(f"the {method} brain mask is empty: check the magnitude/phase "
+                         "images or choose another --masking")
+    return mask, extractor + (" + phase-quality" if method == "combined" else "")
 
 
 MASK_METHODS.update({

@@ -3,11 +3,11 @@
 Array conventions: 3D volumes ``(X, Y, Z)`` and multi-echo stacks ``(X, Y, Z, E)`` with the echo
 axis last; phase in rad, echo times in s, voxel size in mm per array axis, field in Hz.
 
-Three layers, as everywhere in qsmflow: array functions (``scale_phase_to_rad``,
+Array functions (``scale_phase_to_rad``,
 ``laplacian_unwrap``, ``region_growing_unwrap``, ``unwrap_echoes``, ``fit_multi_echo``;
-``romeo_unwrap`` runs the real ROMEO program when installed), and
-file-level functions for the Nipype interfaces (``load_phase_rad``, ``load_echoes``,
-``field_map_files``).
+``romeo_unwrap`` runs the real ROMEO program when installed), and the
+loaders the ``ScalePhase`` interface and the input checks use (``load_phase_rad``,
+``load_echoes``).
 """
 
 from __future__ import annotations
@@ -522,8 +522,12 @@ def _temporal_unwrap(p, mag, te, omega):
 
 
 def unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method=DEFAULT_UNWRAPPING,
-                  mask=None, *, offset_sigma_mm=4.0, bipolar=False):
+                  mask=None, *, offset_sigma_mm=4.0, bipolar=False, workers=None):
     """Unwrap multi-echo phase in space and time (rad, same shape as ``phase4d``).
+
+    ``phase4d`` (rad) and ``mag4d`` are ``(X, Y, Z, E)``, ``te_s`` the echo times (s),
+    ``voxel_size`` in mm per array axis; ``workers``: FFT threads (default: the enclosing
+    :func:`qsmflow.physics.use_workers`, else the environment).
 
     ``method="region-growing"``: qsmflow's ROMEO-like quality-guided region growing (inspired by
     ROMEO, Dymerska et al. 2021, not ROMEO itself; exact: every output is input + 2π·k, all
@@ -543,6 +547,12 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method=DEFAULT_UNWRAPPING,
     mean frequency in the mask is the one closest to 0 (ambiguous by 1/(TE₂−TE₁) in principle).
     ``method="romeo"``: the real ROMEO program (:func:`romeo_unwrap`; ``bipolar`` not applied).
     """
+    with physics.use_workers(workers):
+        return _unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method, mask,
+                              offset_sigma_mm=offset_sigma_mm, bipolar=bipolar)
+
+
+def _unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method, mask, *, offset_sigma_mm, bipolar):
     ph, mag, te = _check_multi_echo(phase4d, mag4d, te_s)
     vs = physics.check_voxel_size(voxel_size)
     m = _check_mask(mask, ph.shape[:3])
@@ -690,42 +700,3 @@ def romeo_unwrap(phase4d, mag4d, te_s, voxel_size, mask=None) -> np.ndarray:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"romeo failed (exit {proc.returncode}): {last[0]}")
         return qio.load_nifti(out[0])[0].reshape(ph.shape)
-
-
-# --------------------------------------------------------------------------------------------
-# file level (for the Nipype interfaces)
-# --------------------------------------------------------------------------------------------
-def field_map_files(phase_files, magnitude_files, out_dir, *, sidecars=None, mask_file=None,
-                    method=DEFAULT_UNWRAPPING, bipolar=False, prefix="") -> dict:
-    """Phase (+ magnitude) NIfTIs → total field map files in ``out_dir``.
-
-    Writes ``<prefix>fieldmap.nii.gz`` (Hz), ``<prefix>phaseoffset.nii.gz`` (rad),
-    ``<prefix>fieldnoise.nii.gz`` (Hz), ``<prefix>fitresidual.nii.gz`` (rad) and
-    ``<prefix>unwrapped.nii.gz`` (rad, 4D), each with a JSON sidecar. All inputs are checked
-    before anything is written. Returns ``{"field", "phase_offset", "noise", "residual",
-    "unwrapped", "te_s"}``.
-    """
-    phase, mag, te, affine = load_echoes(phase_files, magnitude_files, sidecars)
-    vs = physics.voxel_size_from_affine(affine)
-    mask = None
-    if mask_file is not None:
-        mask = qio.load_nifti(mask_file, dtype=None)[0] > 0
-        _check_mask(mask, phase.shape[:3])
-    u = unwrap_echoes(phase, mag, te, vs, method=method, mask=mask, bipolar=bipolar)
-    fit = fit_multi_echo(u, mag, te, mask)
-    params = {"UnwrappingMethod": method, "BipolarCorrection": bool(bipolar),
-              "EchoTime": te.tolist(), "Fit": "magnitude-weighted least squares"}
-    sel = np.ones(phase.shape[:3], bool) if mask is None else mask
-    out_dir = Path(out_dir)
-    outs = {}
-    for key, name, arr, units in (
-            ("field", "fieldmap", fit.field_hz * sel, "Hz"),
-            ("phase_offset", "phaseoffset", fit.phase_offset_rad * sel, "rad"),
-            ("noise", "fieldnoise", np.where(sel, np.nan_to_num(fit.noise_hz, posinf=0.0), 0),
-             "Hz"),
-            ("residual", "fitresidual", fit.residual * sel, "rad"),
-            ("unwrapped", "unwrapped", u, "rad")):
-        outs[key] = qio.save_nifti(out_dir / f"{prefix}{name}.nii.gz", arr, affine,
-                                   sidecar={"Units": units, **params})
-    outs["te_s"] = te.tolist()
-    return outs

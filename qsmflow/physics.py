@@ -35,9 +35,13 @@ _WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("qsmflow_w
 
 
 @contextlib.contextmanager
-def use_workers(n: int):
+def use_workers(n: int | None):
     """Run the FFTs of the calls inside with ``n`` threads (what a pipeline step passes down;
-    nothing is written to the environment, so child processes are not affected)."""
+    nothing is written to the environment, so child processes are not affected). ``None``
+    keeps the enclosing setting."""
+    if n is None:
+        yield
+        return
     token = _WORKERS.set(max(1, int(n)))
     try:
         yield

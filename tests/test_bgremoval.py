@@ -1,6 +1,5 @@
 """Background field removal (RESHARP, V-SHARP, PDF) against analytic and phantom truth."""
 
-import json
 
 import nibabel as nib
 import numpy as np
@@ -138,24 +137,26 @@ def test_bad_input(kw, match):
                              **extra)
 
 
-def test_files(tmp_path, iso):
+def test_interface_matches_the_core_and_refuses_another_grid(tmp_path, iso, monkeypatch):
+    """BackgroundRemoval (the one file-level path) gives the core's V-SHARP field and mask; a
+    mask on another grid is refused and nothing is written."""
+    from qsmflow.interfaces import BackgroundRemoval
+
     total, local, mask, vs = iso
     aff = np.diag([*vs, 1.0])
     nib.save(nib.Nifti1Image(total.astype(np.float32), aff), str(tmp_path / "f.nii.gz"))
-    (tmp_path / "f.json").write_text(json.dumps({"Units": "ppm"}))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(tmp_path / "m.nii.gz"))
-    out_f, out_m = bg.remove_background_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz",
-                                              tmp_path / "o" / "local.nii.gz",
-                                              tmp_path / "o" / "emask.nii.gz", method="vsharp")
-    loc = nib.load(str(out_f)).get_fdata()
-    em = nib.load(str(out_m)).get_fdata() > 0
+    monkeypatch.chdir(tmp_path)
+    res = BackgroundRemoval(in_field=str(tmp_path / "f.nii.gz"), mask=str(tmp_path / "m.nii.gz"),
+                            method="vsharp", b0_dir=[0.0, 0.0, 1.0]).run()
+    loc = nib.load(res.outputs.out_field).get_fdata()
+    em = nib.load(res.outputs.out_mask).get_fdata() > 0
     ref, ref_mask = bg.vsharp(total, mask, vs)
     assert (em == ref_mask).all()
     np.testing.assert_allclose(loc, ref, atol=1e-5 * np.abs(ref).max())
-    assert json.loads((tmp_path / "o" / "local.json").read_text())["Units"] == "ppm"
-    # a mask on another grid: refused, nothing written
     nib.save(nib.Nifti1Image(mask[:-1].astype(np.uint8), aff), str(tmp_path / "m2.nii.gz"))
+    (tmp_path / "p").mkdir()
+    monkeypatch.chdir(tmp_path / "p")
     with pytest.raises(ValueError, match="grid"):
-        bg.remove_background_files(tmp_path / "f.nii.gz", tmp_path / "m2.nii.gz",
-                                   tmp_path / "p" / "l.nii.gz", tmp_path / "p" / "e.nii.gz")
-    assert not (tmp_path / "p").exists()
+        BackgroundRemoval(in_field=str(tmp_path / "f.nii.gz"), mask=str(tmp_path / "m2.nii.gz")).run()
+    assert not any((tmp_path / "p").iterdir())

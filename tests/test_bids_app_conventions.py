@@ -516,7 +516,7 @@ def test_method_registries_have_no_stale_romeo_default():
     from qsmflow.interfaces.phase import MultiEchoFit
     from qsmflow.workflows import base, qsm
 
-    for fn in (phase.unwrap_echoes, phase.field_map_files, qsm.init_qsm_wf,
+    for fn in (phase.unwrap_echoes, qsm.init_qsm_wf,
                base.init_qsmflow_wf, base.init_single_subject_wf):
         assert inspect.signature(fn).parameters[
             "method" if fn.__module__ == "qsmflow.phase" else "unwrapping"

@@ -229,3 +229,40 @@ def test_one_registry_per_method_family():
     assert set(bgremoval.METHODS) | set(masking.MASK_METHODS) | set(phase.UNWRAPPING_METHODS) \
         <= set(sections)
     assert all(callable(fn) for fn in bgremoval.METHODS.values())
+
+
+def test_the_layout_says_who_uses_what():
+    """BIDS names and descriptions live in qsmflow.bids only; the numeric core reads and writes
+    no files (the interfaces do); simulation and CLI-only code are imported by nothing below."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import qsmflow
+
+    pkg = Path(qsmflow.__file__).parent
+    sources = {p.relative_to(pkg).as_posix(): p.read_text() for p in pkg.rglob("*.py")}
+    for rel, text in sources.items():
+        if rel != "bids.py":  # one dataset_description builder, one entity order, one label check
+            assert '"BIDSVersion"' not in text and "ENTITY_ORDER = " not in text, rel
+            assert not re.search(r"def _?(check_label|is_label|clean_value)\b", text), rel
+
+    def imports(text):
+        out = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom):
+                out.add("." * node.level + (node.module or ""))
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+        return out
+
+    for core in ("masking.py", "bgremoval.py"):  # arrays in, arrays out
+        assert not {"io", ".io"} & {i.split(" ")[0] for i in imports(sources[core])}, core
+        assert "save_nifti" not in sources[core] and "load_nifti" not in sources[core], core
+    for rel, text in sources.items():
+        top = rel.split("/")[0]
+        names = imports(text)
+        if top not in ("sims", "cli", "nn"):  # nn trains on the phantom
+            assert not any("sims" in n for n in names), rel
+        if top != "cli":
+            assert not any(n.startswith(("qsmflow.cli", "..cli", ".cli")) for n in names), rel

@@ -1,6 +1,5 @@
 """Brain masking against phantom truth, analytic erosion, real data and bad input."""
 
-import json
 
 import nibabel as nib
 import numpy as np
@@ -136,25 +135,27 @@ def test_bad_input(tmp_path):
         b = a.copy()
         a[0, 0, 0] = b[4, 4, 4] = True
         masking.combine_masks(a, b)
-    with pytest.raises(ValueError, match="method"):
-        masking.mask_files([tmp_path / "x.nii"], tmp_path / "m.nii.gz", method="deep")
-    if not masking.bet_available():
-        with pytest.raises(ValueError, match="bet"):
-            masking.bet_mask(tmp_path / "x.nii", tmp_path / "m.nii.gz")
+    from nipype.interfaces.base import TraitError
+
+    from qsmflow.interfaces import BrainMask
+
+    with pytest.raises(TraitError, match="method"):
+        BrainMask(method="deep")
 
 
-def test_mask_files(tmp_path, sim):
+def test_mask_interface(tmp_path, sim, monkeypatch):
+    """BrainMask (the one file-level path) on a 4D magnitude with its echo times (R2*
+    criterion): the phantom's brain."""
+    from qsmflow.interfaces import BrainMask
+
     p, s = sim
-    files = []
-    for k, te in enumerate(s.te_s):
-        f = tmp_path / f"echo-{k + 1}_part-mag.nii.gz"
-        nib.save(nib.Nifti1Image(s.magnitude[..., k], p.affine), str(f))
-        f.with_name(f.name.replace(".nii.gz", ".json")).write_text(json.dumps({"EchoTime": te}))
-        files.append(f)
-    out = masking.mask_files(files, tmp_path / "out" / "brain_mask.nii.gz")
-    m = nib.load(str(out)).get_fdata() > 0
-    assert _dice(m, p.brain_mask) >= 0.95  # TEs read from the sidecars
-    assert json.loads((tmp_path / "out" / "brain_mask.json").read_text())["Type"] == "Brain"
+    f = tmp_path / "magnitude.nii.gz"
+    nib.save(nib.Nifti1Image(s.magnitude.astype(np.float32), p.affine), str(f))
+    monkeypatch.chdir(tmp_path)
+    res = BrainMask(method="magnitude", magnitude=str(f), echo_times=list(s.te_s)).run()
+    m = nib.load(res.outputs.out_mask).get_fdata() > 0
+    assert _dice(m, p.brain_mask) >= 0.95
+    assert res.outputs.out_meta["Masking"] == "magnitude"
 
 
 def test_phase_only_mask_separates_brain_from_scalp():

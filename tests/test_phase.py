@@ -277,7 +277,11 @@ def _write_echoes(tmp_path, phase, mag, te, units="rad"):
     return pf, mf
 
 
-def test_field_map_files(tmp_path):
+def test_field_map_through_the_interfaces(tmp_path, monkeypatch):
+    """ScalePhase + MultiEchoFit (the App's one file-level path): echo order from EchoTime, not
+    from the file list; the field exact up to the global 1/ΔTE."""
+    from qsmflow.interfaces import MultiEchoFit, ScalePhase
+
     te = [0.004, 0.008, 0.012]
     shape = (20, 20, 16)
     g = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
@@ -285,24 +289,32 @@ def test_field_map_files(tmp_path):
     phase = physics.wrap(TWO_PI * f_hz[..., None] * np.array(te))
     mag = np.ones(shape + (3,))
     pf, mf = _write_echoes(tmp_path, phase, mag, te)
-    out = ph.field_map_files(pf[::-1], mf[::-1], tmp_path / "out",
-                             sidecars=[json.loads(p.with_name(p.name.replace(".nii.gz", ".json"))
-                                                  .read_text()) for p in pf[::-1]])
-    field = nib.load(str(out["field"])).get_fdata()
-    # echo order from EchoTime, not from the file list; field exact up to the global 1/ΔTE
+    monkeypatch.chdir(tmp_path)
+    sc = ScalePhase(phase_files=[str(f) for f in pf[::-1]], magnitude_files=[str(f) for f in mf[::-1]],
+                    sidecars=[json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())
+                              for p in pf[::-1]]).run()
+    assert sc.outputs.echo_times == te
+    fit = MultiEchoFit(in_phase=sc.outputs.out_phase, in_magnitude=sc.outputs.out_magnitude,
+                       echo_times=sc.outputs.echo_times).run()
+    field = nib.load(fit.outputs.out_field).get_fdata()
     d = field - f_hz
     assert np.ptp(d) < 1e-2 and abs(d.mean() - 250 * np.round(d.mean() / 250)) < 1e-2
-    assert json.loads(out["field"].with_name("fieldmap.json").read_text())["Units"] == "Hz"
 
 
-def test_field_map_files_bad_input_writes_nothing(tmp_path):
+def test_scale_phase_bad_input_writes_nothing(tmp_path, monkeypatch):
+    from qsmflow.interfaces import ScalePhase
+
     te = [0.004, 0.008]
     phase = np.zeros((8, 8, 8, 2))
     phase[2, 2, 2, 1] = np.nan
     pf, mf = _write_echoes(tmp_path, phase, np.ones((8, 8, 8, 2)), te)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
     with pytest.raises(ValueError, match="NaN"):
-        ph.field_map_files(pf, mf, tmp_path / "out")
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        ScalePhase(phase_files=[str(f) for f in pf], magnitude_files=[str(f) for f in mf],
+                   sidecars=[{"EchoTime": t, "Units": "rad"} for t in te]).run()
+    assert not any(out.iterdir())
 
 
 def test_uneven_echoes_unwrap_with_offset():

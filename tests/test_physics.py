@@ -277,3 +277,30 @@ def test_fft_threads_are_passed_down_not_put_in_the_environment(monkeypatch):
             assert physics.fft_workers() == 1
         assert physics.fft_workers() == 3
     assert physics.fft_workers() == 2 and dict(os.environ) == before
+
+
+def test_core_dispatchers_take_workers(monkeypatch):
+    """``workers=`` of unwrap_echoes, remove_background and invert reaches the FFTs of the
+    method they run (and only for that call)."""
+    from qsmflow import bgremoval, inversion, phase
+
+    monkeypatch.setenv("QSMFLOW_NUM_THREADS", "2")
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(physics.fft_workers())
+        return args[0] if len(args) > 2 else (args[0], args[1])
+
+    monkeypatch.setitem(bgremoval.METHODS, "resharp", spy)
+    monkeypatch.setattr(phase, "laplacian_unwrap", lambda ph, vs, mask=None: spy(ph, vs, mask))
+    shape = (6, 6, 6)
+    mask = np.ones(shape, bool)
+    bgremoval.remove_background("resharp", np.zeros(shape), mask, (1, 1, 1), workers=3)
+    phase.unwrap_echoes(np.zeros(shape + (2,)), None, [0.004, 0.008], (1, 1, 1),
+                        method="laplacian", workers=4)
+    monkeypatch.setattr(inversion, "get_method",
+                        lambda name: lambda f, m, vs, b, **kw: spy(f, m, vs, b))
+    monkeypatch.setattr(inversion, "resolved_parameters", lambda name, **kw: {})
+    inversion.invert("tkd", np.zeros(shape), mask, (1, 1, 1), workers=5)
+    bgremoval.remove_background("resharp", np.zeros(shape), mask, (1, 1, 1))
+    assert seen == [3, 4, 4, 5, 2]

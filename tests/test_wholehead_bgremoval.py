@@ -148,7 +148,7 @@ def test_default_background_removal_keeps_90_percent_of_a_1mm_whole_head():
 
 
 def test_coverage_in_sidecar_interface_and_report(tmp_path):
-    from qsmflow.interfaces import BackgroundRemoval
+    from qsmflow.interfaces import BackgroundRemoval, DerivativesSink
     from qsmflow.report import write_subject_report
 
     x, y, z = _grid((32, 32, 16))
@@ -157,17 +157,6 @@ def test_coverage_in_sidecar_interface_and_report(tmp_path):
     field = _harmonic(x, y, z) + _sphere_field(x, y, z, (0, 0, 0), 3.0)
     nib.save(nib.Nifti1Image(field.astype(np.float32), aff), str(tmp_path / "f.nii.gz"))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(tmp_path / "m.nii.gz"))
-    out_dir = tmp_path / "out" / "sub-01" / "fmap"
-    lf = out_dir / "sub-01_desc-local_fieldmap.nii.gz"
-    bg.remove_background_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", lf,
-                               out_dir / "emask.nii.gz", method="lbv")
-    meta = json.loads(lf.with_name("sub-01_desc-local_fieldmap.json").read_text())
-    em = nib.load(str(out_dir / "emask.nii.gz")).get_fdata() > 0
-    assert meta["BrainCoverage"] == pytest.approx(em.sum() / mask.sum(), abs=1e-4)
-    assert 0.5 < meta["BrainCoverage"] < 1
-    assert meta["BrainVolumeKept_ml"] == pytest.approx(em.sum() * np.prod(VS) / 1000, abs=0.1)
-    assert meta["BrainVolume_ml"] == pytest.approx(mask.sum() * np.prod(VS) / 1000, abs=0.1)
-
     import os
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -176,7 +165,18 @@ def test_coverage_in_sidecar_interface_and_report(tmp_path):
                                 mask=str(tmp_path / "m.nii.gz"), method="lbv").run()
     finally:
         os.chdir(cwd)
-    assert res.outputs.out_meta["BrainCoverage"] == meta["BrainCoverage"]
+    meta = res.outputs.out_meta
+    em = nib.load(res.outputs.out_mask).get_fdata() > 0
+    assert meta["BrainCoverage"] == pytest.approx(em.sum() / mask.sum(), abs=1e-4)
+    assert 0.5 < meta["BrainCoverage"] < 1
+    assert meta["BrainVolumeKept_ml"] == pytest.approx(em.sum() * np.prod(VS) / 1000, abs=0.1)
+    assert meta["BrainVolume_ml"] == pytest.approx(mask.sum() * np.prod(VS) / 1000, abs=0.1)
+    # the sink writes the interface's metadata into the local field's sidecar
+    DerivativesSink(in_file=[res.outputs.out_field], base_directory=str(tmp_path / "out"),
+                    relpath=["sub-01/fmap/sub-01_desc-local_fieldmap.nii.gz"], meta=meta).run()
+    lf = tmp_path / "out" / "sub-01" / "fmap" / "sub-01_desc-local_fieldmap.nii.gz"
+    side = json.loads(lf.with_name("sub-01_desc-local_fieldmap.json").read_text())
+    assert side["BrainCoverage"] == meta["BrainCoverage"]
 
     page = write_subject_report(tmp_path / "out", "01", [{
         "name": "sub-01", "figures": {}, "outputs": ["sub-01/fmap/" + lf.name]}],

@@ -17,11 +17,11 @@ Records are plain dicts of DICOM keywords (:data:`.convert.DICOM_SOURCE_FIELDS` 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from ..bids import entity_string, parse_filename
 from ..io import load_json, sidecar_path
 from .convert import dicom_source, private_path
 from .geometry import LPS_TO_RAS
@@ -119,11 +119,15 @@ def private_record(sidecar_file, source: dict) -> dict | None:
     """The ``dicom2bids --keep-patient-info`` record of the series in ``source`` (a DicomSource
     block) for the raw image whose sidecar is ``sidecar_file``; ``None`` if there is none."""
     sidecar_file = Path(sidecar_file)
-    m = re.match(r"(sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)", sidecar_file.name)
-    root = _bids_root(sidecar_file)
-    if not m or root is None or not source.get("SeriesInstanceUID"):
+    try:
+        ents = parse_filename(sidecar_file.name)[0]
+        prefix = entity_string({"sub": ents.get("sub"), "ses": ents.get("ses")})
+    except ValueError:  # not a BIDS name
         return None
-    records = load_json(private_path(root, m.group(1))) or {}
+    root = _bids_root(sidecar_file)
+    if not ents.get("sub") or root is None or not source.get("SeriesInstanceUID"):
+        return None
+    records = load_json(private_path(root, prefix)) or {}
     return records.get(source["SeriesInstanceUID"])
 
 

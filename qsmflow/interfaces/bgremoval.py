@@ -7,10 +7,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
 
 from .. import bgremoval
 from ..io import load_nifti, save_nifti
-from ._base import geometry, jsonable, opt, out_file
-from ..physics import use_workers
-
-#: background-removal methods offered by the app
+from ._base import geometry, jsonable, load_on_grid, opt, out_file
 
 
 class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
@@ -39,12 +36,11 @@ class BackgroundRemoval(SimpleInterface):
 
     def _run_interface(self, runtime):
         field, affine, _ = load_nifti(self.inputs.in_field)
-        mask = load_nifti(self.inputs.mask)[0] > 0
+        mask = load_on_grid(self.inputs.mask, self.inputs.in_field, field.shape, affine) > 0
         vs, b0_dir = geometry(affine, opt(self.inputs.b0_dir))
         params = dict(self.inputs.params or {})
-        with use_workers(self.inputs.num_threads):
-            local, eroded = bgremoval.remove_background(self.inputs.method, field, mask, vs,
-                                                        b0_dir, **params)
+        local, eroded = bgremoval.remove_background(self.inputs.method, field, mask, vs, b0_dir,
+                                                    workers=self.inputs.num_threads, **params)
         self._results["out_field"] = str(save_nifti(out_file("local_field_hz.nii"), local,
                                                     affine))
         self._results["out_mask"] = str(save_nifti(out_file("mask_eroded.nii"), eroded > 0,

@@ -10,6 +10,7 @@ import re
 from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
+from ..bids import parse_filename
 from ._base import opt
 
 #: the kinds of map a DICOM series can be made of (qsmflow.dicom.export.MAP_KINDS)
@@ -24,8 +25,7 @@ def export_one(in_file, parent, source, kind="chimap", method=None, series_numbe
 
     name = os.path.basename(in_file)
     if not method and kind == "chimap":
-        m = re.search(r"_desc-([A-Za-z0-9]+)", name)
-        method = m.group(1) if m else "unknown"
+        method = parse_filename(name)[0].get("desc") or "unknown"
     out_dir = os.path.join(parent, re.sub(r"\.nii(\.gz)?$", "", name))
     files = export_map(in_file, out_dir, source=source, kind=kind, method=method or "",
                        series_number=series_number, series_description=series_description,

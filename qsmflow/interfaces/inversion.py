@@ -10,8 +10,7 @@ from .. import inversion
 from ..inversion.reference import describe as describe_reference
 from ..io import load_nifti, save_nifti
 from ..physics import hz_to_ppm
-from ._base import geometry, jsonable, opt, out_file
-from ..physics import use_workers
+from ._base import geometry, jsonable, load_on_grid, opt, out_file
 
 
 class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
@@ -43,7 +42,7 @@ class DipoleInversion(SimpleInterface):
 
     def _run_interface(self, runtime):
         field_hz, affine, _ = load_nifti(self.inputs.local_field)
-        mask, _, _ = load_nifti(self.inputs.mask)
+        mask = load_on_grid(self.inputs.mask, self.inputs.local_field, field_hz.shape, affine)
         vs, b0_dir = geometry(affine, opt(self.inputs.b0_dir))
         b0 = self.inputs.b0_tesla
         mag = noise = None
@@ -53,10 +52,9 @@ class DipoleInversion(SimpleInterface):
             noise = hz_to_ppm(load_nifti(self.inputs.noise)[0], b0)
         params = dict(self.inputs.params or {})
         method = self.inputs.method
-        with use_workers(self.inputs.num_threads):
-            chi = inversion.invert(method, hz_to_ppm(field_hz, b0), mask > 0, vs, b0_dir,
-                                   magnitude=mag, noise=noise,
-                                   reference_mode=self.inputs.reference, **params)
+        chi = inversion.invert(method, hz_to_ppm(field_hz, b0), mask > 0, vs, b0_dir,
+                               magnitude=mag, noise=noise, reference_mode=self.inputs.reference,
+                               workers=self.inputs.num_threads, **params)
         path = out_file(f"chi_{method}.nii")
         save_nifti(path, chi, affine)
         self._results["out_file"] = path

@@ -9,8 +9,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import phase
 from ..io import load_nifti, save_nifti
-from ._base import geometry, opt, out_file
-from ..physics import use_workers
+from ._base import geometry, load_on_grid, opt, out_file
 
 
 class _ScalePhaseInputSpec(BaseInterfaceInputSpec):
@@ -79,17 +78,17 @@ class MultiEchoFit(SimpleInterface):
     def _run_interface(self, runtime):
         ph, affine, _ = load_nifti(self.inputs.in_phase)
         mag = load_nifti(self.inputs.in_magnitude)[0] if opt(self.inputs.in_magnitude) else None
-        mask = load_nifti(self.inputs.mask)[0] > 0 if opt(self.inputs.mask) else None
+        mask = (load_on_grid(self.inputs.mask, self.inputs.in_phase, ph.shape, affine) > 0
+                if opt(self.inputs.mask) else None)
         if ph.ndim == 3:
             ph = ph[..., None]
             mag = None if mag is None else mag.reshape(ph.shape)
         te = np.asarray(self.inputs.echo_times, float)
         vs, _ = geometry(affine)
         params = dict(self.inputs.params or {})
-        with use_workers(self.inputs.num_threads):
-            unwrapped = phase.unwrap_echoes(ph, mag, te, vs, method=self.inputs.unwrapping,
-                                            mask=mask, **params)
-            fit = phase.fit_multi_echo(unwrapped, mag, te, mask=mask)
+        unwrapped = phase.unwrap_echoes(ph, mag, te, vs, method=self.inputs.unwrapping, mask=mask,
+                                        workers=self.inputs.num_threads, **params)
+        fit = phase.fit_multi_echo(unwrapped, mag, te, mask=mask)
         del unwrapped
         self._results["out_field"] = str(save_nifti(out_file("field_hz.nii"), fit.field_hz,
                                                     affine))

@@ -18,6 +18,7 @@ import inspect
 
 import numpy as np
 
+from qsmflow import physics
 from qsmflow.inversion import _ops
 from qsmflow.inversion.reference import MODES as REFERENCE_MODES
 from qsmflow.inversion.reference import reference
@@ -122,14 +123,16 @@ def resolved_parameters(method: str, **params) -> dict:
 
 
 def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
-           noise=None, reference_mode="mean", csf_mask=None, **params):
+           noise=None, reference_mode="mean", csf_mask=None, workers=None, **params):
     """Run inversion ``method`` on a local field (ppm) and reference the result once (a
     :data:`TOTAL_FIELD_METHODS` method: on the total field in the brain mask, referenced in
     its :func:`valid_mask`).
 
     ``reference_mode``: "mean" (mean χ in ``mask`` = 0, default), "csf" (needs ``csf_mask``) or
-    "none". Other keyword arguments are the method's parameters (:func:`method_parameters`).
-    Returns χ in ppm (float32, 0 outside the mask).
+    "none". ``workers``: FFT threads (default: the enclosing
+    :func:`qsmflow.physics.use_workers`, else the environment). Other keyword arguments are the
+    method's parameters (:func:`method_parameters`). Returns χ in ppm (float32, 0 outside the
+    mask).
     """
     if reference_mode not in REFERENCE_MODES:
         raise ValueError(f"unknown reference_mode {reference_mode!r}: use one of "
@@ -140,7 +143,8 @@ def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magni
         params.setdefault("csf_mask", csf_mask)  # MEDI+0 uses the CSF mask when one is given
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)
-    chi = fn(f, m, vs, b, magnitude=mag, noise=noi, **params)
+    with physics.use_workers(workers):
+        chi = fn(f, m, vs, b, magnitude=mag, noise=noi, **params)
     chi = np.asarray(chi)
     if chi.shape != m.shape:
         raise ValueError(f"method {method!r} returned shape {chi.shape} for input {m.shape}: "

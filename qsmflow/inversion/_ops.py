@@ -143,20 +143,25 @@ class DipoleOp:
 # --------------------------------------------------------------------------------------------
 # finite differences (periodic, 1/mm)
 # --------------------------------------------------------------------------------------------
+def _axis_slices(ax: int) -> tuple:
+    """Index tuples ``(lo, hi, first, last)`` along axis ``ax`` of a 3D array: ``x[hi] − x[lo]``
+    are the interior forward differences, ``x[first] − x[last]`` the periodic wrap-around one."""
+    def along(s):
+        idx = [slice(None)] * 3
+        idx[ax] = s
+        return tuple(idx)
+    return along(slice(0, -1)), along(slice(1, None)), along(slice(0, 1)), along(slice(-1, None))
+
+
 def grad(x, voxel_size, out=None):
     """Forward differences of a 3D array along each axis (per mm), periodic; shape (3,)+x.shape."""
     if out is None:
         out = np.empty((3,) + x.shape, dtype=np.float32)
     for ax, d in enumerate(voxel_size):
         g = out[ax]
-        sl_lo = [slice(None)] * 3
-        sl_hi = [slice(None)] * 3
-        sl_lo[ax], sl_hi[ax] = slice(0, -1), slice(1, None)
-        np.subtract(x[tuple(sl_hi)], x[tuple(sl_lo)], out=g[tuple(sl_lo)])
-        first = [slice(None)] * 3
-        last = [slice(None)] * 3
-        first[ax], last[ax] = slice(0, 1), slice(-1, None)
-        np.subtract(x[tuple(first)], x[tuple(last)], out=g[tuple(last)])
+        lo, hi, first, last = _axis_slices(ax)
+        np.subtract(x[hi], x[lo], out=g[lo])
+        np.subtract(x[first], x[last], out=g[last])
         g *= 1.0 / d
     return out
 
@@ -168,14 +173,9 @@ def grad_adj(g, voxel_size):
     tmp = np.empty_like(out)
     for ax, d in enumerate(voxel_size):
         gi = g[ax]
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-        np.subtract(gi[tuple(lo)], gi[tuple(hi)], out=tmp[tuple(hi)])
-        first = [slice(None)] * 3
-        last = [slice(None)] * 3
-        first[ax], last[ax] = slice(0, 1), slice(-1, None)
-        np.subtract(gi[tuple(last)], gi[tuple(first)], out=tmp[tuple(first)])
+        lo, hi, first, last = _axis_slices(ax)
+        np.subtract(gi[lo], gi[hi], out=tmp[hi])
+        np.subtract(gi[last], gi[first], out=tmp[first])
         if d != 1.0:
             tmp *= np.float32(1.0 / d)
         out += tmp
