@@ -137,11 +137,39 @@ def _erode_smv(grid, mask_pad, s_half, n_ball):
 
 
 def smv_highpass(shape, mask_padded, voxel_size, radius_mm, workers=None):
-    """The SHARP high-pass ``C = δ − SMV(radius_mm)`` on a zero-padded grid of ``shape``:
-    ``(grid, c_half, eroded)`` with ``c_half`` its real half spectrum (moment-corrected SMV, as
-    RESHARP uses) and ``eroded`` the voxels of ``mask_padded`` whose whole ball lies inside it
-    (where ``C·f`` of a field harmonic in the mask is 0). ``voxel_size`` and ``radius_mm`` in
-    mm."""
+    """The SHARP high-pass ``C = δ − SMV(radius_mm)`` on a zero-padded grid of ``shape``.
+
+    ``c_half`` is its real half spectrum (moment-corrected SMV, as RESHARP uses) and ``eroded``
+    the voxels of ``mask_padded`` whose whole ball lies inside it (where ``C·f`` of a field
+    harmonic in the mask is 0).
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        The zero-padded FFT grid.
+    mask_padded : array_like, shape ``shape``
+        Brain mask zero-padded to ``shape``.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    radius_mm : float
+        SMV kernel radius (mm), > 0.
+    workers : int, optional
+        FFT threads (default :func:`qsmflow.physics.fft_workers`).
+
+    Returns
+    -------
+    grid : _Grid
+        The real-FFT helper on ``shape``.
+    c_half : ndarray of float32, shape (shape[0], shape[1], shape[2] // 2 + 1)
+        Half spectrum of ``C``.
+    eroded : ndarray of bool, shape ``shape``
+        The mask eroded by the kernel.
+
+    Raises
+    ------
+    ValueError
+        If ``radius_mm`` is not positive or the kernel is larger than the grid.
+    """
     grid = _Grid(shape, workers)
     smv, ball = _smv_half(grid, voxel_size, radius_mm)
     mp = np.asarray(mask_padded, np.float32)
@@ -197,17 +225,47 @@ def _paste(shape, box, sub, sub_shape, dtype):
 # --------------------------------------------------------------------------------------------
 def default_resharp_radius(voxel_size) -> float:
     """Default RESHARP kernel radius (mm): 2 mm, and at least two of the smallest voxel side
-    (4 mm at 2 mm, 6 mm at 3 mm). The outermost ~2 voxels of a brain mask hold field that is
-    not harmonic (partial volume with bone and air), so a kernel of fewer voxels feeds it to
-    the deconvolution (3 mm demo: MEDI 46 → 71 % with a 1-voxel kernel)."""
+    (4 mm at 2 mm, 6 mm at 3 mm).
+
+    The outermost ~2 voxels of a brain mask hold field that is not harmonic (partial volume
+    with bone and air), so a kernel of fewer voxels feeds it to the deconvolution (3 mm demo:
+    MEDI 46 → 71 % with a 1-voxel kernel).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    radius_mm : float
+        Kernel radius (mm).
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is not three positive finite values.
+    """
     return max(2.0, 2.0 * min(physics.check_voxel_size(voxel_size)))
 
 
 def default_resharp_lam(radius_mm) -> float:
     """Default RESHARP Tikhonov weight for a kernel of ``radius_mm`` (mm): 1e-4·(r / 6 mm)².
+
     ``1 − SMV_r`` is ∝ r² at low frequencies, so a smaller kernel needs a smaller λ to keep
     the same low-frequency content (1e-4 tuned at 6 mm, 1.1e-5 at 2 mm: whole head at 1 mm,
-    local-field NRMSE 42 % vs 49 % with 1e-4)."""
+    local-field NRMSE 42 % vs 49 % with 1e-4).
+
+    Parameters
+    ----------
+    radius_mm : float
+        SMV kernel radius (mm).
+
+    Returns
+    -------
+    lam : float
+        Tikhonov weight (dimensionless, relative to the unit-gain kernel).
+    """
     return 1e-4 * (float(radius_mm) / 6.0) ** 2
 
 
@@ -230,23 +288,62 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
     mask eroded by the kernel radius, by conjugate gradients on the normal equations
     ``(C M_e C + λ)x = C M_e C f`` (stopping at relative residual ``tol``), preconditioned by
     ``1/(C² + max(λ, 1e-3))``. CG runs on the half spectrum of x (two real FFTs per iteration).
-    ``radius_mm``: SMV kernel radius (mm; default :func:`default_resharp_radius`, 2 mm on
-    1 mm voxels; the kernel reaches at least one voxel along each axis, see :func:`_ball`).
-    ``lam``: Tikhonov weight relative to the unit-gain kernel (default
-    :func:`default_resharp_lam`, 1.1e-5 at 2 mm, 1e-4 at 6 mm) with ``tol`` 1e-4. Chosen on
-    the whole-head simulations (docs/fieldmap.md): at 1 mm the mask loses 2 mm (91 % of the
-    brain kept; 6 mm kept 72 %) at the best whole-brain local-field NRMSE of RESHARP, V-SHARP,
-    PDF and LBV. ``edge_mm``: return the local field where the mask is more than ``edge_mm``
-    mm deep (distance to the nearest voxel outside) instead of on ``M_e`` (``None``, the
-    published method), e.g. 2 to keep 93 % of a brain on 1.5 mm voxels with a 3 mm kernel
-    at a better whole-brain NRMSE. ``"auto"`` (default): ``M_e``, except where a voxel is
-    longer than the radius (thick slices: the kernel was stretched to one voxel there), where
-    it is ``radius_mm``, so that 3 mm slices do not lose a whole slice at the top and the
-    bottom of the brain (0.76×0.76×3 mm whole head: 93.6 % kept instead of 89.6 %). x is solved
-    on the whole grid and the data term constrains it wherever a kernel centred in ``M_e``
-    reaches, i.e. in all of the mask, so a smaller ``edge_mm`` keeps cortex that ``M_e``
-    drops, at a larger error there. ``b0_dir`` is unused (the SMV is isotropic). Returns
-    ``(local, eroded_mask)``.
+
+    Parameters
+    ----------
+    field : array_like, shape (X, Y, Z)
+        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
+        ignored.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask (not empty, not the whole field of view).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        Unused (the SMV is isotropic).
+    radius_mm : float, optional
+        SMV kernel radius (mm); default :func:`default_resharp_radius` (2 mm on 1 mm voxels).
+        The kernel reaches at least one voxel along each axis (see :func:`_ball`).
+    lam : float, optional
+        Tikhonov weight (> 0) relative to the unit-gain kernel; default
+        :func:`default_resharp_lam` (1.1e-5 at 2 mm, 1e-4 at 6 mm).
+    tol : float, default 1e-4
+        Relative residual at which CG stops.
+    max_iter : int, default 300
+        Most CG iterations.
+    edge_mm : float, None or "auto", default "auto"
+        Return the local field where the mask is more than ``edge_mm`` (mm) deep (distance to
+        the nearest voxel outside) instead of on ``M_e`` (``None``, the published method).
+        ``"auto"``: ``M_e``, or ``radius_mm`` when a voxel side is longer than the radius (thick
+        slices). See Notes.
+    workers : int, optional
+        FFT threads (default :func:`qsmflow.physics.fft_workers`).
+
+    Returns
+    -------
+    local : ndarray of float64, shape (X, Y, Z)
+        Local field (unit of ``field``), 0 outside ``eroded_mask``.
+    eroded_mask : ndarray of bool, shape (X, Y, Z)
+        Where ``local`` is valid.
+
+    Raises
+    ------
+    ValueError
+        If ``field`` is not 3D or contains NaN/Inf inside the mask; ``mask`` has another
+        shape, is empty or covers the whole field of view; ``voxel_size`` is invalid;
+        ``edge_mm`` is negative or another string than "auto"; ``radius_mm`` or ``lam`` is not
+        positive; or the mask vanishes when eroded by the kernel.
+
+    Notes
+    -----
+    The defaults were chosen on the whole-head simulations (docs/fieldmap.md): at 1 mm the mask
+    loses 2 mm (91 % of the brain kept; 6 mm kept 72 %) at the best whole-brain local-field NRMSE
+    of RESHARP, V-SHARP, PDF and LBV. ``edge_mm`` e.g. 2 keeps 93 % of a brain on 1.5 mm voxels
+    with a 3 mm kernel at a better whole-brain NRMSE. ``"auto"`` uses ``radius_mm`` on thick
+    slices (the kernel was stretched to one voxel there), so that 3 mm slices do not lose a
+    whole slice at the top and the bottom of the brain (0.76×0.76×3 mm whole head: 93.6 % kept
+    instead of 89.6 %). x is solved on the whole grid and the data term constrains it wherever a
+    kernel centred in ``M_e`` reaches, i.e. in all of the mask, so a smaller ``edge_mm`` keeps
+    cortex that ``M_e`` drops, at a larger error there.
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
@@ -293,7 +390,25 @@ def resharp(field, mask, voxel_size, b0_dir=None, *, radius_mm=None, lam=None, t
 
 def default_vsharp_radii(voxel_size, max_radius_mm=12.0):
     """V-SHARP radii (mm), largest first: from ``max_radius_mm`` down to one (largest) voxel,
-    in steps of max(1 mm, largest voxel side)."""
+    in steps of max(1 mm, largest voxel side).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    max_radius_mm : float, default 12.0
+        Largest radius (mm).
+
+    Returns
+    -------
+    radii_mm : list of float
+        Kernel radii (mm), decreasing.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is invalid or ``max_radius_mm`` is below the largest voxel side.
+    """
     vs = physics.check_voxel_size(voxel_size)
     step = max(1.0, max(vs))
     rmin = max(vs)
@@ -310,9 +425,42 @@ def vsharp(field, mask, voxel_size, b0_dir=None, *, radii_mm=None, max_radius_mm
 
     For each radius r (largest first) the high-passed field ``(δ − SMV_r)·f`` is kept where the
     ball of radius r first fits inside the mask; the result is divided by ``1 − SMV_rmax`` in
-    k-space where its magnitude exceeds ``threshold`` (TSVD, default 0.05). Radii default to
-    :func:`default_vsharp_radii` (12 mm → 1 voxel). Returns ``(local, eroded_mask)`` with the
-    mask eroded by the smallest radius.
+    k-space where its magnitude exceeds ``threshold`` (TSVD).
+
+    Parameters
+    ----------
+    field : array_like, shape (X, Y, Z)
+        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
+        ignored.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask (not empty, not the whole field of view).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        Unused (the SMV is isotropic).
+    radii_mm : sequence of float, optional
+        Kernel radii (mm), any order; default :func:`default_vsharp_radii` (12 mm → 1 voxel).
+    max_radius_mm : float, default 12.0
+        Largest default radius (mm), when ``radii_mm`` is not given.
+    threshold : float, default 0.05
+        TSVD threshold on ``|1 − SMV_rmax|``.
+    workers : int, optional
+        FFT threads (default :func:`qsmflow.physics.fft_workers`).
+
+    Returns
+    -------
+    local : ndarray of float64, shape (X, Y, Z)
+        Local field (unit of ``field``), 0 outside ``eroded_mask``.
+    eroded_mask : ndarray of bool, shape (X, Y, Z)
+        The mask eroded by the smallest radius.
+
+    Raises
+    ------
+    ValueError
+        If ``field`` is not 3D or contains NaN/Inf inside the mask; ``mask`` has another
+        shape, is empty or covers the whole field of view; ``voxel_size`` is invalid;
+        a radius is not positive; ``max_radius_mm`` is below the voxel size; or the mask
+        vanishes for every radius.
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
@@ -354,13 +502,49 @@ def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, weight=None, pad_mm=
 
     Fits the field inside the mask with the dipole field (oblique kernel
     :func:`physics.dipole_kernel` with ``b0_dir``) of sources outside it,
-    ``min_χ ‖W·M(f − D*(M̄χ))‖²``, by conjugate gradients (relative residual ``tol``, default
-    3e-3, or 1e-3 when B0 is more than 5° off an array axis: oblique kernels converge more
-    slowly, and on the head phantom more iterations than that fit inconsistencies); the
-    local field is ``M·(f − D*(M̄χ))``. Sources live outside the mask in the field of view
-    extended by ``pad_mm`` (mm) of zero padding on each side. ``weight``: optional reliability
-    (e.g. 1/noise from :func:`qsmflow.phase.fit_multi_echo`), default uniform. Returns
-    ``(local, mask)`` (PDF does not erode).
+    ``min_χ ‖W·M(f − D*(M̄χ))‖²``, by conjugate gradients; the local field is
+    ``M·(f − D*(M̄χ))``. Sources live outside the mask in the field of view extended by
+    ``pad_mm`` of zero padding on each side.
+
+    Parameters
+    ----------
+    field : array_like, shape (X, Y, Z)
+        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
+        ignored.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask (not empty, not the whole field of view).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction, a unit vector in voxel axes.
+    weight : array_like, shape (X, Y, Z), optional
+        Reliability W, finite and non-negative in the mask (e.g. 1/noise from
+        :func:`qsmflow.phase.fit_multi_echo`), normalised to mean 1 in the mask; default uniform.
+    pad_mm : float, default 10.0
+        Zero padding (mm) on each side of the field of view.
+    tol : float, optional
+        Relative residual at which CG stops; default 3e-3, or 1e-3 when B0 is more than 5° off
+        an array axis (oblique kernels converge more slowly, and on the head phantom more
+        iterations than that fit inconsistencies).
+    max_iter : int, default 300
+        Most CG iterations.
+    workers : int, optional
+        FFT threads (default :func:`qsmflow.physics.fft_workers`).
+
+    Returns
+    -------
+    local : ndarray of float64, shape (X, Y, Z)
+        Local field (unit of ``field``), 0 outside ``mask``.
+    mask : ndarray of bool, shape (X, Y, Z)
+        A copy of ``mask`` (PDF does not erode).
+
+    Raises
+    ------
+    ValueError
+        If ``field`` is not 3D or contains NaN/Inf inside the mask; ``mask`` has another
+        shape, is empty or covers the whole field of view; ``voxel_size`` is invalid;
+        ``b0_dir`` is not a non-zero finite 3-vector; or ``weight`` is not finite, non-negative
+        and of the field's shape.
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
@@ -495,12 +679,41 @@ def lbv(field, mask, voxel_size, b0_dir=None, *, tol=1e-5, max_iter=200, peel_mm
     ``∇²b = 0`` in the mask's interior with ``b = field`` on its boundary (mask voxels with a
     6-neighbour outside), and returns ``local = field − b`` on the interior. The 7-point
     Laplacian (anisotropic voxels weighted by 1/d²) is solved by conjugate gradients
-    preconditioned with an aggregation multigrid V-cycle, to relative residual ``tol`` (1e-5:
-    ~18 iterations, 11 s for a 1 mm whole head on 2 cores; 1e-4 gives the same local field
-    to 0.1 %).
-    ``peel_mm``: erode the output mask by a further ``peel_mm`` mm (the local field is assumed
-    0 on the boundary, so the outermost layers are the least accurate). ``b0_dir`` is unused.
-    Returns ``(local, eroded_mask)``; the eroded mask loses one voxel layer (+ ``peel_mm``).
+    preconditioned with an aggregation multigrid V-cycle, to relative residual ``tol``.
+
+    Parameters
+    ----------
+    field : array_like, shape (X, Y, Z)
+        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
+        ignored.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask (not empty, not the whole field of view).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        Unused.
+    tol : float, default 1e-5
+        Relative CG residual (1e-5: ~18 iterations, 11 s for a 1 mm whole head on 2 cores;
+        1e-4 gives the same local field to 0.1 %).
+    max_iter : int, default 200
+        Most CG iterations.
+    peel_mm : float, default 0.0
+        Erode the output mask by a further ``peel_mm`` (mm): the local field is assumed 0 on the
+        boundary, so the outermost layers are the least accurate.
+
+    Returns
+    -------
+    local : ndarray of float64, shape (X, Y, Z)
+        Local field (unit of ``field``), 0 outside ``eroded_mask``.
+    eroded_mask : ndarray of bool, shape (X, Y, Z)
+        The mask's interior: one voxel layer less (+ ``peel_mm``).
+
+    Raises
+    ------
+    ValueError
+        If ``field`` is not 3D or contains NaN/Inf inside the mask; ``mask`` has another
+        shape, is empty or covers the whole field of view; ``voxel_size`` is invalid;
+        or the mask has no interior voxels.
     """
     f, m = _check_inputs(field, mask)
     vs = physics.check_voxel_size(voxel_size)
@@ -524,9 +737,27 @@ def lbv(field, mask, voxel_size, b0_dir=None, *, tol=1e-5, max_iter=200, peel_mm
 
 
 def coverage(mask, eroded_mask, voxel_size) -> dict:
-    """How much of ``mask`` a method's ``eroded_mask`` keeps, for sidecars and reports:
-    ``{"BrainCoverage": fraction of the mask's voxels kept (0–1), "BrainVolumeKept_ml": kept
-    volume (ml), "BrainVolume_ml": the mask's volume (ml)}``."""
+    """How much of ``mask`` a method's ``eroded_mask`` keeps, for sidecars and reports.
+
+    Parameters
+    ----------
+    mask, eroded_mask : array_like, shape (X, Y, Z)
+        Brain mask and the background-removal output mask (non-zero = inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    coverage : dict
+        ``{"BrainCoverage": fraction of the mask's voxels kept (0–1, 4 decimals),
+        "BrainVolumeKept_ml": kept volume (ml), "BrainVolume_ml": the mask's volume (ml)}``
+        (volumes to 0.1 ml).
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is not three positive finite values.
+    """
     m = np.asarray(mask) > 0
     kept = m & (np.asarray(eroded_mask) > 0)
     ml = float(np.prod(physics.check_voxel_size(voxel_size))) / 1000.0
@@ -536,8 +767,30 @@ def coverage(mask, eroded_mask, voxel_size) -> dict:
 
 
 def resolved_parameters(method, voxel_size, **params) -> dict:
-    """``params`` with the voxel-size-dependent defaults filled in (RESHARP ``radius_mm``,
-    ``lam`` and ``edge_mm``, None = ``M_e``), for sidecars: what a run actually used."""
+    """``params`` with the voxel-size-dependent defaults filled in, for sidecars: what a run
+    actually used.
+
+    Parameters
+    ----------
+    method : str
+        Background removal method (a key of :data:`METHODS`, any case).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    **params
+        The method's keyword parameters (see its function).
+
+    Returns
+    -------
+    params : dict
+        A copy of ``params``; for RESHARP with ``radius_mm`` (mm) and ``lam`` filled in when
+        missing or None, and ``edge_mm`` resolved (mm, None = ``M_e``).
+
+    Raises
+    ------
+    ValueError
+        For RESHARP: if ``voxel_size`` is invalid or ``edge_mm`` is negative or another string
+        than "auto".
+    """
     out = dict(params)
     if str(method).lower() == "resharp":
         if out.get("radius_mm") is None:
@@ -554,9 +807,36 @@ def remove_background(method, field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     """Dispatch to :func:`resharp`, :func:`vsharp`, :func:`pdf` or :func:`lbv` by name
     (:data:`METHODS`; units in = out) → ``(local_field, eroded_mask)``.
 
-    ``voxel_size`` in mm per array axis, ``b0_dir`` a unit vector in voxel axes, ``workers``
-    FFT threads (default: the enclosing :func:`qsmflow.physics.use_workers`, else the
-    environment); ``params``: the method's keyword parameters.
+    Parameters
+    ----------
+    method : {"resharp", "vsharp", "pdf", "lbv"}
+        Method name (any case).
+    field : array_like, shape (X, Y, Z)
+        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
+        ignored.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask (not empty, not the whole field of view).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction, a unit vector in voxel axes.
+    workers : int, optional
+        FFT threads (default: the enclosing :func:`qsmflow.physics.use_workers`, else the
+        environment).
+    **params
+        The method's keyword parameters (see its function).
+
+    Returns
+    -------
+    local_field : ndarray of float64, shape (X, Y, Z)
+        Local field (unit of ``field``), 0 outside ``eroded_mask``.
+    eroded_mask : ndarray of bool, shape (X, Y, Z)
+        Where ``local_field`` is valid.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown, or as raised by the method on bad input.
     """
     fn = METHODS.get(str(method).lower())
     if fn is None:

@@ -70,17 +70,49 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9]+")
 
 
 def is_label(value) -> bool:
-    """True when ``value`` is a BIDS label: letters and digits only (nothing else, not even a
-    trailing newline — so a label can never carry a path into a file name)."""
+    """True when ``value`` is a BIDS label: letters and digits only.
+
+    Nothing else is allowed, not even a trailing newline, so a label can never carry a path into a
+    file name.
+
+    Parameters
+    ----------
+    value : object
+        The candidate label, compared as ``str(value)``.
+
+    Returns
+    -------
+    bool
+        True for a non-empty string of ASCII letters and digits.
+    """
     return _LABEL_RE.fullmatch(str(value)) is not None
 
 
 def check_label(value, what: str = "label", *, key: str | None = None) -> str:
     """The BIDS label of ``value`` (letters and digits), or a ``ValueError`` naming the fix.
 
-    A leading ``sub-``/``ses-`` (and ``<key>-`` for an entity ``key``) is dropped, so
-    ``"sub-01"`` gives ``"01"``. Path characters (``../x``, ``a/b``) are refused, so a label can
-    never escape a folder. ``what`` names the label in the message (an option or an entity).
+    A leading ``sub-``/``ses-`` (and ``<key>-`` for an entity ``key``) is dropped, so ``"sub-01"``
+    gives ``"01"``. Path characters (``../x``, ``a/b``) are refused, so a label can never escape a
+    folder.
+
+    Parameters
+    ----------
+    value : object
+        The label, with or without its prefix; compared as ``str(value)``.
+    what : str, optional
+        Names the label in the error message (an option such as ``"--subject"``, or an entity).
+    key : str, optional
+        Short entity key (``"acq"``, ``"run"``, ...) whose ``<key>-`` prefix is dropped as well.
+
+    Returns
+    -------
+    str
+        The label without its prefix.
+
+    Raises
+    ------
+    ValueError
+        The label (prefix dropped) is empty or has characters other than letters and digits.
     """
     label = str(value)
     for prefix in ("sub-", "ses-", f"{key}-" if key else None):
@@ -93,8 +125,24 @@ def check_label(value, what: str = "label", *, key: str | None = None) -> str:
 
 
 def entity_string(entities: dict) -> str:
-    """``sub-01_ses-1_echo-2_part-phase``: the entities (any order) in BIDS order, labels
-    checked; empty / None values are skipped."""
+    """``sub-01_ses-1_echo-2_part-phase``: the entities (any order) in BIDS order, labels checked.
+
+    Parameters
+    ----------
+    entities : dict
+        BIDS entities with short keys (``{"sub": "01", "echo": 2, ...}``), any order; empty / None
+        values are skipped.
+
+    Returns
+    -------
+    str
+        ``<key>-<label>`` pairs joined by ``_`` in :data:`ENTITY_ORDER`; ``""`` when no value is set.
+
+    Raises
+    ------
+    ValueError
+        A key is not in :data:`ENTITY_ORDER`, or a label is not letters and digits (:func:`check_label`).
+    """
     unknown = set(entities) - set(ENTITY_ORDER)
     if unknown:
         raise ValueError(f"unknown BIDS entities {sorted(unknown)}: use the short keys "
@@ -104,8 +152,28 @@ def entity_string(entities: dict) -> str:
 
 
 def bids_filename(entities: dict, suffix: str, ext: str = ".nii.gz") -> str:
-    """``sub-01_ses-1_echo-2_part-phase_MEGRE.nii.gz`` from entities (any order), a suffix and
-    an extension (with or without the dot). Empty / None entity values are skipped."""
+    """``sub-01_ses-1_echo-2_part-phase_MEGRE.nii.gz`` from entities, a suffix and an extension.
+
+    Parameters
+    ----------
+    entities : dict
+        BIDS entities with short keys, any order; ``sub`` is required. Empty / None values are skipped.
+    suffix : str
+        BIDS suffix, letters and digits (``"MEGRE"``, ``"Chimap"``).
+    ext : str, optional
+        File extension, with or without the leading dot; ``""`` for none.
+
+    Returns
+    -------
+    str
+        The file name (no folder).
+
+    Raises
+    ------
+    ValueError
+        ``sub`` is missing or empty, ``suffix`` is not alphanumeric, or an entity is unknown or its
+        label is not a BIDS label (:func:`entity_string`).
+    """
     if not entities.get("sub"):
         raise ValueError("a BIDS file name needs the 'sub' entity: pass {'sub': '01', ...}")
     if not suffix or not is_label(suffix):
@@ -115,7 +183,27 @@ def bids_filename(entities: dict, suffix: str, ext: str = ".nii.gz") -> str:
 
 
 def entity_dir(entities: dict, datatype: str | None = "anat") -> Path:
-    """``sub-01[/ses-1][/anat]`` for the given entities."""
+    """``sub-01[/ses-1][/anat]`` for the given entities.
+
+    Parameters
+    ----------
+    entities : dict
+        BIDS entities with short keys; ``sub`` is required, ``ses`` is used when set, others ignored.
+    datatype : str or None, optional
+        Datatype folder to append (``"anat"``, ``"fmap"``); None for the subject/session folder only.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder, relative to the dataset root.
+
+    Raises
+    ------
+    KeyError
+        ``entities`` has no ``sub``.
+    ValueError
+        ``sub`` or ``ses`` is not a BIDS label.
+    """
     p = Path(f"sub-{check_label(entities['sub'], 'BIDS sub')}")
     if entities.get("ses") not in (None, ""):
         p = p / f"ses-{check_label(entities['ses'], 'BIDS ses')}"
@@ -124,12 +212,54 @@ def entity_dir(entities: dict, datatype: str | None = "anat") -> Path:
 
 def bids_path(root, entities: dict, suffix: str, ext: str = ".nii.gz",
               datatype: str | None = "anat") -> Path:
-    """``root/sub-01[/ses-1]/anat/<bids_filename>``."""
+    """``root/sub-01[/ses-1]/anat/<bids_filename>``.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Dataset root folder.
+    entities, suffix, ext
+        As in :func:`bids_filename`.
+    datatype : str or None, optional
+        Datatype folder (:func:`entity_dir`); None puts the file in the subject/session folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root`` / folder / file name (nothing is created).
+
+    Raises
+    ------
+    KeyError
+        ``entities`` has no ``sub``.
+    ValueError
+        As in :func:`entity_dir` and :func:`bids_filename`.
+    """
     return Path(root) / entity_dir(entities, datatype) / bids_filename(entities, suffix, ext)
 
 
 def parse_filename(name: str) -> tuple[dict, str, str]:
-    """Inverse of :func:`bids_filename`: ``(entities, suffix, extension)``."""
+    """Inverse of :func:`bids_filename`: ``(entities, suffix, extension)``.
+
+    Parameters
+    ----------
+    name : str or path-like
+        A BIDS file name; a folder part is ignored.
+
+    Returns
+    -------
+    entities : dict
+        ``{key: label}`` as strings, in file-name order (labels are not checked).
+    suffix : str
+        The part after the last ``_`` (before the first dot).
+    extension : str
+        Everything from the first dot (``".nii.gz"``), or ``""`` when there is none.
+
+    Raises
+    ------
+    ValueError
+        A part before the suffix is not ``key-label``.
+    """
     base = Path(name).name
     stem, dot, ext = base.partition(".")
     *kvs, suffix = stem.split("_")
@@ -151,10 +281,32 @@ def dataset_description(name: str, dataset_type: str = "raw", *, generated_by=No
                         source=None, links: dict | None = None, **extra) -> dict:
     """The content of ``dataset_description.json`` (BIDSVersion, DatasetType, GeneratedBy, ...).
 
-    ``generated_by``: a dict or list of dicts; a derivative without one is credited to qsmflow
-    with this version. ``source``: the folder of the raw dataset a derivative was made from
-    (``DatasetLinks`` ``raw`` and ``SourceDatasets``); ``links``: ``{key: folder}`` of further
-    input datasets (``--derivatives``, for ``bids:<key>:`` URIs). ``extra``: more fields.
+    Parameters
+    ----------
+    name : str
+        The dataset's ``Name``.
+    dataset_type : {"raw", "derivative"}, optional
+        The ``DatasetType``.
+    generated_by : dict or list of dict, optional
+        ``GeneratedBy`` entries; a derivative without one is credited to qsmflow with this version.
+    source : str or path-like, optional
+        Folder of the raw dataset a derivative was made from (``DatasetLinks`` ``raw`` and
+        ``SourceDatasets``, as the ``file://`` URI of the resolved folder).
+    links : dict, optional
+        ``{key: folder}`` of further input datasets (``--derivatives``, for ``bids:<key>:`` URIs),
+        added to ``DatasetLinks`` and ``SourceDatasets`` the same way.
+    **extra
+        More fields, added last (they override the ones above).
+
+    Returns
+    -------
+    dict
+        The description.
+
+    Raises
+    ------
+    ValueError
+        ``dataset_type`` is neither ``"raw"`` nor ``"derivative"``.
     """
     if dataset_type not in ("raw", "derivative"):
         raise ValueError(f"dataset_type must be 'raw' or 'derivative', got {dataset_type!r}")
@@ -176,13 +328,51 @@ def dataset_description(name: str, dataset_type: str = "raw", *, generated_by=No
 
 
 def write_dataset_description(root, name: str, dataset_type: str = "raw", **kw) -> Path:
-    """Write ``root/dataset_description.json`` (atomically) from :func:`dataset_description`."""
+    """Write ``root/dataset_description.json`` (atomically) from :func:`dataset_description`.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Dataset root folder (created if missing).
+    name, dataset_type, **kw
+        As in :func:`dataset_description`.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    ValueError
+        ``dataset_type`` is neither ``"raw"`` nor ``"derivative"``.
+    """
     return write_json(Path(root) / "dataset_description.json",
                       dataset_description(name, dataset_type, **kw))
 
 
 def write_participants(root, subjects, extra_columns: dict | None = None) -> Path:
-    """Write ``participants.tsv`` (participant_id [+ columns]) and a ``participants.json``."""
+    """Write ``participants.tsv`` (participant_id [+ columns]) and a ``participants.json``.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Dataset root folder (created if missing); existing files are replaced.
+    subjects : iterable of str
+        Subject labels, with or without ``sub-``; one row each, in this order.
+    extra_columns : dict, optional
+        ``{column name: values}``, one value per subject in the same order (written with ``str``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written ``participants.tsv``.
+
+    Raises
+    ------
+    ValueError
+        A subject is not a BIDS label.
+    """
     root = Path(root)
     subjects = [check_label(s, "BIDS sub", key="sub") for s in subjects]
     cols = extra_columns or {}
@@ -250,8 +440,19 @@ class Acquisition:
 
 
 def make_layout(bids_dir):
-    """A pybids layout of the raw dataset (derivatives not indexed, no pybids validation:
-    qsmflow runs the official validator itself)."""
+    """A pybids layout of the raw dataset (derivatives not indexed, no pybids validation: qsmflow runs
+    the official validator itself).
+
+    Parameters
+    ----------
+    bids_dir : str or path-like
+        Root folder of the BIDS dataset.
+
+    Returns
+    -------
+    bids.BIDSLayout
+        The indexed layout.
+    """
     from bids import BIDSLayout
 
     return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
@@ -282,8 +483,21 @@ def _short_keys() -> dict[str, str]:
 
 
 def source_entities(f) -> dict[str, str]:
-    """The entities of a pybids file that name its acquisition, with BIDS keys and labels as in
-    the file name (``{"ses": "1", "acq": "fast", "ce": "gad", "run": "01", "chunk": "2"}``)."""
+    """The entities of a pybids file that name its acquisition, with BIDS keys and labels as in the
+    file name (``{"ses": "1", "acq": "fast", "ce": "gad", "run": "01", "chunk": "2"}``).
+
+    Subject, echo, part, suffix, extension and datatype are left out.
+
+    Parameters
+    ----------
+    f : bids.layout.BIDSFile
+        A file of a pybids layout.
+
+    Returns
+    -------
+    dict
+        ``{short key: label}``, labels as strings.
+    """
     keys = _short_keys()
     return {keys[k]: str(v) for k, v in f.get_entities().items()
             if k in keys and k not in _NOT_IDENTITY}
@@ -294,9 +508,28 @@ def _group_key(f) -> tuple:
 
 
 def megre_query(bids_filters: dict | None) -> dict:
-    """The pybids query of the GRE phase images: :data:`FILTER_QUERIES` updated by the
-    ``"megre"`` entry of a ``--bids-filter-file`` (null → absent, ``"*"`` → any). Unknown query
-    keys, unknown entities and entities other options select raise :class:`InputError`."""
+    """The pybids query of the GRE phase images: :data:`FILTER_QUERIES` updated by a filter file.
+
+    The ``"megre"`` entry of a ``--bids-filter-file`` maps pybids entity names to values (null →
+    entity absent, ``"*"`` → any value).
+
+    Parameters
+    ----------
+    bids_filters : dict or None
+        The ``--bids-filter-file`` content (``{"megre": {"acquisition": "fast"}}``); None or empty
+        for the default query.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``BIDSLayout.get`` (``datatype``, ``suffix`` and the filter's entities).
+
+    Raises
+    ------
+    InputError
+        An unknown query key (not ``"megre"``), a ``"megre"`` entry that is not a dict, an unknown
+        entity, or an entity other options select (``subject``, ``part``, ``echo``, ``extension``).
+    """
     from bids.layout import Query
 
     q = dict(FILTER_QUERIES["megre"])
@@ -325,9 +558,33 @@ def megre_query(bids_filters: dict | None) -> dict:
 
 
 def select_echoes(n_echoes: int, echo_idx=None, max_echoes=None, where="") -> list[int]:
-    """0-based indices of the echoes to use, in echo-time order: ``echo_idx`` are 1-based echo
-    numbers (1 = shortest TE), then at most ``max_echoes`` of them; default all. A number beyond
-    the acquisition's echoes raises :class:`InputError` naming ``where``."""
+    """0-based indices of the echoes to use, in echo-time order.
+
+    ``echo_idx`` are 1-based echo numbers (1 = shortest TE), then at most ``max_echoes`` of them are
+    kept; default all. A number beyond the acquisition's echoes raises :class:`InputError` naming
+    ``where``.
+
+    Parameters
+    ----------
+    n_echoes : int
+        Number of echoes of the acquisition.
+    echo_idx : iterable of int, optional
+        1-based echo numbers to keep (``--echo-idx``); order and duplicates do not matter.
+    max_echoes : int, optional
+        Keep at most this many, the shortest-TE ones of the selection (``--max-echoes``).
+    where : str, optional
+        Names the acquisition (a file) in the error message.
+
+    Returns
+    -------
+    list of int
+        Sorted 0-based echo indices.
+
+    Raises
+    ------
+    InputError
+        A number of ``echo_idx`` is outside 1..``n_echoes``.
+    """
     idx = list(range(n_echoes))
     if echo_idx:
         bad = [e for e in echo_idx if not 1 <= int(e) <= n_echoes]
@@ -377,9 +634,29 @@ AFFINE_TOL_MM = 1e-3
 
 
 def check_image_data(path: str, img=None, *, finite: bool = True, signal: bool = False) -> None:
-    """Read the whole data of ``path`` (catches truncated or corrupt files: a header alone
-    does not); with ``finite`` refuse NaN/Inf voxels, with ``signal`` an all-zero image;
-    :class:`InputError` names the fix."""
+    """Read the whole data of ``path`` (catches truncated or corrupt files: a header alone does not).
+
+    Parameters
+    ----------
+    path : str
+        The NIfTI file; named in the error message.
+    img : nibabel image, optional
+        ``path`` already loaded; loaded from ``path`` when None.
+    finite : bool, optional
+        Refuse NaN/Inf voxels (floating-point data only).
+    signal : bool, optional
+        Refuse an all-zero image.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    InputError
+        The data cannot be read, has NaN/Inf voxels (``finite``) or is all zero (``signal``); the
+        message names the fix.
+    """
     img = img if img is not None else nib.load(path)
     try:
         data = np.asanyarray(img.dataobj)
@@ -528,10 +805,35 @@ def collect_acquisitions(bids_dir, participant_label=None, session_label=None,
                          max_echoes=None) -> dict[str, list[Acquisition]]:
     """All usable acquisitions per subject label, checked; raises :class:`InputError`.
 
-    ``participant_label``/``session_label``: lists of labels (with or without ``sub-``/``ses-``)
-    or None for all. Labels that are not in the dataset are refused. ``bids_filters``: the
-    ``--bids-filter-file`` dict (:func:`megre_query`); ``echo_idx``/``max_echoes``: the echoes
-    to keep (:func:`select_echoes`).
+    Labels that are not in the dataset are refused. A subject without MEGRE/T2starw phase images is
+    skipped with a warning; where one entity set has both suffixes, MEGRE is used.
+
+    Parameters
+    ----------
+    bids_dir : str or path-like
+        Root folder of the raw BIDS dataset.
+    participant_label, session_label : list of str, optional
+        Labels to use (with or without ``sub-``/``ses-``); None for all.
+    layout : bids.BIDSLayout, optional
+        A layout of ``bids_dir`` to reuse; made with :func:`make_layout` when None.
+    bids_filters : dict, optional
+        The ``--bids-filter-file`` content (:func:`megre_query`).
+    echo_idx, max_echoes : optional
+        The echoes to keep: 1-based echo numbers, a maximum count (:func:`select_echoes`).
+
+    Returns
+    -------
+    dict of str to list of Acquisition
+        ``{subject label (no "sub-"): acquisitions}``; files ordered by ``EchoTime`` (s), B0 in
+        tesla, voxel size in mm.
+
+    Raises
+    ------
+    InputError
+        A label is not a BIDS label or not in the dataset; no subject or no phase image is found; an
+        echo selection needs a 4D file split; or a file, its sidecar (``EchoTime``,
+        ``MagneticFieldStrength``, phase units) or the echo/magnitude pairing is bad. The message
+        names the file and the fix.
     """
     base_query = megre_query(bids_filters)
     bids_dir = Path(bids_dir)
@@ -653,9 +955,27 @@ def entity_prefix(entities: dict, datatype: str = "anat") -> str:
     """``sub-01_ses-1_acq-x_ce-gad_run-1_chunk-2`` from an entity dict (keys that are not BIDS
     entities ignored).
 
-    Entities BIDS does not allow in ``datatype`` (:data:`ALLOWED_ENTITIES`) are folded into
-    ``acq`` so that no source is lost and names stay valid: ``rec`` as its label (``acq-<acq><Rec>``,
-    e.g. in ``fmap/``), any other as key and label (``inv-2`` → ``acq-<acq>Inv2``).
+    Entities BIDS does not allow in ``datatype`` (:data:`ALLOWED_ENTITIES`) are folded into ``acq``
+    so that no source is lost and names stay valid: ``rec`` as its label (``acq-<acq><Rec>``, e.g.
+    in ``fmap/``), any other as key and label (``inv-2`` → ``acq-<acq>Inv2``). ``echo``, ``part``,
+    ``space`` and ``desc`` are dropped.
+
+    Parameters
+    ----------
+    entities : dict
+        Source entities with short keys; None / empty values are skipped.
+    datatype : str, optional
+        Output folder (``"anat"``, ``"fmap"``); for another datatype every source entity is kept.
+
+    Returns
+    -------
+    str
+        The name prefix, labels and indices verbatim (``run-02`` stays ``run-02``).
+
+    Raises
+    ------
+    ValueError
+        A label is not letters and digits.
     """
     ent = {k: entities.get(k) for k in SOURCE_ENTITIES if entities.get(k) not in (None, "")}
     for k, v in ent.items():  # a label with path characters must never become a path
@@ -677,8 +997,28 @@ def derivative_relpath(entities: dict, kind: str, desc: str | None = None,
                        ext: str = ".nii.gz") -> Path:
     """Relative path of one derivative, e.g. ``sub-01/anat/sub-01_run-1_desc-tkd_Chimap.nii.gz``.
 
-    ``kind`` is a key of :data:`OUTPUTS`; ``desc`` overrides its ``desc`` (the χ maps use the
-    inversion method's name).
+    Parameters
+    ----------
+    entities : dict
+        Source entities with short keys (:func:`entity_prefix`); ``sub`` is required.
+    kind : str
+        A key of :data:`OUTPUTS` (``"chimap"``, ``"mask"``, ...): gives datatype, ``desc`` and suffix.
+    desc : str, optional
+        Overrides the kind's ``desc`` (the χ maps use the inversion method's name).
+    ext : str, optional
+        Extension, with its leading dot.
+
+    Returns
+    -------
+    pathlib.Path
+        The path relative to the derivatives root.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is unknown, or a label or ``desc`` is not letters and digits.
+    KeyError
+        ``entities`` has no ``sub``.
     """
     if kind not in OUTPUTS:
         raise ValueError(f"unknown derivative kind {kind!r}; one of {sorted(OUTPUTS)}")
@@ -691,19 +1031,71 @@ def derivative_relpath(entities: dict, kind: str, desc: str | None = None,
 
 
 def raw_uri(bids_root, path) -> str:
-    """BIDS URI of a raw input file: ``bids:raw:sub-01/anat/...``."""
+    """BIDS URI of a raw input file: ``bids:raw:sub-01/anat/...``.
+
+    Parameters
+    ----------
+    bids_root : str or path-like
+        Root folder of the raw dataset.
+    path : str or path-like
+        A file inside ``bids_root``.
+
+    Returns
+    -------
+    str
+        ``bids:raw:`` + the resolved path relative to the resolved root (POSIX separators).
+
+    Raises
+    ------
+    ValueError
+        ``path`` is not inside ``bids_root``.
+    """
     return "bids:raw:" + Path(path).resolve().relative_to(Path(bids_root).resolve()).as_posix()
 
 
 def self_uri(relpath) -> str:
-    """BIDS URI of another file of this derivatives dataset: ``bids::sub-01/...``."""
+    """BIDS URI of another file of this derivatives dataset: ``bids::sub-01/...``.
+
+    Parameters
+    ----------
+    relpath : str or path-like
+        Path relative to the derivatives root (e.g. from :func:`derivative_relpath`).
+
+    Returns
+    -------
+    str
+        ``bids::`` + ``relpath`` with POSIX separators.
+    """
     return "bids::" + Path(relpath).as_posix()
 
 
 def make_sidecar(kind: str, *, sources: list[str], skull_stripped: bool | None = None,
                  **extra) -> dict:
-    """JSON sidecar for one derivative: ``Description``, ``Units``, ``Sources``,
-    ``SkullStripped`` plus ``extra`` (method, parameters, reference, ...), JSON-ready."""
+    """JSON sidecar for one derivative: ``Description``, ``Units``, ``Sources``, ``SkullStripped`` plus
+    ``extra`` (method, parameters, reference, ...).
+
+    Parameters
+    ----------
+    kind : str
+        A key of :data:`OUTPUTS`; gives ``Description`` and ``Units`` (none for ``"mask"``, which gets
+        ``"Type": "Brain"``).
+    sources : list of str
+        BIDS URIs of the inputs (:func:`raw_uri`, :func:`self_uri`).
+    skull_stripped : bool, optional
+        ``SkullStripped``; default True for every kind but ``"magnitude"``.
+    **extra
+        More fields; None values are left out.
+
+    Returns
+    -------
+    dict
+        The sidecar.
+
+    Raises
+    ------
+    KeyError
+        ``kind`` is not a key of :data:`OUTPUTS`.
+    """
     _, _, _, units, description = OUTPUTS[kind]
     side = {"Description": description}
     if units is not None:
@@ -720,7 +1112,13 @@ def make_sidecar(kind: str, *, sources: list[str], skull_stripped: bool | None =
 
 def container_tag() -> str | None:
     """Container image recorded in ``GeneratedBy`` (``QSMFLOW_CONTAINER`` env var, set in the
-    Dockerfile / Apptainer definition), or None when not running in a container."""
+    Dockerfile / Apptainer definition), or None when not running in a container.
+
+    Returns
+    -------
+    str or None
+        The variable's value, stripped; None when it is unset or blank.
+    """
     tag = os.environ.get("QSMFLOW_CONTAINER", "").strip()
     return tag or None
 
@@ -728,7 +1126,23 @@ def container_tag() -> str | None:
 def derivative_description(bids_root=None, source_name: str | None = None,
                            links: dict | None = None) -> dict:
     """``dataset_description.json`` of a qsmflow derivatives dataset made from ``bids_root``
-    (:func:`dataset_description`; ``links`` as there), with the container image when in one."""
+    (:func:`dataset_description`), with the container image when in one.
+
+    Parameters
+    ----------
+    bids_root : str or path-like, optional
+        Folder of the raw dataset (``DatasetLinks`` ``raw``, ``SourceDatasets``); None for no link.
+    source_name : str, optional
+        Name of the raw dataset, in ``Name`` ("qsmflow derivatives of <source_name>").
+    links : dict, optional
+        ``{key: folder}`` of further input datasets, as in :func:`dataset_description`.
+
+    Returns
+    -------
+    dict
+        The description: ``DatasetType`` derivative, ``GeneratedBy`` qsmflow (with ``Container`` from
+        ``QSMFLOW_CONTAINER`` / ``QSMFLOW_CONTAINER_TYPE`` when set), ``HowToAcknowledge``.
+    """
     gen = {"Name": "qsmflow", "Version": __version__,
            "Description": "Quantitative susceptibility mapping from multi-echo GRE",
            "CodeURL": "https://github.com/qsmflow/qsmflow"}

@@ -31,7 +31,28 @@ def _atomic_target(path: Path, suffix: str):
 
 
 def write_json(path, data: dict) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
+    """Write ``data`` as indented JSON to ``path`` atomically.
+
+    Missing parent folders are created; numpy scalars and arrays and ``Path`` objects are
+    converted to JSON types.
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file.
+    data : dict
+        JSON-serialisable content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    TypeError
+        If a value is not JSON serialisable.
+    """
     path, tmp = _atomic_target(path, ".json")
     try:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
@@ -57,7 +78,28 @@ def save_nifti(path, data, affine, header=None, sidecar: dict | None = None, dty
     """Save ``data`` with ``affine`` to ``path`` (``.nii`` or ``.nii.gz``) atomically.
 
     ``sidecar`` (a dict) is written next to it as ``<stem>.json``. ``dtype`` defaults to
-    float32 for floating data, uint8 for booleans, and the array's own type otherwise.
+    float32 for floating data, uint8 for booleans, and the array's own type otherwise. The
+    qform and sform are both set to ``affine`` (code 1), the units to mm and s.
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file; a name ending in ``.nii.gz`` is gzip-compressed, any other is plain NIfTI-1.
+    data : array_like
+        Image, e.g. (X, Y, Z) or (X, Y, Z, E), in its own unit (stored unscaled).
+    affine : array_like, shape (4, 4)
+        Voxel → RAS+ world (mm) affine.
+    header : nibabel.Nifti1Header, optional
+        Header to copy the other fields from (its scaling is reset to slope 1, intercept 0).
+    sidecar : dict, optional
+        JSON sidecar content, written to :func:`sidecar_path` of ``path``.
+    dtype : dtype, optional
+        On-disk data type; default as above.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     arr = np.asarray(data)
     if dtype is None:
@@ -84,7 +126,18 @@ def save_nifti(path, data, affine, header=None, sidecar: dict | None = None, dty
 
 
 def sidecar_path(nifti_path) -> Path:
-    """``x.nii.gz`` / ``x.nii`` → ``x.json``."""
+    """``x.nii.gz`` / ``x.nii`` → ``x.json``.
+
+    Parameters
+    ----------
+    nifti_path : str or Path
+        Path of a NIfTI file (any other suffix is replaced by ``.json``).
+
+    Returns
+    -------
+    Path
+        Path of the JSON sidecar in the same folder.
+    """
     p = Path(nifti_path)
     name = p.name
     for ext in (".nii.gz", ".nii"):
@@ -94,7 +147,32 @@ def sidecar_path(nifti_path) -> Path:
 
 
 def load_nifti(path, dtype=np.float64):
-    """Load a NIfTI → ``(data, affine, header)``; a clear ``ValueError`` names a broken file."""
+    """Load a NIfTI → ``(data, affine, header)``; a clear ``ValueError`` names a broken file.
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI file (``.nii`` or ``.nii.gz``).
+    dtype : dtype or None, optional
+        Type of the returned data (after the header's scaling); default float64; ``None`` keeps
+        the type nibabel gives.
+
+    Returns
+    -------
+    data : ndarray
+        Image array, e.g. (X, Y, Z) or (X, Y, Z, E).
+    affine : ndarray, shape (4, 4)
+        Voxel → world (mm) affine of the image.
+    header : nibabel.Nifti1Header
+        The file's header.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read (truncated, corrupt, not NIfTI).
+    """
     path = Path(path)
     try:
         img = nib.load(str(path))
@@ -107,7 +185,23 @@ def load_nifti(path, dtype=np.float64):
 
 
 def load_json(path) -> dict:
-    """Load a JSON sidecar; a clear ``ValueError`` names a broken file. Missing file → {}."""
+    """Load a JSON sidecar; a clear ``ValueError`` names a broken file. Missing file → {}.
+
+    Parameters
+    ----------
+    path : str or Path
+        JSON file.
+
+    Returns
+    -------
+    dict
+        The parsed content, or ``{}`` when the file does not exist.
+
+    Raises
+    ------
+    ValueError
+        If the file is not valid JSON.
+    """
     path = Path(path)
     if not path.exists():
         return {}
@@ -120,8 +214,28 @@ def load_json(path) -> dict:
 def run_bids_validator(dataset_dir, timeout: float = 600) -> tuple[list[dict], list[dict]]:
     """Run the official BIDS validator (``bids-validator-deno``) → ``(errors, warnings)``.
 
-    Each issue is the validator's JSON dict (code, location, ...). Raises ``RuntimeError`` when
-    the validator is not installed (``pip install bids-validator-deno``).
+    Each issue is the validator's JSON dict (code, location, ...).
+
+    Parameters
+    ----------
+    dataset_dir : str or Path
+        Root folder of the BIDS dataset.
+    timeout : float, optional
+        Time limit of the validator run (s); default 600.
+
+    Returns
+    -------
+    errors : list of dict
+        Issues of severity ``error``.
+    warnings : list of dict
+        Issues of severity ``warning``.
+
+    Raises
+    ------
+    RuntimeError
+        If the validator is not installed (``pip install bids-validator-deno``) or gives no JSON.
+    subprocess.TimeoutExpired
+        If the validator runs longer than ``timeout``.
     """
     exe = shutil.which("bids-validator-deno")
     if exe is None:

@@ -34,8 +34,35 @@ def relaxation_maps(mag4d, te_s, *, r2star_max=R2STAR_MAX, t2star_max_ms=T2STAR_
                     dephasing=True) -> tuple[np.ndarray, np.ndarray]:
     """R2* (1/s) and T2* (ms) of a multi-echo magnitude (X, Y, Z, E) at echo times ``te_s`` (s).
 
-    R2* is clipped to ``[0, r2star_max]``; T2* = 1000 / R2* is capped at ``t2star_max_ms``,
-    which is also its value where R2* ≤ 0 (no decay measurable over the echoes).
+    R2* (:func:`qsmflow.masking.r2star_map`, NaN set to 0) is clipped to ``[0, r2star_max]``;
+    T2* = 1000 / R2* is capped at ``t2star_max_ms``, which is also its value where R2* ≤ 0 (no
+    decay measurable over the echoes).
+
+    Parameters
+    ----------
+    mag4d : array_like, shape (X, Y, Z, E)
+        Magnitude (a.u.), echoes last, at least 2 echoes.
+    te_s : sequence of float
+        Echo times (s), one per echo, increasing.
+    r2star_max : float, optional
+        Upper clip of R2* (1/s); default :data:`R2STAR_MAX`.
+    t2star_max_ms : float, optional
+        Upper cap of T2* (ms); default :data:`T2STAR_MAX_MS`.
+    dephasing : bool, optional
+        Fit the quadratic dephasing term for >= 4 echoes (see ``r2star_map``); default True.
+
+    Returns
+    -------
+    r2star : ndarray, shape (X, Y, Z)
+        R2* (1/s) in ``[0, r2star_max]``.
+    t2star : ndarray, shape (X, Y, Z)
+        T2* (ms) in ``[1000 / r2star_max, t2star_max_ms]``.
+
+    Raises
+    ------
+    ValueError
+        If the echo times are invalid (:func:`qsmflow.physics.check_echo_times`) or ``mag4d`` is
+        not 4D with one echo per echo time.
     """
     r2 = np.clip(np.nan_to_num(r2star_map(mag4d, te_s, dephasing=dephasing)), 0.0,
                  float(r2star_max))
@@ -46,9 +73,28 @@ def relaxation_maps(mag4d, te_s, *, r2star_max=R2STAR_MAX, t2star_max_ms=T2STAR_
 
 
 def combine_magnitude_snr(mag4d, te_s) -> np.ndarray:
-    """SNR-weighted echo combination of CLEAR-SWI: weights w_n = m_n·TE_n (the susceptibility
-    contrast grows with TE, the signal decays), ``Σ w_n m_n / sqrt(Σ w_n²)`` (a.u. of the
-    magnitude); equal to the magnitude for one echo."""
+    """SNR-weighted echo combination of CLEAR-SWI.
+
+    Weights w_n = m_n·TE_n (the susceptibility contrast grows with TE, the signal decays), result
+    ``Σ w_n m_n / sqrt(Σ w_n²)``; equal to the magnitude for one echo.
+
+    Parameters
+    ----------
+    mag4d : array_like, shape (X, Y, Z, E) or (X, Y, Z)
+        Magnitude (a.u.), echoes last; a 3D array is one echo.
+    te_s : sequence of float
+        Echo times (s), one per echo, increasing (checked even for one echo).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Combined magnitude (a.u. of the magnitude); 0 where all weights are 0.
+
+    Raises
+    ------
+    ValueError
+        If the echo times are invalid, or ``mag4d`` is neither 3D nor 4D with one echo per TE.
+    """
     m = np.asarray(mag4d, float)
     te = physics.check_echo_times(te_s)
     if m.ndim == 3:
@@ -63,23 +109,77 @@ def combine_magnitude_snr(mag4d, te_s) -> np.ndarray:
 
 
 def swi_phase_mask(local_field_hz, te_s: float, n: int = SWI_N_MASK) -> np.ndarray:
-    """The phase mask (0..1) to the power ``n``: phase φ = 2π·f·TE (rad, f = local field in Hz,
-    positive = paramagnetic); 1 for φ ≤ 0, 1 − φ/π for 0 < φ < π, 0 for φ ≥ π."""
+    """The phase mask (0..1) to the power ``n``.
+
+    Phase φ = 2π·f·TE (rad, f = local field in Hz, positive = paramagnetic); the mask is 1 for
+    φ ≤ 0, 1 − φ/π for 0 < φ < π, 0 for φ ≥ π.
+
+    Parameters
+    ----------
+    local_field_hz : array_like, shape (X, Y, Z)
+        Local (background-removed) field (Hz).
+    te_s : float
+        Echo time of the phase (s); not validated.
+    n : int, optional
+        Number of multiplications (exponent); default :data:`SWI_N_MASK`.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Phase mask to the power ``n``, in [0, 1].
+    """
     phi = 2.0 * np.pi * np.asarray(local_field_hz, float) * float(te_s)
     mask = np.clip(1.0 - phi / np.pi, 0.0, 1.0)
     return mask ** int(n)
 
 
 def minimum_intensity_projection(vol, voxel_size, slab_mm=MINIP_SLAB_MM, axis=2) -> np.ndarray:
-    """Sliding minIP: every voxel becomes the minimum over a slab of ``slab_mm`` (mm) centred on
-    it along array ``axis`` (an odd number of slices, at least 1; clipped at the volume's ends)."""
+    """Sliding minIP over a slab of ``slab_mm`` (mm) along one array axis.
+
+    Every voxel becomes the minimum over a slab of ``slab_mm`` centred on it along array ``axis``
+    (an odd number of slices, at least 1, see :func:`minip_slices`; clipped at the volume's ends).
+
+    Parameters
+    ----------
+    vol : array_like, shape (X, Y, Z)
+        Image (any unit), e.g. the SWI.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    slab_mm : float, optional
+        Slab thickness (mm); default :data:`MINIP_SLAB_MM`.
+    axis : int, optional
+        Array axis of the projection; default 2.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        The minIP (float64, unit of ``vol``).
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is invalid.
+    """
     vs = physics.check_voxel_size(voxel_size)
     n = minip_slices(vs[axis], slab_mm)
     return ndimage.minimum_filter1d(np.asarray(vol, float), size=n, axis=axis, mode="nearest")
 
 
 def minip_slices(slice_mm: float, slab_mm: float = MINIP_SLAB_MM) -> int:
-    """Odd number of slices of ``slice_mm`` (mm) closest to a slab of ``slab_mm`` (mm)."""
+    """Odd number of slices of ``slice_mm`` (mm) closest to a slab of ``slab_mm`` (mm).
+
+    Parameters
+    ----------
+    slice_mm : float
+        Slice thickness (mm), positive.
+    slab_mm : float, optional
+        Slab thickness (mm); default :data:`MINIP_SLAB_MM`.
+
+    Returns
+    -------
+    int
+        Odd number of slices, at least 1.
+    """
     k = max(1.0, float(slab_mm) / float(slice_mm))
     return int(2 * np.floor((k - 1) / 2 + 0.5) + 1)
 
@@ -90,7 +190,33 @@ def clear_swi(mag4d, te_s, local_field_hz, *, n=SWI_N_MASK, te_swi_s=None) -> tu
 
     The phase is that of the local field at ``te_swi_s`` (s; default: the SNR-weighted mean
     echo time Σ m_n·TE_n² / Σ m_n·TE_n over the brain, i.e. the combination's effective TE).
-    Returns ``(swi, te_swi_s)``.
+
+    Parameters
+    ----------
+    mag4d : array_like, shape (X, Y, Z, E) or (X, Y, Z)
+        Magnitude (a.u.), echoes last.
+    te_s : sequence of float
+        Echo times (s), one per echo, increasing.
+    local_field_hz : array_like, shape (X, Y, Z)
+        Local (background-removed) field (Hz), finite; its non-zero voxels are the brain of the
+        default ``te_swi_s`` (all voxels if it is 0 everywhere).
+    n : int, optional
+        Number of phase-mask multiplications; default :data:`SWI_N_MASK`.
+    te_swi_s : float, optional
+        Echo time of the phase mask (s); default the effective TE above.
+
+    Returns
+    -------
+    swi : ndarray, shape (X, Y, Z)
+        The SWI (a.u. of the magnitude).
+    te_swi_s : float
+        Echo time of the phase mask used (s).
+
+    Raises
+    ------
+    ValueError
+        If the echo times are invalid, the field and magnitude grids differ, the field has NaN/Inf,
+        or ``mag4d`` does not have one echo per TE.
     """
     m = np.asarray(mag4d, float)
     te = physics.check_echo_times(te_s)

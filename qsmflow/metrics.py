@@ -34,13 +34,49 @@ def _masked(x, y, mask):
 
 
 def rmse_percent(x, y, mask=None) -> float:
-    """100·‖x−y‖/‖y‖ inside ``mask`` (%)."""
+    """100·‖x−y‖/‖y‖ inside ``mask`` (%).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    float
+        Relative RMSE (%).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     return float(100.0 * np.linalg.norm(x[m] - y[m]) / np.linalg.norm(y[m]))
 
 
 def nrmse_demeaned(x, y, mask=None) -> float:
-    """Challenge 2.0 NRMSE (%): both maps demeaned inside ``mask``."""
+    """Challenge 2.0 NRMSE (%): both maps demeaned inside ``mask``.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    float
+        NRMSE (%) after subtracting each map's mean inside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     xm = x[m] - x[m].mean()
     ym = y[m] - y[m].mean()
@@ -52,7 +88,25 @@ nrmse = nrmse_demeaned
 
 
 def nrmse_detrended(x, y, mask=None) -> float:
-    """Challenge 2.0 detrended NRMSE (%): x linearly fitted to y (a·x + b) before RMSE%."""
+    """Challenge 2.0 detrended NRMSE (%): x linearly fitted to y (a·x + b) before RMSE%.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    float
+        100·‖(a·x + b) − y‖/‖y‖ (%) with a, b the least-squares fit inside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     a = np.vstack([x[m], np.ones(m.sum())]).T
     coef, *_ = np.linalg.lstsq(a, y[m], rcond=None)
@@ -61,7 +115,29 @@ def nrmse_detrended(x, y, mask=None) -> float:
 
 
 def hfen(x, y, mask=None, sigma=1.5) -> float:
-    """High-frequency error norm (%): RMSE% of Laplacian-of-Gaussian (σ voxels) images."""
+    """High-frequency error norm (%): RMSE% of Laplacian-of-Gaussian (σ voxels) images.
+
+    Both maps are set to 0 outside ``mask`` before filtering; the norms are taken inside it.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+    sigma : float, optional
+        Standard deviation of the LoG filter (voxels); default 1.5.
+
+    Returns
+    -------
+    float
+        HFEN (%).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     lx = ndimage.gaussian_laplace(np.where(m, x, 0.0), sigma)
     ly = ndimage.gaussian_laplace(np.where(m, y, 0.0), sigma)
@@ -80,7 +156,33 @@ def _ssim_map(x, y, data_range, k1, k2, sigma):
 
 
 def ssim(x, y, mask=None, sigma=1.5, k1=0.01, k2=0.03, data_range=None) -> float:
-    """3D SSIM averaged over ``mask``; L = range of y in the mask unless given."""
+    """3D SSIM averaged over ``mask``; L = range of y in the mask unless given.
+
+    Both maps are set to 0 outside ``mask``; Gaussian window truncated at 3.5 σ.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+    sigma : float, optional
+        Standard deviation of the Gaussian window (voxels); default 1.5.
+    k1, k2 : float, optional
+        SSIM stabilising constants, C1 = (K1·L)², C2 = (K2·L)²; defaults 0.01 and 0.03.
+    data_range : float, optional
+        Dynamic range L (unit of ``y``); default max − min of ``y`` in ``mask`` (1 if that is 0).
+
+    Returns
+    -------
+    float
+        Mean SSIM over ``mask`` (dimensionless, at most 1).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     if data_range is None:
         data_range = float(y[m].max() - y[m].min()) or 1.0
@@ -89,18 +191,75 @@ def ssim(x, y, mask=None, sigma=1.5, k1=0.01, k2=0.03, data_range=None) -> float
 
 
 def xsim(x, y, mask=None) -> float:
-    """Challenge 2.0 XSIM: SSIM on ppm values with L = 1, K1 = 0.01, K2 = 0.001."""
+    """Challenge 2.0 XSIM: SSIM on ppm values with L = 1, K1 = 0.01, K2 = 0.001.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference χ (ppm) of the same shape (L = 1 assumes ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    float
+        XSIM (dimensionless, at most 1).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     return ssim(x, y, mask, k1=0.01, k2=0.001, data_range=1.0)
 
 
 def correlation(x, y, mask=None) -> float:
-    """Pearson correlation coefficient inside ``mask``."""
+    """Pearson correlation coefficient inside ``mask``.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    float
+        Pearson r in [−1, 1] (NaN when one map is constant in ``mask``).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     x, y, m = _masked(x, y, mask)
     return float(np.corrcoef(x[m], y[m])[0, 1])
 
 
 def all_metrics(x, y, mask=None) -> dict[str, float]:
-    """Every metric above in one dict (keys: rmse, nrmse, nrmse_detrended, hfen, ssim, xsim, r)."""
+    """Every metric above in one dict (keys: rmse, nrmse, nrmse_detrended, hfen, ssim, xsim, r).
+
+    All with their default parameters; XSIM assumes χ in ppm.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Reconstruction and reference of the same shape, e.g. χ (ppm).
+    mask : array_like of bool, optional
+        Region of the metric, shape of ``x``; default all voxels.
+
+    Returns
+    -------
+    dict of str to float
+        ``rmse``, ``nrmse``, ``nrmse_detrended``, ``hfen`` (%); ``ssim``, ``xsim``, ``r``
+        (dimensionless).
+
+    Raises
+    ------
+    ValueError
+        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
+    """
     return {
         "rmse": rmse_percent(x, y, mask),
         "nrmse": nrmse_demeaned(x, y, mask),

@@ -56,20 +56,39 @@ def _within(lo, hi, a, b, rel=_RAD_TOL):
 def scale_phase_to_rad(data, units=None, *, stored=None, value_range=None) -> np.ndarray:
     """Phase image → radians in [−π, π] (float32), refusing anything ambiguous.
 
-    ``data``: phase values after the NIfTI ``scl_slope``/``scl_inter`` scaling. ``units``: the
-    sidecar ``Units`` ("rad" or "arbitrary"; ``None`` = not stated). ``stored``: the values as
-    stored in the file before the scaling (``img.dataobj.get_unscaled()``), used to recognise
-    radians stored behind a display scale factor. ``value_range=(lo, hi)``: the user states that
-    ``lo`` ↦ −π and ``hi`` ↦ +π (overrides the recognition).
-
     Recognised encodings (no min/max stretching, nothing guessed from the data's own extremes):
 
-    - ``Units: rad`` (or unstated) and values within [−π, π] or [0, 2π] (0.1 % tolerance):
-      taken as they are, wrapped to (−π, π];
+    - ``Units: rad`` (or unstated, or "arbitrary" with values beyond ±1) and values within
+      [−π, π] or [0, 2π] (0.1 % tolerance): taken as they are, wrapped to (−π, π];
     - stored values within ±π behind a non-trivial scale factor (e.g. a converter wrote
       radians with ``scl_slope`` ≠ 1): the stored radians are used;
     - Siemens 12-bit: values in [−4096, 4095] (raw 0..4095 with slope 2, intercept −4096) →
       ``v·π/4096``; raw [0, 4095] without rescaling → ``(v − 2048)·π/2048``.
+
+    Parameters
+    ----------
+    data : array_like
+        Phase values (any shape) after the NIfTI ``scl_slope``/``scl_inter`` scaling.
+    units : str, optional
+        The sidecar ``Units`` ("rad" or "arbitrary"; ``None`` = not stated).
+    stored : array_like, optional
+        The values as stored in the file before the scaling (``img.dataobj.get_unscaled()``),
+        used to recognise radians stored behind a display scale factor.
+    value_range : (float, float), optional
+        ``(lo, hi)``: the user states that ``lo`` ↦ −π and ``hi`` ↦ +π (overrides the
+        recognition).
+
+    Returns
+    -------
+    phase : ndarray of float32, shape of ``data``
+        Phase (rad), wrapped to (−π, π].
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is empty or contains NaN/Inf, ``units`` is not understood, ``value_range``
+        is not increasing or the values exceed it, data with ``Units: rad`` are outside
+        [−π, π] and [0, 2π], or the encoding is not one of the above.
     """
     x = np.asarray(data)
     if x.size == 0:
@@ -120,10 +139,33 @@ def scale_phase_to_rad(data, units=None, *, stored=None, value_range=None) -> np
 def load_phase_rad(path, sidecar=None, *, value_range=None):
     """Read a phase NIfTI (3D or 4D) → ``(phase_rad float32, affine)``.
 
-    ``sidecar``: the JSON sidecar dict (default: read ``<stem>.json`` beside the file); its
-    ``Units`` decides, with the NIfTI scaling, how values map to radians
+    The sidecar's ``Units`` decides, with the NIfTI scaling, how values map to radians
     (:func:`scale_phase_to_rad`). A sidecar ``PhaseValueRange: [lo, hi]`` states the mapping
     explicitly.
+
+    Parameters
+    ----------
+    path : str or Path
+        Phase NIfTI file.
+    sidecar : dict, optional
+        The JSON sidecar (default: read ``<stem>.json`` beside the file; none: ``{}``).
+    value_range : (float, float), optional
+        Values mapped to −π and +π; overrides the sidecar's ``PhaseValueRange``.
+
+    Returns
+    -------
+    phase_rad : ndarray of float32, shape (X, Y, Z) or (X, Y, Z, E)
+        Phase (rad) in (−π, π].
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine (mm) of the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read, the sidecar is invalid JSON, or the values are not a
+        recognised phase encoding (message prefixed with the file name).
     """
     import nibabel as nib
 
@@ -149,9 +191,39 @@ def load_phase_rad(path, sidecar=None, *, value_range=None):
 def load_echoes(phase_files, magnitude_files=None, sidecars=None):
     """Load multi-echo phase (+ magnitude) from one 4D file or one 3D file per echo.
 
-    Returns ``(phase4d rad, mag4d or None, te_s, affine)``; echoes sorted by ``EchoTime`` (s)
-    from the sidecars (one per phase file, or read beside the files). With a single 4D file
-    the sidecar's ``EchoTime`` must be a list.
+    Echoes are sorted by ``EchoTime`` (s) from the sidecars (one per phase file, or read beside
+    the files). With a single 4D file the sidecar's ``EchoTime`` must be a list.
+
+    Parameters
+    ----------
+    phase_files : str, Path or sequence of them
+        Phase NIfTI files (3D per echo, or 4D with echoes last).
+    magnitude_files : str, Path or sequence of them, optional
+        Magnitude NIfTI files, their echoes in the same order as the phase files'.
+    sidecars : sequence of dict, optional
+        One JSON sidecar per phase file (default: read ``<stem>.json`` beside each).
+
+    Returns
+    -------
+    phase : ndarray of float32, shape (X, Y, Z, E)
+        Phase (rad) in (−π, π].
+    mag : ndarray of float32, shape (X, Y, Z, E), or None
+        Magnitude (arbitrary units), or None without ``magnitude_files``.
+    te_s : ndarray of float, shape (E,)
+        Echo times (s), increasing.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine (mm) shared by the echoes.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file does not exist.
+    ValueError
+        If the number of sidecars differs from the number of phase files; a sidecar lacks
+        ``EchoTime`` or gives a number of them that differs from the file's volumes; the echoes'
+        affines or shapes differ; the magnitude's shape differs from the phase's or it contains
+        NaN/Inf; the echo times are invalid (not positive, in ms, repeated); or a file cannot
+        be read or scaled to radians.
     """
     phase_files = [Path(p) for p in ([phase_files] if isinstance(phase_files, (str, Path))
                                       else phase_files)]
@@ -263,8 +335,30 @@ def laplacian_unwrap(phase, voxel_size, mask=None, workers=None) -> np.ndarray:
     The discrete form of Schofield & Zhu's ``cos φ ∇² sin φ − sin φ ∇² cos φ``: wrapped finite
     differences per axis, weighted by 1/voxel_size², inverted in the DCT-II basis. Fast and
     robust, but not exact (smooths across noisy areas, leaves no 2π-multiple relation to the
-    input); the free constant is set so that ``u`` agrees with ``phase`` in circular mean.
-    ``mask`` (optional) zeroes wrapped gradients that leave it.
+    input); the free constant is set so that ``u`` agrees with ``phase`` in circular mean
+    (inside ``mask`` when given).
+
+    Parameters
+    ----------
+    phase : array_like, shape (X, Y, Z)
+        Wrapped phase (rad).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Wrapped gradients that leave it are zeroed (default: none are).
+    workers : int, optional
+        FFT threads (default :func:`qsmflow.physics.fft_workers`).
+
+    Returns
+    -------
+    unwrapped : ndarray of float64, shape (X, Y, Z)
+        Unwrapped phase (rad).
+
+    Raises
+    ------
+    ValueError
+        If ``phase`` is not 3D or contains NaN/Inf, ``mask`` has another shape or is empty, or
+        ``voxel_size`` is invalid.
     """
     ph = _check_volume(phase).astype(np.float32)
     vs = physics.check_voxel_size(voxel_size)
@@ -316,7 +410,22 @@ def _shift_pairs(ax):
 def unwrap_quality(phase, magnitude=None, mask=None) -> np.ndarray:
     """ROMEO-like voxel quality in [0, 1] for region growing: the mean over a voxel's 6 edges of
     phase coherence ``1 − |wrap(Δφ)|/π`` × magnitude coherence ``(min/max)²``, times a
-    magnitude weight ``min(1, m / median(m in mask))``. High = unwrap first."""
+    magnitude weight ``min(1, m / median(m in mask))``. High = unwrap first.
+
+    Parameters
+    ----------
+    phase : array_like, shape (X, Y, Z)
+        Wrapped phase (rad).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (arbitrary units); without it only the phase coherence counts.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Where the median magnitude is taken (default: the whole volume).
+
+    Returns
+    -------
+    quality : ndarray of float32, shape (X, Y, Z)
+        Voxel quality in [0, 1].
+    """
     ph = np.asarray(phase, np.float32)
     acc = np.zeros(ph.shape, np.float32)
     cnt = np.zeros(ph.shape, np.float32)
@@ -397,8 +506,7 @@ def _grow(wrapped, unwrapped, done, todo, quality, n_levels=6, max_iter=100000):
 
 def region_growing_unwrap(phase, magnitude=None, mask=None, *, voxel_size, quality=None,
                           core_quantile=0.1) -> np.ndarray:
-    """Quality-guided unwrapping (rad): ``phase + 2π·k`` with integer ``k`` per voxel;
-    ``voxel_size`` (mm per array axis) for the Laplacian estimate of step 3.
+    """Quality-guided unwrapping (rad): ``phase + 2π·k`` with integer ``k`` per voxel.
 
     1. voxel quality (:func:`unwrap_quality`: phase coherence, magnitude) unless given;
     2. the reliable core (mask voxels above the ``core_quantile`` quality quantile, largest
@@ -410,8 +518,36 @@ def region_growing_unwrap(phase, magnitude=None, mask=None, *, voxel_size, quali
        Laplacian-unwrapped estimate (:func:`laplacian_unwrap`) relative to the voxels around
        them (an island left at an arbitrary multiple costs ~1.4 points of field NRMSE
        on the 1 mm head phantom at 3 T).
+
     The free global 2π multiple is chosen so that the mean inside the mask lies in (−π, π].
     Voxels outside ``mask`` are returned as given (wrapped).
+
+    Parameters
+    ----------
+    phase : array_like, shape (X, Y, Z)
+        Wrapped phase (rad).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (arbitrary units) for the voxel quality.
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Voxels to unwrap (default: all).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis, for the Laplacian estimate of step 3.
+    quality : array_like, shape (X, Y, Z), optional
+        Voxel quality (high = unwrap first); default :func:`unwrap_quality`.
+    core_quantile : float, default 0.1
+        Quality quantile (0–1) above which mask voxels form the core; outside (0, 1): the whole
+        mask.
+
+    Returns
+    -------
+    unwrapped : ndarray of float64, shape (X, Y, Z)
+        Unwrapped phase (rad).
+
+    Raises
+    ------
+    ValueError
+        If ``phase`` or ``magnitude`` is not 3D or contains NaN/Inf, their shapes differ,
+        ``mask`` has another shape or is empty, or ``voxel_size`` is invalid.
     """
     from skimage.restoration import unwrap_phase
 
@@ -483,7 +619,33 @@ def bipolar_correction(phase4d, te_s, mag4d=None, *, voxel_size, sigma_mm=4.0):
     echoes 2, 4, … (evenly spaced, ≥ 3 echoes): ``φ_k + φ_{k+2} − 2φ_{k+1} = 4·s_k·β``,
     averaged over all echo triplets as magnitude-weighted complex numbers and smoothed
     (Gaussian ``sigma_mm``, the readout error is smooth). Valid for |β| < π/4.
-    Returns ``(corrected phase4d, beta)``.
+
+    Parameters
+    ----------
+    phase4d : array_like, shape (X, Y, Z, E)
+        Multi-echo phase (rad), echoes last.
+    te_s : sequence of E float
+        Echo times (s), evenly spaced.
+    mag4d : array_like, shape (X, Y, Z, E), optional
+        Magnitude (arbitrary units, non-negative) weighting the estimate; default uniform.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    sigma_mm : float, default 4.0
+        Standard deviation (mm) of the Gaussian smoothing of β.
+
+    Returns
+    -------
+    corrected : ndarray of float32, shape (X, Y, Z, E)
+        Corrected phase (rad), wrapped to [−π, π).
+    beta : ndarray of float64, shape (X, Y, Z)
+        The odd/even phase offset β (rad).
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than 3 echoes or they are not evenly spaced, the echo times are
+        invalid or do not match the echoes, the phase or magnitude contain NaN/Inf (or negative
+        magnitude) or their shapes differ, or ``voxel_size`` is invalid.
     """
     ph, mag, te = _check_multi_echo(phase4d, mag4d, te_s)
     n = ph.shape[-1]
@@ -523,11 +685,7 @@ def _temporal_unwrap(p, mag, te, omega):
 
 def unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method=DEFAULT_UNWRAPPING,
                   mask=None, *, offset_sigma_mm=4.0, bipolar=False, workers=None):
-    """Unwrap multi-echo phase in space and time (rad, same shape as ``phase4d``).
-
-    ``phase4d`` (rad) and ``mag4d`` are ``(X, Y, Z, E)``, ``te_s`` the echo times (s),
-    ``voxel_size`` in mm per array axis; ``workers``: FFT threads (default: the enclosing
-    :func:`qsmflow.physics.use_workers`, else the environment).
+    """Unwrap multi-echo phase in space and time (rad).
 
     ``method="region-growing"``: qsmflow's ROMEO-like quality-guided region growing (inspired by
     ROMEO, Dymerska et al. 2021, not ROMEO itself; exact: every output is input + 2π·k, all
@@ -546,6 +704,43 @@ def unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method=DEFAULT_UNWRAPPING,
     :func:`laplacian_unwrap` (fast, not exact). The global 2π multiple is fixed so that the
     mean frequency in the mask is the one closest to 0 (ambiguous by 1/(TE₂−TE₁) in principle).
     ``method="romeo"``: the real ROMEO program (:func:`romeo_unwrap`; ``bipolar`` not applied).
+
+    Parameters
+    ----------
+    phase4d : array_like, shape (X, Y, Z, E) or (X, Y, Z)
+        Wrapped phase (rad), echoes last (3D: one echo).
+    mag4d : array_like of the shape of ``phase4d``, or None
+        Magnitude (arbitrary units, non-negative) guiding the unwrapping.
+    te_s : sequence of E float
+        Echo times (s), strictly increasing.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    method : {"region-growing", "laplacian", "romeo"}, default "region-growing"
+        Spatial unwrapping method (:data:`UNWRAPPING_METHODS`).
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Voxels to unwrap (default: all).
+    offset_sigma_mm : float, default 4.0
+        Standard deviation (mm) of the smoothing of the phase offset (step 3); 0: none.
+    bipolar : bool, default False
+        Correct the odd/even offset of bipolar readouts first (region-growing only).
+    workers : int, optional
+        FFT threads (default: the enclosing :func:`qsmflow.physics.use_workers`, else the
+        environment).
+
+    Returns
+    -------
+    unwrapped : ndarray of float64, shape (X, Y, Z, E)
+        Unwrapped phase (rad).
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown; ``romeo`` is not installed (``method="romeo"``); ``bipolar``
+        is asked for with fewer than 3 or unevenly spaced echoes; the echo times are invalid or
+        do not match the echoes; phase or magnitude contain NaN/Inf (or negative magnitude) or
+        their shapes differ; ``mask`` has another shape or is empty; or ``voxel_size`` is invalid.
+    RuntimeError
+        If the ``romeo`` program fails.
     """
     with physics.use_workers(workers):
         return _unwrap_echoes(phase4d, mag4d, te_s, voxel_size, method, mask,
@@ -619,11 +814,37 @@ def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> F
 
     ``φ_k = φ0 + 2π·f·TE_k`` with weights ``m_k²`` (inverse phase variance: σ_φ = σ/m). With
     one echo (or ``fit_offset=False``) φ0 = 0 and ``f = Σ m²·TE·φ / (2π·Σ m²·TE²)``
-    (one echo: ``f = φ/(2π·TE)``). ``fit_offset`` defaults to True for ≥ 2 echoes.
+    (one echo: ``f = φ/(2π·TE)``).
 
     noise_hz = σ / (2π·√(Σ m_k²(TE_k − T̄)²)), with σ (magnitude noise) estimated from the
     pooled weighted residuals inside ``mask`` when there are more echoes than parameters,
     else σ = 1 (relative weights only).
+
+    Parameters
+    ----------
+    unwrapped4d : array_like, shape (X, Y, Z, E) or (X, Y, Z)
+        Unwrapped phase (rad), echoes last (3D: one echo).
+    mag4d : array_like of the shape of ``unwrapped4d``, or None
+        Magnitude (arbitrary units, non-negative); None: unit weights.
+    te_s : sequence of E float
+        Echo times (s), strictly increasing.
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Voxels where σ is estimated (default: all).
+    fit_offset : bool, optional
+        Fit the phase offset φ0; default True for ≥ 2 echoes.
+
+    Returns
+    -------
+    fit : FieldFit
+        ``field_hz`` (Hz), ``phase_offset_rad`` (rad), ``noise_hz`` (Hz, inf where the fit is
+        undetermined) and ``residual`` (rad), each (X, Y, Z), and ``noise_sigma`` σ.
+
+    Raises
+    ------
+    ValueError
+        If ``fit_offset`` is True with one echo; the echo times are invalid or do not match the
+        echoes; phase or magnitude contain NaN/Inf (or negative magnitude) or their shapes
+        differ; or ``mask`` has another shape or is empty.
     """
     ph, mag, te = _check_multi_echo(unwrapped4d, mag4d, te_s)
     n = te.size
@@ -670,15 +891,45 @@ def fit_multi_echo(unwrapped4d, mag4d, te_s, mask=None, *, fit_offset=None) -> F
 
 
 def romeo_available() -> bool:
-    """True when the ROMEO program (``romeo`` from ROMEO.jl) is on PATH."""
+    """True when the ROMEO program (``romeo`` from ROMEO.jl) is on PATH.
+
+    Returns
+    -------
+    available : bool
+        Whether ``romeo`` is found on PATH.
+    """
     return shutil.which("romeo") is not None
 
 
 def romeo_unwrap(phase4d, mag4d, te_s, voxel_size, mask=None) -> np.ndarray:
     """Unwrap with the real ROMEO (Dymerska et al. 2021): the ``romeo`` program of ROMEO.jl,
-    run on temporary NIfTI files (phase rad ``(X, Y, Z, E)``, magnitude, mask; echo times passed
-    in ms). Returns its ``unwrapped.nii`` (rad, the shape of ``phase4d``). ``ValueError``
-    (:data:`ROMEO_MISSING`) when it is not installed, ``RuntimeError`` when it fails."""
+    run on temporary NIfTI files (phase, magnitude, mask; echo times passed in ms).
+
+    Parameters
+    ----------
+    phase4d : array_like, shape (X, Y, Z, E)
+        Wrapped phase (rad), echoes last.
+    mag4d : array_like, shape (X, Y, Z, E), or None
+        Magnitude (arbitrary units).
+    te_s : sequence of E float
+        Echo times (s).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Voxels to unwrap (None: ROMEO's ``nomask``).
+
+    Returns
+    -------
+    unwrapped : ndarray of float64, shape of ``phase4d``
+        ROMEO's ``unwrapped.nii`` (rad).
+
+    Raises
+    ------
+    ValueError
+        If ``romeo`` is not installed (:data:`ROMEO_MISSING`) or ``voxel_size`` is invalid.
+    RuntimeError
+        If ``romeo`` fails or writes no output.
+    """
     exe = shutil.which("romeo")
     if exe is None:
         raise ValueError(ROMEO_MISSING)

@@ -36,9 +36,21 @@ _WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("qsmflow_w
 
 @contextlib.contextmanager
 def use_workers(n: int | None):
-    """Run the FFTs of the calls inside with ``n`` threads (what a pipeline step passes down;
-    nothing is written to the environment, so child processes are not affected). ``None``
-    keeps the enclosing setting."""
+    """Run the FFTs of the calls inside with ``n`` threads.
+
+    This is what a pipeline step passes down; nothing is written to the environment, so child
+    processes are not affected. The setting holds for this thread / task only.
+
+    Parameters
+    ----------
+    n : int or None
+        Number of scipy.fft threads (values below 1 become 1); ``None`` keeps the enclosing setting.
+
+    Returns
+    -------
+    context manager
+        Use as ``with use_workers(n): ...``; :func:`fft_workers` returns ``n`` inside it.
+    """
     if n is None:
         yield
         return
@@ -50,9 +62,17 @@ def use_workers(n: int | None):
 
 
 def fft_workers() -> int:
-    """Threads for scipy.fft: those of an enclosing :func:`use_workers`, else
-    ``QSMFLOW_NUM_THREADS`` if set, else ``OMP_NUM_THREADS``, else all cores. Pass the result as
-    ``workers=`` to every scipy.fft call."""
+    """Threads for scipy.fft.
+
+    Those of an enclosing :func:`use_workers`, else ``QSMFLOW_NUM_THREADS`` if set (a positive
+    integer), else ``OMP_NUM_THREADS``, else all cores. Pass the result as ``workers=`` to every
+    scipy.fft call.
+
+    Returns
+    -------
+    int
+        Number of threads (at least 1).
+    """
     if _WORKERS.get() is not None:
         return int(_WORKERS.get())
     for var in ("QSMFLOW_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -66,7 +86,23 @@ def fft_workers() -> int:
 # validation helpers
 # --------------------------------------------------------------------------------------------
 def check_voxel_size(voxel_size) -> tuple[float, float, float]:
-    """Return the voxel size (mm) as three positive floats or raise a ``ValueError``."""
+    """Return the voxel size (mm) as three positive floats or raise a ``ValueError``.
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    tuple of 3 float
+        The voxel size (mm) per array axis.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` does not have 3 entries, or an entry is not positive and finite.
+    """
     vs = np.asarray(voxel_size, dtype=float).ravel()
     if vs.size != 3:
         raise ValueError(f"voxel_size must have 3 entries (mm per array axis), got {vs.size}: "
@@ -78,7 +114,23 @@ def check_voxel_size(voxel_size) -> tuple[float, float, float]:
 
 
 def check_b0_dir(b0_dir) -> np.ndarray:
-    """Return the B0 direction as a unit 3-vector (voxel axes) or raise a ``ValueError``."""
+    """Return the B0 direction as a unit 3-vector (voxel axes) or raise a ``ValueError``.
+
+    Parameters
+    ----------
+    b0_dir : sequence of 3 float
+        Main field direction in voxel axes (array axes 0, 1, 2), any non-zero length.
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        ``b0_dir`` normalised to unit length (float64).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_dir`` is not a finite 3-vector or has (near) zero length.
+    """
     b = np.asarray(b0_dir, dtype=float).ravel()
     if b.size != 3 or not np.all(np.isfinite(b)):
         raise ValueError(f"b0_dir must be a finite 3-vector in voxel axes, got {b0_dir!r}")
@@ -89,7 +141,24 @@ def check_b0_dir(b0_dir) -> np.ndarray:
 
 
 def check_echo_times(te) -> np.ndarray:
-    """Return echo times in seconds as a 1D float array; refuse ms, non-positive or unsorted."""
+    """Return echo times in seconds as a 1D float array; refuse ms, non-positive or unsorted.
+
+    Parameters
+    ----------
+    te : float or sequence of float
+        Echo times (s), one per echo.
+
+    Returns
+    -------
+    ndarray, shape (E,)
+        The echo times (s) as float64.
+
+    Raises
+    ------
+    ValueError
+        If no echo time is given, one is not positive and finite, one is >= 0.2 s (looks like
+        milliseconds), or they are not strictly increasing.
+    """
     t = np.atleast_1d(np.asarray(te, dtype=float)).ravel()
     if t.size == 0:
         raise ValueError("no echo times given: pass EchoTime in seconds, e.g. [0.004, 0.008]")
@@ -105,7 +174,23 @@ def check_echo_times(te) -> np.ndarray:
 
 
 def check_field_strength(b0_tesla) -> float:
-    """Return B0 in tesla as a positive float, refusing implausible values."""
+    """Return B0 in tesla as a positive float, refusing implausible values.
+
+    Parameters
+    ----------
+    b0_tesla : float
+        Main field strength (T).
+
+    Returns
+    -------
+    float
+        ``b0_tesla`` as a float (T).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_tesla`` is not finite or not in (0, 20] T.
+    """
     b = float(b0_tesla)
     if not np.isfinite(b) or b <= 0 or b > 20:
         raise ValueError(f"MagneticFieldStrength must be in tesla (0 < B0 <= 20), got {b0_tesla!r}")
@@ -116,37 +201,158 @@ def check_field_strength(b0_tesla) -> float:
 # unit conversions
 # --------------------------------------------------------------------------------------------
 def rad_to_hz(phase_rad, te_s):
-    """Phase (rad) accumulated at echo time ``te_s`` (s) → frequency offset (Hz)."""
+    """Phase (rad) accumulated at echo time ``te_s`` (s) → frequency offset (Hz).
+
+    Computes ``phase / (2π·TE)``; the echo time is not validated.
+
+    Parameters
+    ----------
+    phase_rad : array_like
+        Phase (rad), unwrapped.
+    te_s : float or array_like
+        Echo time (s), broadcastable against ``phase_rad``.
+
+    Returns
+    -------
+    ndarray
+        Frequency offset (Hz).
+    """
     return np.asarray(phase_rad) / (2.0 * np.pi * te_s)
 
 
 def hz_to_rad(freq_hz, te_s):
-    """Frequency offset (Hz) → phase (rad) at echo time ``te_s`` (s), unwrapped."""
+    """Frequency offset (Hz) → phase (rad) at echo time ``te_s`` (s), unwrapped.
+
+    Computes ``2π·f·TE``; the echo time is not validated.
+
+    Parameters
+    ----------
+    freq_hz : array_like
+        Frequency offset (Hz).
+    te_s : float or array_like
+        Echo time (s), broadcastable against ``freq_hz``.
+
+    Returns
+    -------
+    ndarray
+        Phase (rad), not wrapped (see :func:`wrap`).
+    """
     return 2.0 * np.pi * np.asarray(freq_hz) * te_s
 
 
 def hz_to_ppm(freq_hz, b0_tesla):
-    """Frequency offset (Hz) → field perturbation (ppm of B0) at field strength ``b0_tesla`` (T)."""
+    """Frequency offset (Hz) → field perturbation (ppm of B0) at field strength ``b0_tesla`` (T).
+
+    Computes ``f / (γ̄·B0) · 1e6`` with γ̄ = :data:`GAMMA_BAR_HZ_PER_T`.
+
+    Parameters
+    ----------
+    freq_hz : array_like
+        Frequency offset (Hz).
+    b0_tesla : float
+        Main field strength (T).
+
+    Returns
+    -------
+    ndarray
+        Field perturbation (ppm).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
+    """
     return np.asarray(freq_hz) / (GAMMA_BAR_HZ_PER_T * check_field_strength(b0_tesla)) * 1e6
 
 
 def ppm_to_hz(field_ppm, b0_tesla):
-    """Field perturbation (ppm) → frequency offset (Hz) at ``b0_tesla`` (T)."""
+    """Field perturbation (ppm) → frequency offset (Hz) at ``b0_tesla`` (T).
+
+    Computes ``field · 1e-6 · γ̄·B0`` with γ̄ = :data:`GAMMA_BAR_HZ_PER_T`.
+
+    Parameters
+    ----------
+    field_ppm : array_like
+        Field perturbation (ppm).
+    b0_tesla : float
+        Main field strength (T).
+
+    Returns
+    -------
+    ndarray
+        Frequency offset (Hz).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
+    """
     return np.asarray(field_ppm) * 1e-6 * GAMMA_BAR_HZ_PER_T * check_field_strength(b0_tesla)
 
 
 def rad_to_ppm(phase_rad, te_s, b0_tesla):
-    """Phase (rad) at ``te_s`` (s) → ppm at ``b0_tesla`` (T)."""
+    """Phase (rad) at ``te_s`` (s) → ppm at ``b0_tesla`` (T).
+
+    Parameters
+    ----------
+    phase_rad : array_like
+        Phase (rad), unwrapped.
+    te_s : float or array_like
+        Echo time (s), broadcastable against ``phase_rad``.
+    b0_tesla : float
+        Main field strength (T).
+
+    Returns
+    -------
+    ndarray
+        Field perturbation (ppm).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
+    """
     return hz_to_ppm(rad_to_hz(phase_rad, te_s), b0_tesla)
 
 
 def ppm_to_rad(field_ppm, te_s, b0_tesla):
-    """ppm → phase (rad) at ``te_s`` (s) and ``b0_tesla`` (T), unwrapped."""
+    """ppm → phase (rad) at ``te_s`` (s) and ``b0_tesla`` (T), unwrapped.
+
+    Parameters
+    ----------
+    field_ppm : array_like
+        Field perturbation (ppm).
+    te_s : float or array_like
+        Echo time (s), broadcastable against ``field_ppm``.
+    b0_tesla : float
+        Main field strength (T).
+
+    Returns
+    -------
+    ndarray
+        Phase (rad), not wrapped (see :func:`wrap`).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
+    """
     return hz_to_rad(ppm_to_hz(field_ppm, b0_tesla), te_s)
 
 
 def wrap(phase):
-    """Wrap phase to (−π, π]."""
+    """Wrap phase to (−π, π].
+
+    Parameters
+    ----------
+    phase : array_like
+        Phase (rad).
+
+    Returns
+    -------
+    ndarray or float
+        The phase wrapped to the half-open interval (−π, π] (rad), same shape as ``phase``.
+    """
     w = np.angle(np.exp(1j * np.asarray(phase)))
     return w + 2.0 * np.pi * (w <= -np.pi)  # np.angle gives −π for −π: keep the interval half-open
 
@@ -161,6 +367,24 @@ def b0_direction_from_affine(affine, sidecar_b0_dir=None) -> np.ndarray:
     flip is just a negative column and needs no special case); then b̂ = Rᵀ·(0, 0, 1). For
     non-orthogonal (sheared) affines the exact solution R⁻¹·ẑ is used and renormalised.
     A sidecar ``B0_dir`` (already in voxel axes) wins when given.
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4) or (3, 3)
+        Voxel → RAS+ world (mm) affine; not checked when ``sidecar_b0_dir`` is given.
+    sidecar_b0_dir : sequence of 3 float, optional
+        B0 direction in voxel axes from the sidecar (``B0_dir``); any non-zero length.
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        Unit B0 direction in voxel axes (array axes 0, 1, 2).
+
+    Raises
+    ------
+    ValueError
+        If ``affine`` is not 4x4 or 3x3 or has a zero-length column, or ``sidecar_b0_dir`` is
+        invalid (see :func:`check_b0_dir`).
     """
     if sidecar_b0_dir is not None:
         return check_b0_dir(sidecar_b0_dir)
@@ -177,7 +401,23 @@ def b0_direction_from_affine(affine, sidecar_b0_dir=None) -> np.ndarray:
 
 
 def voxel_size_from_affine(affine) -> tuple[float, float, float]:
-    """Voxel size (mm) per array axis = column norms of ``affine[:3, :3]``."""
+    """Voxel size (mm) per array axis = column norms of ``affine[:3, :3]``.
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4) or (3, 3)
+        Voxel → world (mm) affine.
+
+    Returns
+    -------
+    tuple of 3 float
+        Voxel size (mm) per array axis.
+
+    Raises
+    ------
+    ValueError
+        If a column norm is zero or not finite (see :func:`check_voxel_size`).
+    """
     return check_voxel_size(np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
 
 
@@ -185,8 +425,23 @@ def voxel_size_from_affine(affine) -> tuple[float, float, float]:
 # padding
 # --------------------------------------------------------------------------------------------
 def padded_shape(shape, pad=None) -> tuple[int, int, int]:
-    """Fast FFT shape ≥ ``shape + pad`` per axis (default pad: the array size, i.e. doubling,
-    which makes a linear convolution of two arrays of this size wrap-free)."""
+    """Fast FFT shape ≥ ``shape + pad`` per axis.
+
+    The default pad is the array size, i.e. doubling, which makes a linear convolution of two
+    arrays of this size wrap-free. Each size is ``scipy.fft.next_fast_len(s + p, real=True)``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Array shape (voxels).
+    pad : int or sequence of int, optional
+        Padding (voxels), one for all axes or one per axis; default ``shape``.
+
+    Returns
+    -------
+    tuple of int
+        Padded shape, one size per axis of ``shape``.
+    """
     shape = tuple(int(s) for s in shape)
     if pad is None:
         pad = shape
@@ -195,7 +450,25 @@ def padded_shape(shape, pad=None) -> tuple[int, int, int]:
 
 
 def pad_array(x, shape):
-    """Zero-pad ``x`` at the end of each axis to ``shape`` (the origin stays at index 0)."""
+    """Zero-pad ``x`` at the end of each axis to ``shape`` (the origin stays at index 0).
+
+    Parameters
+    ----------
+    x : array_like
+        Array to pad (any unit and dtype).
+    shape : sequence of int
+        Target shape, one size per axis of ``x``, each >= that of ``x``.
+
+    Returns
+    -------
+    ndarray
+        Array of shape ``shape`` and the dtype of ``x``, ``x`` in its leading corner.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is smaller than ``x.shape`` along some axis.
+    """
     x = np.asarray(x)
     widths = [(0, int(t) - s) for s, t in zip(x.shape, shape)]
     if any(w[1] < 0 for w in widths):
@@ -204,8 +477,27 @@ def pad_array(x, shape):
 
 
 def bounding_box(mask, margin=0) -> tuple:
-    """Slices of the bounding box of the non-zero voxels of ``mask``, grown by ``margin`` voxels
-    (one number, or one per axis) and clipped to the array."""
+    """Slices of the bounding box of the non-zero voxels of ``mask``.
+
+    The box is grown by ``margin`` voxels (one number, or one per axis) and clipped to the array.
+
+    Parameters
+    ----------
+    mask : array_like
+        Mask of any dimension (non-zero = inside).
+    margin : int or sequence of int, optional
+        Margin (voxels) added on both sides, one for all axes or one per axis; default 0.
+
+    Returns
+    -------
+    tuple of slice
+        One slice per axis of ``mask``; ``x[box]`` crops an array of the mask's shape.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` has no non-zero voxel (numpy's error for an empty reduction).
+    """
     m = np.asarray(mask, bool)
     idx = np.argwhere(m)
     grow = np.broadcast_to(np.asarray(margin, int), (m.ndim,))
@@ -215,7 +507,20 @@ def bounding_box(mask, margin=0) -> tuple:
 
 
 def crop_array(x, shape):
-    """Inverse of :func:`pad_array`."""
+    """Inverse of :func:`pad_array`.
+
+    Parameters
+    ----------
+    x : array_like
+        Padded array.
+    shape : sequence of int
+        Shape to keep (the original shape before padding).
+
+    Returns
+    -------
+    ndarray
+        The leading corner ``x[:shape[0], :shape[1], ...]`` (a view when ``x`` is an ndarray).
+    """
     return np.asarray(x)[tuple(slice(0, int(s)) for s in shape)]
 
 
@@ -226,6 +531,26 @@ def kspace_grid(shape, voxel_size, half=False):
     """Spatial frequencies (1/mm) per array axis, ``indexing="ij"`` (sparse).
 
     ``half=True`` gives the last axis as ``rfftfreq`` (the grid of ``scipy.fft.rfftn``).
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape (X, Y, Z).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    half : bool, optional
+        Half spectrum along the last axis (Z // 2 + 1 points); default False.
+
+    Returns
+    -------
+    kx, ky, kz : ndarray
+        Open (sparse) grids of ``fftfreq(n, d)`` (1/mm), shapes (X, 1, 1), (1, Y, 1) and
+        (1, 1, Z) or (1, 1, Z // 2 + 1).
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is not three positive sizes or ``voxel_size`` is invalid.
     """
     vs = check_voxel_size(voxel_size)
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
@@ -240,8 +565,30 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float64,
                   half=False) -> np.ndarray:
     """Dipole kernel D(k) = 1/3 − (k·b̂)²/|k|² on the FFT grid of ``shape``; D(0) = 0.
 
-    ``voxel_size`` in mm per array axis; ``b0_dir`` in voxel axes (normalised here).
     Field (ppm) = ifft(D · fft(χ (ppm))). ``half=True``: the ``rfftn`` half grid.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape (X, Y, Z).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel axes (normalised here); default (0, 0, 1).
+    dtype : dtype, optional
+        Output dtype; default float64.
+    half : bool, optional
+        Return the ``rfftn`` half grid (last axis Z // 2 + 1); default False.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z) or (X, Y, Z // 2 + 1)
+        Real, dimensionless kernel in [−2/3, 1/3].
+
+    Raises
+    ------
+    ValueError
+        If ``shape``, ``voxel_size`` or ``b0_dir`` is invalid.
     """
     b = check_b0_dir(b0_dir)
     kx, ky, kz = kspace_grid(shape, voxel_size, half=half)
@@ -254,8 +601,29 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float64,
 
 
 def sphere_mask(shape, voxel_size, radius_mm, center=None) -> np.ndarray:
-    """Boolean ball of radius ``radius_mm`` (mm) centred at ``center`` (voxel index, default the
-    array centre) on an anisotropic grid."""
+    """Boolean ball of radius ``radius_mm`` (mm) centred at ``center`` on an anisotropic grid.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape (X, Y, Z).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    radius_mm : float
+        Radius of the ball (mm); voxel centres at distance <= radius are inside.
+    center : sequence of 3 float, optional
+        Centre (voxel index, may be fractional); default the array centre ``(n − 1) / 2``.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+        True inside the ball.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is invalid.
+    """
     vs = check_voxel_size(voxel_size)
     if center is None:
         center = [(n - 1) / 2.0 for n in shape]
@@ -269,6 +637,25 @@ def smv_kernel(shape, voxel_size, radius_mm) -> np.ndarray:
 
     The normalised ball (sum 1) is centred at index 0 with wrap-around coordinates, so
     ``ifft(S·fft(x))`` is the mean of ``x`` over the ball around each voxel. S(0) = 1.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape (X, Y, Z).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    radius_mm : float
+        Radius of the ball (mm), positive.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Real, dimensionless kernel on the full FFT grid.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is invalid or ``radius_mm`` is not positive (or the ball holds no voxel).
     """
     vs = check_voxel_size(voxel_size)
     if not radius_mm > 0:
@@ -289,8 +676,9 @@ HYBRID_NEAR_VOXELS = 3.0
 
 def dipole_kernel_hybrid(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), workers=None,
                          near_voxels=HYBRID_NEAR_VOXELS) -> np.ndarray:
-    """Half-spectrum (``rfftn`` grid of ``shape``) dipole kernel for *simulation*: the
-    band-limited kernel of :func:`dipole_kernel` within ``near_voxels`` largest voxel sides of
+    """Half-spectrum (``rfftn`` grid of ``shape``) dipole kernel for *simulation*.
+
+    The band-limited kernel of :func:`dipole_kernel` within ``near_voxels`` largest voxel sides of
     the source, the sampled point-dipole field V·(3cos²θ − 1)/(4π r³) beyond; D(0) = 0.
 
     Sampled on the grid, the band-limited kernel is not the dipole field away from the source:
@@ -301,6 +689,30 @@ def dipole_kernel_hybrid(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), workers=None
     axis), which no real scan shows: a real field is sampled from a continuous one. The far
     field of a voxel is a point dipole to within (voxel/r)², so this kernel keeps the near field
     (and the on-axis B0 case to within 1 % of the local field) and removes the artefact (0.38).
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape (X, Y, Z), usually padded (:func:`padded_shape`): the kernel wraps around.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel axes (normalised here); default (0, 0, 1).
+    workers : int, optional
+        scipy.fft threads; default :func:`fft_workers`.
+    near_voxels : float, optional
+        Radius of the band-limited near zone, in largest voxel sides; default
+        :data:`HYBRID_NEAR_VOXELS`.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z // 2 + 1)
+        Real, dimensionless kernel on the ``rfftn`` half grid.
+
+    Raises
+    ------
+    ValueError
+        If ``shape``, ``voxel_size`` or ``b0_dir`` is invalid.
     """
     vs = check_voxel_size(voxel_size)
     b = check_b0_dir(b0_dir)
@@ -329,9 +741,34 @@ def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=Non
     """Field perturbation (ppm, relative to B0) of a susceptibility map ``chi`` (ppm).
 
     The array is zero-padded to a fast FFT size ≥ 2× its size (or ``shape + pad``) so the
-    convolution does not wrap around, then cropped back. ``voxel_size`` in mm per array axis,
-    ``b0_dir`` a unit vector in voxel axes. ``kernel``: "kspace" (:func:`dipole_kernel`, the
-    model the inversions use) or "hybrid" (:func:`dipole_kernel_hybrid`, for simulating data).
+    convolution does not wrap around, then cropped back.
+
+    Parameters
+    ----------
+    chi : array_like, shape (X, Y, Z)
+        Susceptibility (ppm), finite.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel axes (normalised here); default (0, 0, 1).
+    pad : int or sequence of 3 int, optional
+        Zero padding (voxels) per axis before the FFT size is rounded up; default the array size.
+    workers : int, optional
+        scipy.fft threads; default :func:`fft_workers`.
+    kernel : {"kspace", "hybrid"}, optional
+        "kspace" (:func:`dipole_kernel`, the model the inversions use, default) or "hybrid"
+        (:func:`dipole_kernel_hybrid`, for simulating data).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Field perturbation (ppm, float64).
+
+    Raises
+    ------
+    ValueError
+        If ``kernel`` is unknown, ``chi`` is not 3D or has NaN/Inf, or ``voxel_size`` / ``b0_dir``
+        is invalid.
     """
     if kernel not in ("kspace", "hybrid"):
         raise ValueError(f"kernel must be 'kspace' or 'hybrid', got {kernel!r}")
@@ -350,6 +787,23 @@ def forward_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad=None, workers=Non
 
 
 def convolve_kspace(x, kernel_k, workers=None) -> np.ndarray:
-    """Circular convolution of ``x`` with a kernel given in k-space on the same grid."""
+    """Circular convolution of ``x`` with a kernel given in k-space on the same grid.
+
+    Parameters
+    ----------
+    x : array_like
+        Real array (any unit); all its axes are transformed.
+    kernel_k : ndarray
+        Kernel on the full ``fftn`` grid of ``x`` (e.g. :func:`dipole_kernel` with
+        ``half=False``), broadcastable to ``x.shape``.
+    workers : int, optional
+        scipy.fft threads; default :func:`fft_workers`.
+
+    Returns
+    -------
+    ndarray
+        Real part of ``ifftn(kernel_k · fftn(x))``, shape of ``x``, unit of ``x`` times that of the
+        kernel.
+    """
     workers = workers or fft_workers()
     return sfft.ifftn(sfft.fftn(x, workers=workers) * kernel_k, workers=workers).real

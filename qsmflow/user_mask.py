@@ -60,7 +60,23 @@ def binary_mask(data) -> np.ndarray:
 
     Accepted: values 0 and 1 only (any dtype), or an integer/boolean image with exactly two
     values, 0 and one positive label (e.g. 0/255). Refused: intermediate values (a probabilistic
-    mask), negative or non-finite values, more than two values, no brain voxel."""
+    mask), negative or non-finite values, more than two values, no brain voxel.
+
+    Parameters
+    ----------
+    data : array_like, shape (X, Y, Z) or (X, Y, Z, 1)
+        Mask image values.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (X, Y, Z)
+        True where ``data`` is non-zero.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not a 3D volume, holds NaN/Inf, has no non-zero voxel, or is not binary.
+    """
     arr = np.asanyarray(data)
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
@@ -81,8 +97,27 @@ def binary_mask(data) -> np.ndarray:
 
 
 def grid_mismatch_mm(shape, affine, ref_shape, ref_affine) -> float | None:
-    """None when ``shape`` equals ``ref_shape`` (3D); else ``inf``; with equal shapes, the
-    largest affine difference (mm) when it exceeds :data:`GRID_ATOL_MM`, else None."""
+    """How far a mask's grid is from the echoes': ``inf`` when ``shape`` differs from
+    ``ref_shape`` (3D; a 4D ``shape`` must hold one volume); with equal shapes, the largest
+    affine difference (mm) when it exceeds :data:`GRID_ATOL_MM`, else None.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape of the mask image.
+    affine : array_like, shape (4, 4)
+        Voxel-to-world affine (mm) of the mask image.
+    ref_shape : sequence of int
+        Shape of the echoes (the first three entries are compared).
+    ref_affine : array_like, shape (4, 4)
+        Voxel-to-world affine (mm) of the echoes.
+
+    Returns
+    -------
+    mismatch : float or None
+        None when the grids match; ``inf`` for other shapes; else the largest absolute
+        difference (mm) between the affines' entries.
+    """
     if tuple(shape[:3]) != tuple(ref_shape[:3]) or (len(shape) == 4 and shape[3] != 1):
         return float("inf")
     diff = float(np.max(np.abs(np.asarray(affine, float) - np.asarray(ref_affine, float))))
@@ -91,7 +126,30 @@ def grid_mismatch_mm(shape, affine, ref_shape, ref_affine) -> float | None:
 
 def load_user_mask(path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]:
     """Read and check a mask file against the echoes' grid → ``(bool mask, its affine)``.
-    Raises ``ValueError`` (message without the file name) on any problem."""
+
+    Parameters
+    ----------
+    path : str or Path
+        Mask NIfTI file.
+    ref_shape : sequence of int
+        Shape of the echoes (first three entries used).
+    ref_affine : array_like, shape (4, 4)
+        Voxel-to-world affine (mm) of the echoes.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (X, Y, Z)
+        The brain mask (see :func:`binary_mask`).
+    affine : ndarray, shape (4, 4)
+        The mask file's affine (mm).
+
+    Raises
+    ------
+    ValueError
+        (message without the file name) If the file cannot be read (also when it is missing),
+        its shape or affine differs from the echoes' (tolerance :data:`GRID_ATOL_MM`), or it
+        is not a binary mask.
+    """
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -114,7 +172,22 @@ def load_user_mask(path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]
 
 def dataset_keys(dirs, taken=("raw",)) -> dict[str, Path]:
     """``{DatasetLinks key: folder}`` for the derivatives folders (in order): the folder name
-    reduced to letters, digits, ``-`` and ``_``, made unique."""
+    reduced to letters, digits, ``-`` and ``_``, made unique.
+
+    Parameters
+    ----------
+    dirs : iterable of str or Path
+        Derivatives folders.
+    taken : iterable of str, default ("raw",)
+        Keys already in use (``bids`` is never used either); a clash gets a number appended
+        (``name2``, ``name3``, ...).
+
+    Returns
+    -------
+    keys : dict of str to Path
+        DatasetLinks key → folder, in the order of ``dirs`` (a name reduced to nothing becomes
+        ``derivatives``).
+    """
     keys: dict[str, Path] = {}
     for d in dirs:
         base = re.sub(r"[^A-Za-z0-9_-]", "", Path(d).name) or "derivatives"
@@ -167,7 +240,27 @@ def _candidates(root: Path, acq: Acquisition) -> list[Path]:
 
 
 def find_user_mask(acq: Acquisition, datasets: dict[str, Path]) -> UserMask | None:
-    """The checked mask of ``acq`` from the first derivatives dataset that has one, or None."""
+    """The checked mask of ``acq`` from the first derivatives dataset that has one, or None.
+
+    Parameters
+    ----------
+    acq : Acquisition
+        The GRE acquisition.
+    datasets : dict of str to Path
+        DatasetLinks key → derivatives folder, searched in order.
+
+    Returns
+    -------
+    user_mask : UserMask or None
+        The mask found, or None when no dataset has one.
+
+    Raises
+    ------
+    InputError
+        (a ``ValueError``) If a dataset has several masks matching ``acq``, the mask fails the
+        checks of :func:`load_user_mask`, or a mask in this participant's (session's) folder is
+        named for another participant (session).
+    """
     for key, root in datasets.items():
         hits = _candidates(root, acq)
         if len(hits) > 1:
@@ -185,7 +278,26 @@ def find_user_mask(acq: Acquisition, datasets: dict[str, Path]) -> UserMask | No
 
 
 def check_derivatives_dirs(dirs, output_dir: Path) -> dict[str, Path]:
-    """Resolve and check the ``--derivatives`` folders → ``{DatasetLinks key: folder}``."""
+    """Resolve and check the ``--derivatives`` folders → ``{DatasetLinks key: folder}``.
+
+    Parameters
+    ----------
+    dirs : str, Path, sequence of them, or None
+        The ``--derivatives`` folders (None: none).
+    output_dir : Path
+        This run's output folder, resolved (compared as given); it and folders inside it are refused.
+
+    Returns
+    -------
+    datasets : dict of str to Path
+        DatasetLinks key → resolved folder (:func:`dataset_keys`).
+
+    Raises
+    ------
+    InputError
+        (a ``ValueError``) If a folder does not exist, is or lies in ``output_dir``, or holds no
+        ``sub-<label>/[ses-<label>/]anat/*_desc-brain_mask.nii[.gz]``.
+    """
     out = []
     for d in [dirs] if isinstance(dirs, (str, Path)) else dirs or ():
         p = Path(d).expanduser().resolve()
@@ -207,7 +319,28 @@ def check_derivatives_dirs(dirs, output_dir: Path) -> dict[str, Path]:
 def attach_user_masks(subjects: dict[str, list[Acquisition]],
                       datasets: dict[str, Path], masking: str = "magnitude") -> int:
     """Set ``user_mask`` of every acquisition that has one in ``datasets``; warn (and keep the
-    computed mask) for the others. Returns the number of acquisitions with a user mask."""
+    computed mask) for the others.
+
+    Parameters
+    ----------
+    subjects : dict of str to list of Acquisition
+        The acquisitions per participant; their ``user_mask`` is set (UserMask or None).
+    datasets : dict of str to Path
+        DatasetLinks key → derivatives folder (:func:`check_derivatives_dirs`); empty: nothing
+        is done.
+    masking : str, default "magnitude"
+        The ``--masking`` method named in the warning for acquisitions without a mask.
+
+    Returns
+    -------
+    n : int
+        The number of acquisitions with a user mask.
+
+    Raises
+    ------
+    InputError
+        (a ``ValueError``) As raised by :func:`find_user_mask`.
+    """
     if not datasets:
         return 0
     n = 0

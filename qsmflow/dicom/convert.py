@@ -93,7 +93,30 @@ def _skip_reason(series) -> str | None:
 
 
 def find_acquisitions(images) -> tuple[list[Acquisition], list[tuple[str, str]]]:
-    """Pair series into GRE acquisitions → ``(acquisitions, [(series label, skip reason)])``."""
+    """Pair series into GRE acquisitions → ``(acquisitions, [(series label, skip reason)])``.
+
+    A series with real and imaginary (or magnitude and phase) images is one acquisition; a
+    phase-only series is paired with a magnitude-only series of the same study, frame of reference
+    and protocol (preferring the closest series number below it). Derived, non-GRE and unsupported
+    multi-frame series are skipped.
+
+    Parameters
+    ----------
+    images : iterable of DicomImage
+        Headers from :func:`.scan.scan_folder`.
+
+    Returns
+    -------
+    acquisitions : list of Acquisition
+        Ordered by their lowest series number.
+    skipped : list of tuple of str
+        ``(series label, reason)`` for each series not used.
+
+    Raises
+    ------
+    ValueError
+        A series has real but no imaginary images, or imaginary but no real ones.
+    """
     acqs, skipped = [], []
     mag_only, phase_only = [], []
     for series in group_series(images).values():
@@ -231,7 +254,31 @@ def _read_pixels(imgs, bar=None, cache=None) -> np.ndarray:
 
 
 def load_acquisition(acq: Acquisition, echo_times_ms=None, progress: bool = False) -> Volumes:
-    """Stack one acquisition → :class:`Volumes` (magnitude, phase in rad, TE in s, affine)."""
+    """Stack one acquisition → :class:`Volumes` (magnitude, phase in rad, TE in s, affine).
+
+    Parameters
+    ----------
+    acq : Acquisition
+        From :func:`find_acquisitions`.
+    echo_times_ms : sequence of float, optional
+        Echo times (ms), one per echo in echo order, replacing the headers' (needed when a GE
+        research export gives every echo the same EchoTime).
+    progress : bool, optional
+        Show a progress bar while reading pixels.
+
+    Returns
+    -------
+    Volumes
+        ``magnitude`` and ``phase_rad`` float32 arrays (x, y, z, echo) in NIfTI layout, echoes by
+        increasing ``te_s`` (s); the dcm2niix-identical RAS+ ``affine`` (mm); the sidecar fields.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent headers (matrix, orientation, pixel spacing, no position or enhanced echo time),
+        missing, duplicate or irregular slices, an echo without its magnitude/phase (or real/imaginary)
+        partner, the wrong number of ``echo_times_ms``, or echo times missing or zero.
+    """
     _check_headers(acq)
     parts = ("real", "imag") if acq.kind == "complex" else ("mag", "phase")
     grouped = {}
@@ -348,7 +395,21 @@ def _common_sidecar(acq: Acquisition) -> dict:
 def dicom_source(ds, patient: bool = False) -> dict:
     """Header fields a DICOM export needs: :data:`DICOM_SOURCE_FIELDS` (UIDs, acquisition type)
     and, if ``patient``, :data:`PATIENT_FIELDS` (then ``PatientID`` is always present, "" when the
-    header has none)."""
+    header has none).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        A header of the source series.
+    patient : bool, optional
+        Include the patient and visit identification.
+
+    Returns
+    -------
+    dict
+        ``{keyword: value}``: strings (multi-valued ones joined with a backslash), ``SeriesNumber`` an
+        int; absent or empty fields are left out.
+    """
     keys = DICOM_SOURCE_FIELDS + (PATIENT_FIELDS if patient else ())
     out = {"PatientID": ""} if patient else {}
     for k in keys:
@@ -366,7 +427,20 @@ def _private_records(acqs) -> dict:
 
 
 def private_path(root, name: str) -> Path:
-    """The opt-in patient file of ``sub-<l>[_ses-<s>]`` (``name``) in the BIDS dataset ``root``."""
+    """The opt-in patient file of ``sub-<l>[_ses-<s>]`` (``name``) in the BIDS dataset ``root``.
+
+    Parameters
+    ----------
+    root : str or path-like
+        BIDS dataset root.
+    name : str
+        ``sub-<label>[_ses-<label>]``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root/sourcedata/qsmflow-private/<name>_dicomsource.json`` (:data:`PRIVATE_DIR`).
+    """
     return Path(root) / PRIVATE_DIR / f"{name}_dicomsource.json"
 
 
@@ -442,7 +516,27 @@ def _header():
 
 
 def write_acquisition(vols: Volumes, anat_dir: Path, prefix: str, source: dict | None) -> list[Path]:
-    """Write one acquisition's echoes as ``<prefix>_echo-N_part-{mag,phase}_MEGRE.nii.gz``."""
+    """Write one acquisition's echoes as ``<prefix>_echo-N_part-{mag,phase}_MEGRE.nii.gz``.
+
+    Each float32 NIfTI gets a JSON sidecar: ``vols.sidecar`` plus ``EchoTime`` (s), ``EchoNumber``
+    (1-based), ``DicomSource`` and the part's own fields (``Units`` arbitrary for the magnitude).
+
+    Parameters
+    ----------
+    vols : Volumes
+        From :func:`load_acquisition`.
+    anat_dir : pathlib.Path
+        Output folder (created if missing).
+    prefix : str
+        File name prefix, ``sub-<l>[_ses-<s>][_run-<n>]``.
+    source : dict or None
+        The ``DicomSource`` block (:func:`dicom_source`); None or empty to leave it out.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The NIfTI files written (per echo: magnitude, then phase).
+    """
     out = []
     for e, te in enumerate(vols.te_s):
         base = {**vols.sidecar, "EchoTime": round(float(te), 8), "EchoNumber": e + 1}
@@ -465,11 +559,41 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
 
     No file of the BIDS tree holds patient identification (:data:`PATIENT_FIELDS`); with
     ``keep_patient_info`` it goes into ``bids_dir/sourcedata/qsmflow-private/`` (``.bidsignore``d,
-    not group-readable by others) for a later ``--dicom-out`` without the DICOM folder.
-    → summary dict: ``files`` (written paths), ``acquisitions`` (labels), ``skipped``
-    ((series label, reason) pairs), ``private`` (the patient file or ``None``). Raises
-    ``ValueError`` naming the series and the problem; then nothing is left in ``bids_dir``.
-    ``dicom_dir`` is only read.
+    readable by owner and group at most) for a later ``--dicom-out`` without the DICOM folder.
+    ``dicom_dir`` is only read. Several acquisitions get ``run-<n>`` in series-number order.
+
+    Parameters
+    ----------
+    dicom_dir : str or path-like
+        Folder of the scanner's DICOM files (searched recursively).
+    bids_dir : str or path-like
+        BIDS dataset root; created if missing, else the subject/session is added to it.
+    subject : str
+        Subject label (with or without ``sub-``).
+    session : str, optional
+        Session label (with or without ``ses-``); None for no session level.
+    echo_times_ms : sequence of float, optional
+        Echo times (ms) replacing the headers' (:func:`load_acquisition`).
+    keep_patient_info : bool, optional
+        Keep the patient identification in the private file (see above).
+    progress : bool, optional
+        Show progress bars.
+    log : callable, optional
+        Called with one message string per skipped series, converted acquisition and private file.
+
+    Returns
+    -------
+    dict
+        ``files`` (written NIfTI paths), ``acquisitions`` (labels), ``skipped`` ((series label, reason)
+        pairs), ``non_dicom_files`` (paths, as str, of files that are not DICOM images), ``private``
+        (the patient file or ``None``).
+
+    Raises
+    ------
+    ValueError
+        A label is not a BIDS label, ``sub-<subject>[/ses-<session>]`` already exists, no DICOM image
+        or no multi-echo GRE series with phase is found, or a series cannot be converted (the message
+        names the series and the problem); then nothing is left in ``bids_dir``.
     """
     subject = check_label(subject, "--subject")
     session = check_label(session, "--session") if session else None
@@ -531,7 +655,27 @@ def dicom_to_bids(dicom_dir, bids_dir, subject, session=None, *, echo_times_ms=N
 
 def read_series_volume(images, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Stack one single-echo series (e.g. an exported χ map) → ``(data, affine)`` with display
-    values (rescale applied) and the dcm2niix-layout affine."""
+    values (rescale applied) and the dcm2niix-layout affine.
+
+    Parameters
+    ----------
+    images : iterable of DicomImage
+        The images of one series, one per slice.
+    progress : bool, optional
+        Show a progress bar while reading pixels.
+
+    Returns
+    -------
+    data : numpy.ndarray, shape (x, y, z)
+        Display values, float64, NIfTI layout (a 3D acquisition rotated to the closest RAS+ order).
+    affine : numpy.ndarray, shape (4, 4)
+        NIfTI RAS+ affine (mm).
+
+    Raises
+    ------
+    ValueError
+        Images of several series, or slices duplicated, missing or irregularly spaced.
+    """
     images = list(images)
     label = images[0].label
     if len({im.series_uid for im in images}) > 1:

@@ -44,12 +44,36 @@ FRAME_ATTRIBUTES = {
 
 
 def is_enhanced(ds) -> bool:
-    """True for a file with functional groups (Enhanced MR and other enhanced image IODs)."""
+    """True for a file with functional groups (Enhanced MR and other enhanced image IODs).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        A file's header.
+
+    Returns
+    -------
+    bool
+        True when it has a Per-Frame (5200,9230) or Shared (5200,9229) Functional Groups Sequence.
+    """
     return PER_FRAME_TAG in ds or SHARED_TAG in ds
 
 
 def convert_value(value, vr: str):
-    """``value`` in the form an attribute of VR ``vr`` takes (FD ↔ DS: float ↔ decimal string)."""
+    """``value`` in the form an attribute of VR ``vr`` takes (FD ↔ DS: float ↔ decimal string).
+
+    Parameters
+    ----------
+    value : object
+        A value taken from another attribute (e.g. a functional group macro's).
+    vr : str
+        Value representation of the target attribute (``"FD"``, ``"FL"``, ``"DS"``, ...).
+
+    Returns
+    -------
+    object
+        ``float(value)`` for FD/FL, a ``DSfloat`` for a plain float and DS, else ``value`` unchanged.
+    """
     if vr in ("FD", "FL"):
         return float(value)
     if vr == "DS" and isinstance(value, float) and not isinstance(value, DSfloat):
@@ -89,6 +113,23 @@ def frame_datasets(ds, path) -> list[Dataset]:
 
     Top-level elements are shared (not copied) between the frame headers. Raises ``ValueError``
     naming the file when the per-frame functional groups do not match ``NumberOfFrames``.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        Header of the enhanced file.
+    path : str or path-like
+        The file; its name is used in the error message.
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One header per frame (``NumberOfFrames``, 1 when absent), in frame order, without pixel data.
+
+    Raises
+    ------
+    ValueError
+        The number of per-frame functional group items differs from ``NumberOfFrames``.
     """
     n = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -119,6 +160,20 @@ def frame_pixels(path, index: int, cache: dict) -> np.ndarray:
     """Stored values of frame ``index`` (rows, columns) of an enhanced file.
 
     ``cache`` keeps the last file's decoded frames (one file at a time: bounded memory).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The enhanced DICOM file.
+    index : int
+        0-based frame index.
+    cache : dict
+        Reused between calls; cleared and refilled (``{path: frames}``) when ``path`` is a new file.
+
+    Returns
+    -------
+    numpy.ndarray, shape (rows, columns)
+        Stored values (no rescale) of the frame.
     """
     path = Path(path)
     if path not in cache:

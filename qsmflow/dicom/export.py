@@ -54,7 +54,21 @@ def _format_ds(x: float) -> str:
 
 def quantize_ppm(chi) -> tuple[np.ndarray, float]:
     """χ (ppm, float; or any map in its unit) → ``(int16 values, RescaleSlope)`` with
-    ppm = value × slope."""
+    ppm = value × slope.
+
+    Parameters
+    ----------
+    chi : array_like
+        The map, any shape; NaN and ±Inf become 0.
+
+    Returns
+    -------
+    values : numpy.ndarray
+        int16 stored values, same shape.
+    slope : float
+        RescaleSlope (map unit per stored step): max |χ| / 32000, rounded to a DICOM decimal string
+        (1e-5 for an all-zero map).
+    """
     chi = np.nan_to_num(np.asarray(chi, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     m = float(np.max(np.abs(chi))) if chi.size else 0.0
     slope = float(_format_ds(m / INT16_MAX if m > 0 else 1e-5))
@@ -65,7 +79,26 @@ def quantize_ppm(chi) -> tuple[np.ndarray, float]:
 def resolve_source(source) -> dict:
     """The DICOM source record: a dict (a sidecar or its ``DicomSource`` block), a raw sidecar path
     (its ``DicomSource``, completed by the ``dicom2bids --keep-patient-info`` private file), or a
-    DICOM folder/file (its first series; patient identification read from the headers)."""
+    DICOM folder/file (its first series; patient identification read from the headers).
+
+    Parameters
+    ----------
+    source : dict, str or path-like
+        One of the above; a path ending in ``.json`` is a sidecar.
+
+    Returns
+    -------
+    dict
+        The record (a dict's ``DicomSource`` block when it has one), with ``StudyInstanceUID``,
+        ``FrameOfReferenceUID`` and ``PatientID``.
+
+    Raises
+    ------
+    ValueError
+        The path does not exist or is not DICOM, a folder has no images or series of several studies,
+        no record with patient identification is found, or the record lacks ``StudyInstanceUID``,
+        ``FrameOfReferenceUID`` or ``PatientID``.
+    """
     from .source import SourceIndex, export_source
 
     if isinstance(source, (str, os.PathLike)):
@@ -105,7 +138,35 @@ def export_chimap(chimap_nifti, out_dir, *, source, method: str, series_number: 
 
     ``out_dir`` must not exist or be empty (``overwrite=True``: a previous series there is
     replaced); the series is built in a temporary folder next to it and moved into place, so a
-    failure leaves nothing behind. → the written file paths.
+    failure leaves nothing behind.
+
+    Parameters
+    ----------
+    chimap_nifti : str or path-like
+        The χ map (ppm), a 3D NIfTI (trailing axes of length 1 allowed).
+    out_dir : str or path-like
+        Folder for the new series, one file per slice.
+    source : dict, str or path-like
+        The source series' record, raw sidecar or DICOM folder (:func:`resolve_source`).
+    method : str
+        Dipole inversion method, named in SeriesDescription and DerivationDescription.
+    series_number : int, optional
+        SeriesNumber; default 1000 + the source's SeriesNumber.
+    series_description : str, optional
+        SeriesDescription (first 64 characters); default ``"QSM <method> (ppm)"``.
+    overwrite : bool, optional
+        Replace a non-empty ``out_dir``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files, in slice order.
+
+    Raises
+    ------
+    ValueError
+        The source is incomplete (:func:`resolve_source`), the map cannot be read or is not 3D,
+        ``out_dir`` is not empty (without ``overwrite``), or the affine is sheared or degenerate.
     """
     return export_map(chimap_nifti, out_dir, source=source, kind="chimap", method=method,
                       series_number=series_number, series_description=series_description,
@@ -116,7 +177,31 @@ def export_map(map_nifti, out_dir, *, source, kind: str = "chimap", method: str 
                series_number: int | None = None, series_description: str | None = None,
                overwrite: bool = False) -> list[Path]:
     """Write a map of :data:`MAP_KINDS` (χ in ppm, R2* in 1/s, T2* in ms, SWI or its minIP in
-    a.u.) as a new DICOM series into ``out_dir``, as :func:`export_chimap` does for χ."""
+    a.u.) as a new DICOM series into ``out_dir``, as :func:`export_chimap` does for χ.
+
+    Parameters
+    ----------
+    map_nifti : str or path-like
+        The map in its kind's unit, a 3D NIfTI (trailing axes of length 1 allowed).
+    out_dir, source, series_number, overwrite
+        As in :func:`export_chimap`.
+    kind : str, optional
+        A key of :data:`MAP_KINDS`: ``"chimap"``, ``"r2star"``, ``"t2star"``, ``"swi"``, ``"swi_minip"``.
+    method : str, optional
+        Method named in DerivationDescription (and in the default SeriesDescription of χ).
+    series_description : str, optional
+        SeriesDescription (first 64 characters); default from the kind's template.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files (``out_dir/<ImageType token>_<series number>_<slice>.dcm``), in slice order.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is unknown, or as in :func:`export_chimap`.
+    """
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; one of {', '.join(MAP_KINDS)}")
     token, unit, rescale_type, symmetric, desc_tpl, what = MAP_KINDS[kind]
@@ -184,7 +269,13 @@ def export_map(map_nifti, out_dir, *, source, kind: str = "chimap", method: str 
 
 def new_mr_dataset() -> Dataset:
     """An empty classic MR Image Storage dataset with its file meta and a new SOP instance UID
-    (explicit VR little endian)."""
+    (explicit VR little endian).
+
+    Returns
+    -------
+    pydicom.Dataset
+        ``SOPClassUID`` and ``SOPInstanceUID`` set, plus the file meta; nothing else.
+    """
     sop_uid = generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage

@@ -19,22 +19,70 @@ _TOL_MM = 1e-3
 
 
 def slice_normal(orientation) -> np.ndarray:
-    """Unit slice normal (LPS) of an ImageOrientationPatient (row dir, column dir)."""
+    """Unit slice normal (LPS) of an ImageOrientationPatient (row dir, column dir).
+
+    Parameters
+    ----------
+    orientation : array_like, shape (6,)
+        ImageOrientationPatient: row then column direction cosines (LPS).
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,)
+        Row direction × column direction, normalised (LPS).
+    """
     o = np.asarray(orientation, float)
     n = np.cross(o[:3], o[3:])
     return n / np.linalg.norm(n)
 
 
 def order_slices(positions, orientation) -> tuple[np.ndarray, np.ndarray]:
-    """→ ``(order, distances)``: indices sorting ``positions`` (N×3 LPS mm) along the normal,
-    and the sorted distances along it (mm)."""
+    """→ ``(order, distances)``: indices sorting ``positions`` (N×3 LPS mm) along the normal, and the
+    sorted distances along it (mm).
+
+    Parameters
+    ----------
+    positions : array_like, shape (N, 3)
+        ImagePositionPatient of each image (LPS mm).
+    orientation : array_like, shape (6,)
+        ImageOrientationPatient of the images (:func:`slice_normal`).
+
+    Returns
+    -------
+    order : numpy.ndarray, shape (N,)
+        Indices into ``positions`` by increasing distance (stable for ties).
+    distances : numpy.ndarray, shape (N,)
+        The sorted distances along the normal (mm).
+    """
     d = np.asarray(positions, float) @ slice_normal(orientation)
     order = np.argsort(d, kind="stable")
     return order, d[order]
 
 
 def check_slice_spacing(distances, label: str, slice_thickness=None) -> float:
-    """Uniform spacing (mm) of sorted slice distances, or a ``ValueError`` naming the gap."""
+    """Uniform spacing (mm) of sorted slice distances, or a ``ValueError`` naming the gap.
+
+    Parameters
+    ----------
+    distances : array_like, shape (N,)
+        Slice distances along the normal, sorted increasing (mm; :func:`order_slices`).
+    label : str
+        Names the series in error messages.
+    slice_thickness : float, optional
+        Spacing (mm) to return when there is a single slice.
+
+    Returns
+    -------
+    float
+        The median slice step (mm); ``slice_thickness`` for a single slice.
+
+    Raises
+    ------
+    ValueError
+        A single slice without a positive ``slice_thickness``; two slices at the same position (less
+        than 0.001 mm apart); or a step that differs from the median by more than max(0.001 mm, 1 %)
+        (missing slices or irregular spacing).
+    """
     d = np.asarray(distances, float)
     if d.size < 2:
         if slice_thickness is None or not slice_thickness > 0:
@@ -60,9 +108,23 @@ def check_slice_spacing(distances, label: str, slice_thickness=None) -> float:
 def affine_from_dicom(orientation, first_position, pixel_spacing, slice_step, rows) -> np.ndarray:
     """NIfTI RAS+ affine (dcm2niix layout) of a slice stack.
 
-    ``orientation``: ImageOrientationPatient (6,); ``first_position``: ImagePositionPatient of the
-    first slice along the normal (LPS mm); ``pixel_spacing``: (row spacing, column spacing) mm;
-    ``slice_step``: LPS vector (mm) from one slice to the next; ``rows``: number of rows.
+    Parameters
+    ----------
+    orientation : array_like, shape (6,)
+        ImageOrientationPatient (row, column direction cosines; LPS).
+    first_position : array_like, shape (3,)
+        ImagePositionPatient of the first slice along the normal (LPS mm).
+    pixel_spacing : sequence of float
+        PixelSpacing: (row spacing, column spacing) in mm.
+    slice_step : array_like, shape (3,)
+        LPS vector (mm) from one slice to the next.
+    rows : int
+        Number of rows of a slice.
+
+    Returns
+    -------
+    numpy.ndarray, shape (4, 4)
+        Voxel index (column, reversed row, slice) → RAS+ mm of the voxel centre.
     """
     o = np.asarray(orientation, float)
     x, y = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
@@ -76,20 +138,62 @@ def affine_from_dicom(orientation, first_position, pixel_spacing, slice_step, ro
 
 
 def pixels_to_nifti(pixel_array) -> np.ndarray:
-    """One DICOM slice (rows, columns) → NIfTI in-plane layout (columns, reversed rows)."""
+    """One DICOM slice (rows, columns) → NIfTI in-plane layout (columns, reversed rows).
+
+    Parameters
+    ----------
+    pixel_array : array_like, shape (rows, columns)
+        One slice in DICOM pixel order.
+
+    Returns
+    -------
+    numpy.ndarray, shape (columns, rows)
+        A view: axis 0 = column index, axis 1 = row index reversed.
+    """
     return np.asarray(pixel_array).T[:, ::-1]
 
 
 def nifti_to_pixels(plane) -> np.ndarray:
-    """Inverse of :func:`pixels_to_nifti`: (columns, reversed rows) → (rows, columns)."""
+    """Inverse of :func:`pixels_to_nifti`: (columns, reversed rows) → (rows, columns).
+
+    Parameters
+    ----------
+    plane : array_like, shape (columns, rows)
+        One slice in NIfTI in-plane layout.
+
+    Returns
+    -------
+    numpy.ndarray, shape (rows, columns)
+        The slice in DICOM pixel order, C-contiguous.
+    """
     return np.ascontiguousarray(np.asarray(plane)[:, ::-1].T)
 
 
 def dicom_slices_from_affine(affine, shape) -> tuple[np.ndarray, list[np.ndarray], tuple]:
     """Inverse of :func:`affine_from_dicom` for export.
 
-    → ``(orientation (6,), positions [one LPS vector per array slice k], pixel_spacing)``.
     Refuses an affine with sheared axes (not representable in classic DICOM).
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4)
+        NIfTI RAS+ affine (mm), dcm2niix layout.
+    shape : sequence of int
+        Array shape; axis 1 is the (reversed) rows, axis 2 the slices.
+
+    Returns
+    -------
+    orientation : numpy.ndarray, shape (6,)
+        ImageOrientationPatient (row, column direction cosines; LPS).
+    positions : list of numpy.ndarray
+        ImagePositionPatient (LPS mm, shape (3,)) of each array slice k.
+    pixel_spacing : tuple of float
+        (row spacing, column spacing) in mm.
+
+    Raises
+    ------
+    ValueError
+        An axis of the affine has zero length, or the axes are not orthogonal (sheared).
     """
     a = LPS_TO_RAS @ np.asarray(affine, float)  # RAS -> LPS (the diag matrix is its own inverse)
     m = a[:3, :3]
@@ -107,8 +211,23 @@ def dicom_slices_from_affine(affine, shape) -> tuple[np.ndarray, list[np.ndarray
 
 
 def to_closest_canonical(data, affine) -> tuple[np.ndarray, np.ndarray]:
-    """Permute/flip the first three axes of ``data`` to the closest RAS+ order (as dcm2niix does
-    for 3D acquisitions) → ``(data, affine)``. No resampling; trailing axes (echoes) kept."""
+    """Permute/flip the first three axes of ``data`` to the closest RAS+ order (as dcm2niix does for
+    3D acquisitions) → ``(data, affine)``. No resampling; trailing axes (echoes) kept.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Array of three or more dimensions; the first three are spatial.
+    affine : numpy.ndarray, shape (4, 4)
+        Its NIfTI RAS+ affine (mm).
+
+    Returns
+    -------
+    data : numpy.ndarray
+        The reoriented array.
+    affine : numpy.ndarray, shape (4, 4)
+        Its affine (the same voxel centres at the same RAS+ positions).
+    """
     ornt = nib.io_orientation(affine)
     out = nib.orientations.apply_orientation(data, ornt)
     return out, affine @ nib.orientations.inv_ornt_aff(ornt, data.shape[:3])

@@ -96,6 +96,18 @@ def _private(ds, tag):
 
 
 def vendor_of(manufacturer: str) -> str:
+    """Vendor key of a Manufacturer value: ``"siemens"``, ``"ge"``, ``"philips"`` or ``"other"``.
+
+    Parameters
+    ----------
+    manufacturer : str
+        The header's Manufacturer, matched case-insensitively; None or empty gives ``"other"``.
+
+    Returns
+    -------
+    str
+        The vendor key.
+    """
     m = (manufacturer or "").lower()
     if "siemens" in m:
         return "siemens"
@@ -107,7 +119,24 @@ def vendor_of(manufacturer: str) -> str:
 
 
 def classify_part(ds) -> tuple[str, str]:
-    """→ ``(part, source)``: part in :data:`PARTS`, source names the tag that decided it."""
+    """→ ``(part, source)``: part in :data:`PARTS`, source names the tag that decided it.
+
+    Precedence: ComplexImageComponent, GE (0043,102F), Philips (2005,1011), then the ImageType tokens;
+    an image none of them marks as phase, real or imaginary is magnitude.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        Header of an image (or of one frame).
+
+    Returns
+    -------
+    part : str
+        ``"mag"``, ``"phase"``, ``"real"`` or ``"imag"``.
+    source : str
+        The deciding tag: ``"ComplexImageComponent"``, ``"GE (0043,102F)"``, ``"Philips (2005,1011)"``
+        or ``"ImageType"``.
+    """
     cic = str(ds.get("ComplexImageComponent", "") or "").upper()
     if cic in _CIC:
         return _CIC[cic], "ComplexImageComponent"
@@ -155,8 +184,25 @@ def _order_key(ds) -> tuple:
 
 
 def read_images(path) -> list[DicomImage]:
-    """Header of one file → one :class:`DicomImage` (one per frame for an enhanced file); empty
-    for a non-image or non-DICOM file."""
+    """Header of one file → one :class:`DicomImage` (one per frame for an enhanced file); empty for a
+    non-image or non-DICOM file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; only its header is read.
+
+    Returns
+    -------
+    list of DicomImage
+        Empty when the file cannot be read as DICOM or has no SeriesInstanceUID or Rows.
+
+    Raises
+    ------
+    ValueError
+        An enhanced file whose per-frame functional groups do not match ``NumberOfFrames``
+        (:func:`.enhanced.frame_datasets`).
+    """
     path = Path(path)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -171,7 +217,23 @@ def read_images(path) -> list[DicomImage]:
 
 def read_header(path) -> DicomImage | None:
     """Header of one file (its first frame if enhanced) → :class:`DicomImage`; ``None`` for a
-    non-image or non-DICOM file."""
+    non-image or non-DICOM file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; only its header is read.
+
+    Returns
+    -------
+    DicomImage or None
+        The (first) image, or None.
+
+    Raises
+    ------
+    ValueError
+        As in :func:`read_images` (a damaged enhanced file).
+    """
     images = read_images(path)
     return images[0] if images else None
 
@@ -214,7 +276,23 @@ def _image(path: Path, ds, frame: int | None = None) -> DicomImage:
 
 
 def list_files(folder) -> list[Path]:
-    """All regular files below ``folder`` (recursively, sorted, hidden files skipped)."""
+    """All regular files below ``folder`` (recursively, sorted, hidden files skipped).
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Folder to walk; hidden sub-folders are skipped as well.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Each folder's files sorted by name, folders top-down in sorted order.
+
+    Raises
+    ------
+    ValueError
+        ``folder`` is not a folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder; pass the folder that holds the DICOM files")
@@ -226,7 +304,27 @@ def list_files(folder) -> list[Path]:
 
 
 def scan_folder(folder, progress: bool = True) -> tuple[list[DicomImage], list[Path]]:
-    """Read every file's header below ``folder`` → ``(images, skipped_files)`` (read-only)."""
+    """Read every file's header below ``folder`` → ``(images, skipped_files)`` (read-only).
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Folder of DICOM files, searched recursively (hidden files skipped; :func:`list_files`).
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    images : list of DicomImage
+        One per classic image and per frame of an enhanced file.
+    skipped_files : list of pathlib.Path
+        Files that are not DICOM images.
+
+    Raises
+    ------
+    ValueError
+        ``folder`` is not a folder, or an enhanced file is damaged (:func:`read_images`).
+    """
     from tqdm.auto import tqdm
 
     files = list_files(folder)
@@ -238,7 +336,18 @@ def scan_folder(folder, progress: bool = True) -> tuple[list[DicomImage], list[P
 
 
 def group_series(images) -> dict[str, list[DicomImage]]:
-    """Images grouped by SeriesInstanceUID, groups ordered by series number."""
+    """Images grouped by SeriesInstanceUID, groups ordered by series number.
+
+    Parameters
+    ----------
+    images : iterable of DicomImage
+        Images from :func:`scan_folder`.
+
+    Returns
+    -------
+    dict of str to list of DicomImage
+        ``{SeriesInstanceUID: images in input order}``, ordered by (SeriesNumber of the first image, UID).
+    """
     groups: dict[str, list[DicomImage]] = {}
     for im in images:
         groups.setdefault(im.series_uid, []).append(im)

@@ -37,14 +37,38 @@ _NEEDS = ("--dicom-out needs the patient and study of the source DICOM series: p
 
 
 def nifti_corners(affine, shape) -> np.ndarray:
-    """World (RAS+ mm) coordinates of the 8 corner voxel centres of a grid → (8, 3)."""
+    """World (RAS+ mm) coordinates of the 8 corner voxel centres of a grid → (8, 3).
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4)
+        NIfTI affine (RAS+ mm).
+    shape : sequence of int
+        Array shape; the first three axes are used.
+
+    Returns
+    -------
+    numpy.ndarray, shape (8, 3)
+        The corner voxel centres (RAS+ mm).
+    """
     n = np.asarray(shape[:3], float) - 1
     ijk = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
     return (np.asarray(affine, float) @ ijk.T).T[:, :3]
 
 
 def series_corners(images) -> np.ndarray:
-    """RAS+ mm corner voxel centres of a DICOM series' slice stack (any echo count) → (8, 3)."""
+    """RAS+ mm corner voxel centres of a DICOM series' slice stack (any echo count) → (8, 3).
+
+    Parameters
+    ----------
+    images : sequence of DicomImage
+        The images of one series; orientation, matrix size and pixel spacing come from the first.
+
+    Returns
+    -------
+    numpy.ndarray, shape (8, 3)
+        Corner pixel centres of the first and last slice along the normal (RAS+ mm).
+    """
     im = images[0]
     x, y = im.orientation[:3], im.orientation[3:]
     d = np.array([p.position @ np.cross(x, y) for p in images])
@@ -56,7 +80,20 @@ def series_corners(images) -> np.ndarray:
 
 
 def same_grid(a, b, tol: float = GRID_TOL_MM) -> bool:
-    """True when the corner sets ``a`` and ``b`` (8×3 mm) coincide in any order."""
+    """True when the corner sets ``a`` and ``b`` (8×3 mm) coincide in any order.
+
+    Parameters
+    ----------
+    a, b : array_like, shape (8, 3)
+        Corner voxel centres in mm (:func:`nifti_corners`, :func:`series_corners`).
+    tol : float, optional
+        Largest distance (mm) from a corner to the nearest corner of the other set.
+
+    Returns
+    -------
+    bool
+        True when every corner of each set lies within ``tol`` of a corner of the other.
+    """
     dist = np.linalg.norm(np.asarray(a)[:, None] - np.asarray(b)[None], axis=-1)
     return bool(dist.min(axis=1).max() <= tol and dist.min(axis=0).max() <= tol)
 
@@ -117,7 +154,27 @@ def _bids_root(path: Path) -> Path | None:
 
 def private_record(sidecar_file, source: dict) -> dict | None:
     """The ``dicom2bids --keep-patient-info`` record of the series in ``source`` (a DicomSource
-    block) for the raw image whose sidecar is ``sidecar_file``; ``None`` if there is none."""
+    block) for the raw image whose sidecar is ``sidecar_file``; ``None`` if there is none.
+
+    Parameters
+    ----------
+    sidecar_file : str or path-like
+        The raw image's JSON sidecar: its BIDS name gives ``sub``/``ses``, the nearest folder above it
+        with a ``dataset_description.json`` the dataset root.
+    source : dict
+        The sidecar's ``DicomSource`` block; its ``SeriesInstanceUID`` selects the record.
+
+    Returns
+    -------
+    dict or None
+        The record (source and patient fields); None when the name is not a BIDS name, there is no
+        dataset root, UID, private file or record for the series.
+
+    Raises
+    ------
+    ValueError
+        The private file is not valid JSON.
+    """
     sidecar_file = Path(sidecar_file)
     try:
         ents = parse_filename(sidecar_file.name)[0]
@@ -135,10 +192,28 @@ def export_source(sidecar_file, metadata: dict | None = None, *, index: SourceIn
                   affine=None, shape=None) -> dict:
     """The export source record of one raw image (see the module docstring for the order).
 
-    ``sidecar_file``: the image's JSON sidecar (names it in errors and locates the private file);
-    ``metadata``: its (inherited) sidecar fields, read from ``sidecar_file`` when ``None``;
-    ``affine``, ``shape``: the image's grid for matching by geometry. ``ValueError`` (one line,
-    what to pass) when no record with patient identification is found.
+    Parameters
+    ----------
+    sidecar_file : str or path-like
+        The image's JSON sidecar (names it in errors and locates the private file).
+    metadata : dict, optional
+        Its (inherited) sidecar fields; read from ``sidecar_file`` when ``None``.
+    index : SourceIndex, optional
+        The ``--source-dicom`` folder; when given, only it is searched (:meth:`SourceIndex.match`).
+    affine, shape : optional
+        The image's grid (4×4 RAS+ mm affine, array shape), for matching by geometry.
+
+    Returns
+    -------
+    dict
+        DICOM keywords (:data:`.convert.DICOM_SOURCE_FIELDS`, :data:`.convert.PATIENT_FIELDS`) with
+        ``PatientID``; plus ``MatchedBy`` when found in ``index``.
+
+    Raises
+    ------
+    ValueError
+        No record with patient identification is found (one line, what to pass), or the sidecar or
+        the private file is not valid JSON.
     """
     sidecar_file = Path(sidecar_file)
     meta = load_json(sidecar_file) if metadata is None else metadata
@@ -156,7 +231,27 @@ def export_source(sidecar_file, metadata: dict | None = None, *, index: SourceIn
 
 def image_source(image_file, metadata: dict | None = None, *,
                  index: SourceIndex | None = None) -> dict:
-    """:func:`export_source` of a raw NIfTI image, matched by its sidecar and its grid."""
+    """:func:`export_source` of a raw NIfTI image, matched by its sidecar and its grid.
+
+    Parameters
+    ----------
+    image_file : str or path-like
+        The raw NIfTI image; its sidecar is the ``.json`` file of the same stem beside it.
+    metadata : dict, optional
+        Its (inherited) sidecar fields; read from the sidecar when None.
+    index : SourceIndex, optional
+        The ``--source-dicom`` folder (:func:`export_source`).
+
+    Returns
+    -------
+    dict
+        The source record (:func:`export_source`).
+
+    Raises
+    ------
+    ValueError
+        As in :func:`export_source`.
+    """
     import nibabel as nib
 
     img = nib.load(str(image_file))

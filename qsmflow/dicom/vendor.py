@@ -24,20 +24,55 @@ SIGN_FLIPPED_VENDORS = ("ge",)
 
 
 def rescale_params(ds) -> tuple[float, float]:
-    """(RescaleSlope, RescaleIntercept) of a header, (1, 0) when absent."""
+    """(RescaleSlope, RescaleIntercept) of a header, (1, 0) when absent.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        An image header; a missing or empty tag gives its default.
+
+    Returns
+    -------
+    tuple of float
+        ``(slope, intercept)``.
+    """
     s = ds.get("RescaleSlope")
     i = ds.get("RescaleIntercept")
     return (float(s) if s not in (None, "") else 1.0, float(i) if i not in (None, "") else 0.0)
 
 
 def rescale(pixels, ds) -> np.ndarray:
-    """Stored values → display values (``value × RescaleSlope + RescaleIntercept``), float64."""
+    """Stored values → display values (``value × RescaleSlope + RescaleIntercept``), float64.
+
+    Parameters
+    ----------
+    pixels : array_like
+        Stored pixel values, any shape.
+    ds : pydicom.Dataset
+        The header with the rescale tags (:func:`rescale_params`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Display values, float64, same shape.
+    """
     s, i = rescale_params(ds)
     return np.asarray(pixels, dtype=np.float64) * s + i
 
 
 def nominal_range(ds) -> tuple[float, float]:
-    """Range of display values the stored bits can hold (``BitsStored``, sign, rescale)."""
+    """Range of display values the stored bits can hold (``BitsStored``, sign, rescale).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        An image header; ``BitsStored`` defaults to 12, ``PixelRepresentation`` 1 means signed.
+
+    Returns
+    -------
+    tuple of float
+        ``(lowest, highest)`` display value (rescale applied).
+    """
     bits = int(ds.get("BitsStored", 12) or 12)
     if int(ds.get("PixelRepresentation", 0) or 0) == 1:
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -51,7 +86,32 @@ def nominal_range(ds) -> tuple[float, float]:
 def phase_to_rad(values, ds, vendor: str) -> tuple[np.ndarray, dict]:
     """Display values of a phase image stack (any shape) → phase in rad, plus the record.
 
-    ``ds`` is one header of the series (rescale and bit depth are per series).
+    Siemens and other vendors: the nominal range (:func:`nominal_range`) maps linearly to -π..π.
+    Philips and GE: the largest |value| decides the unit (≤ π: rad; 90..180: degrees; else up to
+    1000π: mrad); beyond that the nominal range is used. GE phase is then negated
+    (:data:`SIGN_FLIPPED_VENDORS`).
+
+    Parameters
+    ----------
+    values : array_like
+        Display values (rescale applied), any shape.
+    ds : pydicom.Dataset
+        One header of the series (rescale and bit depth are per series).
+    vendor : str
+        ``"siemens"``, ``"ge"``, ``"philips"`` or ``"other"`` (:func:`.scan.vendor_of`).
+
+    Returns
+    -------
+    phase : numpy.ndarray
+        Phase in rad, float64, same shape.
+    record : dict
+        How it was scaled, for the sidecar: ``RescaleSlope``, ``RescaleIntercept``, ``Method``, and
+        ``StoredRange`` / ``PhilipsScaleSlope`` where they apply.
+
+    Raises
+    ------
+    ValueError
+        Values mapped by the nominal range lie outside it (not a known vendor phase format).
     """
     v = np.asarray(values, dtype=np.float64)
     s, i = rescale_params(ds)
@@ -92,7 +152,24 @@ def _nominal_to_rad(v, ds) -> tuple[np.ndarray, dict]:
 
 
 def complex_to_mag_phase(real, imag, vendor: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Real and imaginary display values → (magnitude, phase rad, record); GE sign corrected."""
+    """Real and imaginary display values → (magnitude, phase rad, record); GE sign corrected.
+
+    Parameters
+    ----------
+    real, imag : array_like
+        Real and imaginary display values, same shape.
+    vendor : str
+        Vendor key (:func:`.scan.vendor_of`); the phase of :data:`SIGN_FLIPPED_VENDORS` is negated.
+
+    Returns
+    -------
+    magnitude : numpy.ndarray
+        ``|real + i imag|``, float64.
+    phase : numpy.ndarray
+        Phase in rad (-π..π), float64.
+    record : dict
+        ``{"Method": ...}`` for the sidecar.
+    """
     z = np.asarray(real, np.float64) + 1j * np.asarray(imag, np.float64)
     phase = np.angle(z)
     if vendor in SIGN_FLIPPED_VENDORS:

@@ -51,7 +51,25 @@ __all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "REFERENCE_MODES", 
 
 
 def get_method(method: str):
-    """The inversion function registered under ``method`` (imported on first use)."""
+    """The inversion function registered under ``method`` (imported on first use).
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+
+    Returns
+    -------
+    callable
+        ``fn(field_ppm, mask, voxel_size, b0_dir=(0, 0, 1), *, magnitude=None, noise=None, **params)``
+        -> χ (ppm, unreferenced).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``, its module cannot be imported (missing dependencies), or the module lacks
+        the registered function.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}: choose one of "
                          f"{', '.join(sorted(METHODS))}")
@@ -70,7 +88,30 @@ def get_method(method: str):
 
 def valid_mask(method, mask, voxel_size, **params):
     """Where ``method`` returns χ for a run on ``mask``: ``mask`` itself, or for a
-    total-field method the mask less the rim it leaves out (``edge_mm``)."""
+    total-field method the mask less the rim it leaves out (``edge_mm``).
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    mask : array_like of bool, shape (X, Y, Z)
+        The mask the method is run on.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    **params
+        The method's parameters; only ``edge_mm`` (mm) of a :data:`TOTAL_FIELD_METHODS` method is read.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+        The voxels that carry χ.
+
+    Raises
+    ------
+    ValueError
+        Total-field method only: negative ``edge_mm``, or the mask vanishes inside that rim
+        (:func:`qsmflow.inversion.sstv.valid_mask`).
+    """
     if method in TOTAL_FIELD_METHODS:
         from qsmflow.inversion import sstv
         return sstv.valid_mask(mask, voxel_size, params.get("edge_mm"))
@@ -79,7 +120,22 @@ def valid_mask(method, mask, voxel_size, **params):
 
 def total_field_radius_mm(method, voxel_size, **params):
     """SMV radius (mm) with which a total-field method removes the background inside its data
-    term (its ``radius_mm``, default for ``voxel_size``); ``None`` for a local-field method."""
+    term (its ``radius_mm``, default for ``voxel_size``); ``None`` for a local-field method.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis (sets the default radius).
+    **params
+        The method's parameters; only ``radius_mm`` (mm) is read.
+
+    Returns
+    -------
+    float or None
+        SMV radius (mm), or ``None`` when ``method`` is not in :data:`TOTAL_FIELD_METHODS`.
+    """
     if method not in TOTAL_FIELD_METHODS:
         return None
     from qsmflow.inversion import sstv
@@ -88,7 +144,26 @@ def total_field_radius_mm(method, voxel_size, **params):
 
 
 def method_parameters(method: str) -> dict[str, dict]:
-    """Tunable parameters of ``method``: ``{name: {"default": value, "units": text}}``."""
+    """Tunable parameters of ``method``: ``{name: {"default": value, "units": text}}``.
+
+    The common inputs (field, mask, voxel size, B0 direction, magnitude, noise) and ``*args`` /
+    ``**kwargs`` are left out; units come from the method module's ``UNITS``.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+
+    Returns
+    -------
+    dict
+        ``{name: {"default": value or None, "units": text or ""}}`` in signature order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`get_method`.
+    """
     fn = get_method(method)
     units = getattr(inspect.getmodule(fn), "UNITS", {})
     out = {}
@@ -101,9 +176,29 @@ def method_parameters(method: str) -> dict[str, dict]:
 
 
 def resolved_parameters(method: str, **params) -> dict:
-    """The parameter values a run of ``method`` with ``params`` uses (defaults filled in);
-    ``ValueError`` for a parameter the method does not have (methods taking ``**params`` check
-    their own extras). JSON-friendly for sidecars."""
+    """The parameter values a run of ``method`` with ``params`` uses (defaults filled in).
+
+    Methods taking ``**params`` check their own extras. JSON-friendly for sidecars.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    **params
+        Parameter values given by the caller (:func:`method_parameters` lists the valid ones).
+
+    Returns
+    -------
+    dict
+        ``{name: value}``: the method's parameters in signature order, then any extras; an ndarray
+        value becomes ``"array[shape]"``, a NumPy scalar a Python scalar.
+
+    Raises
+    ------
+    ValueError
+        A parameter the method does not have (for a method without ``**params``), or as
+        :func:`get_method`.
+    """
     known = method_parameters(method)
     takes_extra = any(p.kind is p.VAR_KEYWORD
                       for p in inspect.signature(get_method(method)).parameters.values())
@@ -124,15 +219,50 @@ def resolved_parameters(method: str, **params) -> dict:
 
 def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
            noise=None, reference_mode="mean", csf_mask=None, workers=None, **params):
-    """Run inversion ``method`` on a local field (ppm) and reference the result once (a
-    :data:`TOTAL_FIELD_METHODS` method: on the total field in the brain mask, referenced in
-    its :func:`valid_mask`).
+    """Run inversion ``method`` on a local field (ppm) and reference the result once.
 
-    ``reference_mode``: "mean" (mean χ in ``mask`` = 0, default), "csf" (needs ``csf_mask``) or
-    "none". ``workers``: FFT threads (default: the enclosing
-    :func:`qsmflow.physics.use_workers`, else the environment). Other keyword arguments are the
-    method's parameters (:func:`method_parameters`). Returns χ in ppm (float32, 0 outside the
-    mask).
+    A :data:`TOTAL_FIELD_METHODS` method runs on the total field in the brain mask and is
+    referenced in its :func:`valid_mask`.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); for a total-field method the total field (ppm).
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the field (the background-removed mask; the brain mask for a total-field method).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.), for the methods that use it (data weight, edge mask).
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units, positive in the mask), for the methods that
+        weight the data term by 1/noise.
+    reference_mode : {"mean", "csf", "none"}, default "mean"
+        "mean": mean χ in ``mask`` = 0; "csf": mean χ in ``csf_mask`` = 0; "none": unreferenced.
+    csf_mask : array_like of bool, shape (X, Y, Z), optional
+        CSF mask for ``reference_mode="csf"``; also passed to a method that takes ``csf_mask``
+        (MEDI+0) unless given in ``params``.
+    workers : int, optional
+        FFT threads (default: the enclosing :func:`qsmflow.physics.use_workers`, else the
+        environment).
+    **params
+        The method's parameters (:func:`method_parameters`, the method's docstring).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32), referenced, 0 outside :func:`valid_mask`.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``, ``reference_mode`` or parameter; invalid inputs
+        (:func:`qsmflow.inversion._ops.check_inputs`) or parameter values; "csf" reference without
+        a usable ``csf_mask``; a method that returns the wrong shape.
     """
     if reference_mode not in REFERENCE_MODES:
         raise ValueError(f"unknown reference_mode {reference_mode!r}: use one of "

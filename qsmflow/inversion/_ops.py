@@ -30,7 +30,33 @@ DEFAULT_RAD_PER_PPM = 2.0 * np.pi * physics.GAMMA_BAR_HZ_PER_T * 3.0 * 0.020 * 1
 def check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude=None, noise=None):
     """Validate the common inversion inputs; return ``(field32, mask_bool, vs, b0, mag, noise)``.
 
-    Raises a one-line ``ValueError`` naming the problem and the fix.
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Field (ppm); finite inside ``mask``.
+    mask : array_like, shape (X, Y, Z)
+        Mask (cast to bool); at least one voxel.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis, positive.
+    b0_dir : sequence of 3 float
+        B0 direction in voxel axes, nonzero (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.); finite inside ``mask``.
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units); positive and finite inside ``mask``.
+
+    Returns
+    -------
+    tuple
+        ``(f, m, vs, b, mag, noise)``: ``f`` float32 field (ppm), 0 outside the mask; ``m`` bool
+        mask; ``vs`` tuple of 3 float (mm); ``b`` unit ndarray, shape (3,); ``mag`` and ``noise``
+        float32 arrays or ``None``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the problem and the fix: field not 3D, a shape mismatch, an empty mask,
+        NaN/Inf inside the mask, non-positive noise, an invalid voxel size or B0 direction.
     """
     f = np.asarray(field_ppm)
     if f.ndim != 3:
@@ -68,14 +94,49 @@ def check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude=None, noise=None
 
 
 def check_positive(**params):
-    """Raise a ``ValueError`` unless every given parameter is a positive finite number."""
+    """Raise a ``ValueError`` unless every given parameter is a positive finite number.
+
+    Parameters
+    ----------
+    **params
+        ``name=value`` pairs to check (the name appears in the error).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        For the first value that is not a positive finite scalar.
+    """
     for k, v in params.items():
         if not (np.isscalar(v) and np.isfinite(v) and v > 0):
             raise ValueError(f"parameter {k} must be a positive number, got {v!r}")
 
 
 def data_weight(mask, noise=None, magnitude=None):
-    """Data-term weight inside ``mask``: 1/noise (else magnitude, else 1), mean 1 in the mask."""
+    """Data-term weight inside ``mask``: 1/noise (else magnitude, else 1), mean 1 in the mask.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (X, Y, Z)
+        Mask; the weight is 0 outside.
+    noise : ndarray, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units; positive in the mask). Preferred.
+    magnitude : ndarray, shape (X, Y, Z), optional
+        Magnitude (a.u.; its absolute value is used) when ``noise`` is not given.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Weight W (float32, unitless), mean 1 in the mask, 0 outside.
+
+    Raises
+    ------
+    ValueError
+        The weight is zero in the whole mask.
+    """
     if noise is not None:
         w = np.where(mask, 1.0 / noise, 0.0)
     elif magnitude is not None:
@@ -134,7 +195,20 @@ class DipoleOp:
         return sfft.irfftn(xk, s=self.pshape, workers=self.workers)
 
     def conv(self, x, kernel=None):
-        """Circular convolution of a padded image with a half-spectrum kernel (default D)."""
+        """Circular convolution of a padded image with a half-spectrum kernel (default D).
+
+        Parameters
+        ----------
+        x : ndarray, shape ``pshape``
+            Padded image.
+        kernel : ndarray, shape ``D.shape``, optional
+            Half-spectrum (``rfftn`` grid) kernel; default the dipole kernel ``D``.
+
+        Returns
+        -------
+        ndarray, shape ``pshape``
+            The convolved image.
+        """
         xk = self.fft(x)
         xk *= self.D if kernel is None else kernel
         return self.ifft(xk)
@@ -154,7 +228,22 @@ def _axis_slices(ax: int) -> tuple:
 
 
 def grad(x, voxel_size, out=None):
-    """Forward differences of a 3D array along each axis (per mm), periodic; shape (3,)+x.shape."""
+    """Forward differences of a 3D array along each axis (per mm), periodic; shape (3,)+x.shape.
+
+    Parameters
+    ----------
+    x : ndarray, shape (X, Y, Z)
+        Image.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    out : ndarray, shape (3, X, Y, Z), optional
+        Output array, written in place.
+
+    Returns
+    -------
+    ndarray, shape (3, X, Y, Z)
+        ∇x in units of x per mm (float32 unless ``out`` is given).
+    """
     if out is None:
         out = np.empty((3,) + x.shape, dtype=np.float32)
     for ax, d in enumerate(voxel_size):
@@ -167,8 +256,22 @@ def grad(x, voxel_size, out=None):
 
 
 def grad_adj(g, voxel_size):
-    """Adjoint of :func:`grad` (= minus the backward-difference divergence), per mm:
-    (∇ᵀg)_i = Σ_axes (g_{i−1} − g_i)/d, periodic."""
+    """Adjoint of :func:`grad` (= minus the backward-difference divergence), per mm.
+
+    (∇ᵀg)_i = Σ_axes (g_{i−1} − g_i)/d, periodic.
+
+    Parameters
+    ----------
+    g : ndarray, shape (3, X, Y, Z)
+        Gradient field, one component per axis.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        ∇ᵀg (float32) in units of g per mm.
+    """
     out = np.zeros(g.shape[1:], dtype=np.float32)
     tmp = np.empty_like(out)
     for ax, d in enumerate(voxel_size):
@@ -183,14 +286,47 @@ def grad_adj(g, voxel_size):
 
 
 def shrink(x, t):
-    """Soft thresholding (the proximal map of t·‖·‖₁): x − clip(x, −t, t)."""
+    """Soft thresholding (the proximal map of t·‖·‖₁): x − clip(x, −t, t).
+
+    Parameters
+    ----------
+    x : ndarray
+        Input.
+    t : float or ndarray
+        Threshold (≥ 0, units of x), broadcastable to x.
+
+    Returns
+    -------
+    ndarray
+        sign(x)·max(|x| − t, 0), shape of x.
+    """
     return x - np.clip(x, -t, t)
 
 
 def cg(apply_a, b, x0=None, tol=1e-2, max_iter=100):
     """Conjugate gradients for a symmetric positive (semi)definite operator on float32 arrays.
 
-    Stops when ‖r‖ ≤ tol·‖b‖ or after ``max_iter`` iterations; returns ``(x, n_iter)``.
+    Stops when ‖r‖ ≤ tol·‖b‖ or after ``max_iter`` iterations.
+
+    Parameters
+    ----------
+    apply_a : callable
+        ``apply_a(x) -> A·x``, an array of the shape of ``b``.
+    b : ndarray
+        Right-hand side (float32).
+    x0 : ndarray, optional
+        Initial guess (copied; default zeros).
+    tol : float, default 1e-2
+        Relative residual ‖r‖/‖b‖ to stop.
+    max_iter : int, default 100
+        Maximum number of iterations.
+
+    Returns
+    -------
+    x : ndarray
+        Solution, shape of ``b``.
+    n_iter : int
+        Iterations done (0 when the initial residual already meets ``tol``).
     """
     x = np.zeros_like(b) if x0 is None else x0.copy()
     r = b - apply_a(x) if x0 is not None else b.copy()
@@ -223,10 +359,41 @@ def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
     ½‖W(Dχ − f)‖² (``w2`` = W², padded) or, with ``nonlinear``, 1/s²·½‖W(e^{isDχ} − e^{isf})‖²,
     through a second split z2 = Dχ with penalty ``mu2`` (Milovic et al. 2018; two FFT pairs per
     iteration; z2 by ``newton_iter`` Newton steps, only where W > 0). Stops when the relative
-    change of χ is below ``tol``. ``tv_weight`` (3,)+padded shape, optional: a per-gradient
-    weight of the TV term (MEDI's edge mask: 0 on anatomical edges). Uses the identities
-    z1 = v − clip(v), u1 = clip(v) for v = ∇χ + u1 (soft threshold at α/µ1), so only z1 − u1
-    is stored.
+    change of χ is below ``tol``. Uses the identities z1 = v − clip(v), u1 = clip(v) for
+    v = ∇χ + u1 (soft threshold at α/µ1), so only z1 − u1 is stored.
+
+    Parameters
+    ----------
+    op : DipoleOp
+        Padded grid, voxel size and forward kernel ``op.D`` (the dipole kernel, or another real
+        half-spectrum kernel such as SS-TV's C·D).
+    f_pad : ndarray, shape ``op.pshape``
+        Field (ppm), zero-padded (float32).
+    w2 : ndarray, shape ``op.pshape``, optional
+        Squared data weight W² (0: no data); ``None`` for the unweighted data term.
+    alpha : float
+        TV weight (ppm·mm).
+    mu1 : float
+        ADMM penalty of z1 = ∇χ (unitless).
+    mu2 : float, default 1.0
+        ADMM penalty of z2 = Dχ (weighted data term only).
+    nonlinear : bool, default False
+        Complex-exponential data term (weighted data term only).
+    rad_per_ppm : float, default :data:`DEFAULT_RAD_PER_PPM`
+        s (rad/ppm) of the nonlinear data term.
+    tol : float, default 1e-2
+        Relative change ‖Δχ‖/‖χ‖ to stop.
+    max_iter : int, default 100
+        Maximum number of iterations.
+    newton_iter : int, default 2
+        Newton steps per z2 update (nonlinear only).
+    tv_weight : ndarray, shape (3,) + ``op.pshape``, optional
+        Per-gradient weight of the TV term (MEDI's edge mask: 0 on anatomical edges).
+
+    Returns
+    -------
+    ndarray, shape ``op.pshape``
+        Padded χ (ppm, float32, unreferenced: k = 0 is left 0); crop it with :func:`finish`.
     """
     vs = op.vs
     mu1_ = np.float32(mu1)
@@ -306,7 +473,22 @@ def admm_tv(op, f_pad, w2=None, *, alpha, mu1, mu2=1.0, nonlinear=False,
 
 
 def finish(chi_padded, op, mask):
-    """Crop a padded solution back to the input grid and zero it outside the mask (float32)."""
+    """Crop a padded solution back to the input grid and zero it outside the mask (float32).
+
+    Parameters
+    ----------
+    chi_padded : ndarray, shape ``op.pshape``
+        Padded χ (ppm).
+    op : DipoleOp
+        The operator whose grid ``chi_padded`` is on.
+    mask : ndarray of bool, shape ``op.shape``
+        Voxels to keep.
+
+    Returns
+    -------
+    ndarray, shape ``op.shape``
+        χ (ppm, float32), 0 outside ``mask``.
+    """
     chi = op.crop(chi_padded)
     chi[~mask] = 0.0
     return chi.astype(np.float32, copy=False)

@@ -44,7 +44,23 @@ UNITS = {"consistency": "off | auto | λ (1, weight of the prior against the fie
 
 
 def field_noise(field_ppm, mask) -> float:
-    """Robust s.d. (ppm) of white noise in ``field_ppm`` inside ``mask`` (Laplacian MAD / √42)."""
+    """Robust s.d. (ppm) of white noise in ``field_ppm`` inside ``mask`` (Laplacian MAD / √42).
+
+    The Laplacian is sampled in the mask eroded by 2 voxels (the whole mask when that leaves
+    fewer than 100 voxels).
+
+    Parameters
+    ----------
+    field_ppm : ndarray, shape (X, Y, Z)
+        Field (ppm); zeroed outside ``mask``.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Region of the field.
+
+    Returns
+    -------
+    float
+        Noise s.d. σ (ppm).
+    """
     inner = ndi.binary_erosion(mask, iterations=2)
     if inner.sum() < 100:
         inner = np.asarray(mask, bool)
@@ -53,7 +69,23 @@ def field_noise(field_ppm, mask) -> float:
 
 
 def check_weight(consistency):
-    """``"off"``, ``"auto"`` or a positive λ, unchanged; a one-line ``ValueError`` otherwise."""
+    """``"off"``, ``"auto"`` or a positive λ, unchanged; a one-line ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    consistency : {"off", "auto"} or float
+        Data-consistency setting: off, λ from the field noise, or λ itself (unitless, > 0).
+
+    Returns
+    -------
+    str or float
+        ``consistency`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        Another string, or a number that is not positive and finite.
+    """
     if isinstance(consistency, str):
         if consistency not in ("off", "auto"):
             raise ValueError(f"consistency must be 'off', 'auto' or a positive number, got {consistency!r}")
@@ -64,7 +96,26 @@ def check_weight(consistency):
 
 def consistency_weight(field_ppm, mask, chi_prior, prior_field, prior_error=PRIOR_ERROR) -> float:
     """λ = (σ / e)² (see module docstring), at least :data:`LAM_MIN`; ``prior_field`` (ppm) is
-    the dipole field of ``chi_prior`` on the field's grid."""
+    the dipole field of ``chi_prior`` on the field's grid.
+
+    Parameters
+    ----------
+    field_ppm : ndarray, shape (X, Y, Z)
+        Local field (ppm).
+    mask : ndarray of bool, shape (X, Y, Z)
+        Mask of the field.
+    chi_prior : ndarray, shape (X, Y, Z)
+        Prior χ (ppm).
+    prior_field : ndarray, shape (X, Y, Z)
+        Dipole field (ppm) of ``chi_prior``.
+    prior_error : float, default :data:`PRIOR_ERROR` (0.5)
+        Expected error of the prior as a fraction of its RMS in the mask (unitless).
+
+    Returns
+    -------
+    float
+        λ (unitless, ≥ :data:`LAM_MIN`); ``inf`` when ``chi_prior`` is 0 in the whole mask.
+    """
     sigma = field_noise(np.where(mask, field_ppm - prior_field, 0.0), mask)
     e = prior_error * float(np.sqrt(np.mean(np.square(chi_prior[mask], dtype=np.float64))))
     if e <= 0.0:
@@ -76,8 +127,37 @@ def data_consistency(chi_prior, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1
                      lam="auto", iterations=ITERATIONS, pad=_ops.DEFAULT_PAD) -> tuple[np.ndarray, float]:
     """Blend a prior χ (ppm) with the field (ppm): returns ``(χ masked float32, λ used)``.
 
-    ``lam``: "auto" (from the field noise, module docstring) or a positive number;
-    ``iterations``: CG steps on the masked problem after the closed-form blend (0: blend only).
+    Parameters
+    ----------
+    chi_prior : array_like, shape (X, Y, Z)
+        Prior χ (ppm), e.g. a network's output.
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm).
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    lam : "auto" or float, default "auto"
+        λ: from the field noise (:func:`consistency_weight`) or a positive number (unitless).
+    iterations : int, default :data:`ITERATIONS` (10)
+        CG steps on the masked problem after the closed-form blend (0: blend only).
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT.
+
+    Returns
+    -------
+    chi : ndarray, shape (X, Y, Z)
+        χ (ppm, float32), 0 outside ``mask``; the masked prior itself when λ is ``inf``.
+    lam : float
+        λ used.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`), a prior of another shape, or
+        ``lam`` not "auto" or a positive number ("off" included).
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir)
     chi0 = np.asarray(chi_prior, dtype=np.float32)

@@ -37,6 +37,48 @@ def fansi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None
     Defaults from the QSMInvNet paper: α1 = 2e-4, µ1 = 1e-2 (µ2 = 1); ``nonlinear`` selects
     the nonlinear (default) or the weighted linear data term; ``tol`` 1e-2 on the relative χ
     update, at most ``max_iter`` (100) iterations. Larger α1 → smoother χ.
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field (background-removed); χ is returned inside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.): the data weight W when ``noise`` is not given.
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units, positive in the mask): W = 1/noise (preferred).
+    alpha1 : float, default 2e-4
+        TV weight (ppm·mm).
+    mu1, mu2 : float, default 1e-2, 1.0
+        ADMM penalties of z1 = ∇χ and z2 = Dχ (unitless).
+    nonlinear : bool, default True
+        Complex-exponential (True) or weighted linear (False) data term.
+    rad_per_ppm : float, default ≈ 16.0
+        Phase per ppm of field (rad/ppm) in the nonlinear term
+        (:data:`qsmflow.inversion._ops.DEFAULT_RAD_PER_PPM`: TE = 20 ms at 3 T).
+    tol : float, default 1e-2
+        Relative change of χ per iteration to stop.
+    max_iter : int, default 100
+        Maximum number of ADMM iterations.
+    newton_iter : int, default 2
+        Newton steps per z2 update (nonlinear term).
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
     """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)

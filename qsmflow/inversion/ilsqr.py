@@ -47,7 +47,46 @@ def ilsqr(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None
     caps: step 1 stops after ``max_iter`` = 5 LSQR iterations (on the 2016 challenge data the
     error vs COSMOS grows from 66 % at 2 iterations to 103 % at 8: noise amplification), the
     artefact LSQR after ``sa_max_iter`` = 30 (paper: 200).
-    ``noise`` / ``magnitude`` give the data weight of step 1 (1/noise preferred).
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field (background-removed); χ is returned inside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.): the data weight of step 1 when ``noise`` is not given.
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units, positive in the mask): weight 1/noise
+        (preferred).
+    tol : float, default 1e-2
+        LSQR relative residual (``atol`` = ``btol``) of step 1.
+    max_iter : int, default 5
+        LSQR iterations of step 1.
+    threshold : float, default 0.2
+        TKD |D| cut-off of the structural estimate (unitless).
+    sa_threshold : float, default 0.1
+        |D| below which k-space counts as ill-conditioned (the artefact cone).
+    sa_tol : float, default 1e-2
+        LSQR relative residual of the artefact step.
+    sa_max_iter : int, default 30
+        LSQR iterations of the artefact step.
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
     """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)

@@ -37,7 +37,25 @@ UNITS = {"lam": "1 (data weight on ‖W(Dχ−f)‖² in ppm² vs ‖M∇χ‖�
 
 def edge_mask(magnitude, mask, voxel_size, edge_fraction=0.3):
     """MEDI's gradient mask (3, ...) float32: 0 on the ``edge_fraction`` largest components of
-    |∇(magnitude·mask)| inside ``mask``, 1 elsewhere."""
+    |∇(magnitude·mask)| inside ``mask``, 1 elsewhere.
+
+    Parameters
+    ----------
+    magnitude : array_like, shape (X, Y, Z)
+        Magnitude (a.u.).
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask; the magnitude is zeroed outside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    edge_fraction : float, default 0.3
+        Fraction in [0, 1) of the in-mask gradient components treated as edges.
+
+    Returns
+    -------
+    ndarray, shape (3, X, Y, Z)
+        M_G (float32) per forward-difference component: 0 where it exceeds the 1 − ``edge_fraction``
+        quantile of the in-mask components, 1 elsewhere.
+    """
     g = np.abs(_ops.grad(np.where(mask, magnitude, 0).astype(np.float32), voxel_size))
     inside = np.broadcast_to(mask, g.shape)
     level = np.quantile(g[inside], 1.0 - edge_fraction)
@@ -50,11 +68,58 @@ def medi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
          pad=_ops.DEFAULT_PAD):
     """MEDI / MEDI+0 inversion (ppm in, χ in ppm out, unreferenced, 0 outside mask).
 
-    ``lam`` (default 1000; larger → closer data fit, less smoothing), ``magnitude`` for the
-    edge mask, ``noise`` (per-voxel field std, any units) for the data weight 1/noise,
-    ``csf_mask`` switches on MEDI+0 with weight ``lambda_csf``. Outer ``tol`` 0.1 and
-    ``max_iter`` 10, CG ``cg_tol`` 1e-2 (MEDI toolbox defaults) and ``cg_max_iter`` 25 (toolbox:
-    100; lowered for speed, costs ~1 % NRMSE on the head phantom).
+    Outer ``tol`` 0.1 and ``max_iter`` 10, CG ``cg_tol`` 1e-2 (MEDI toolbox defaults) and
+    ``cg_max_iter`` 25 (toolbox: 100; lowered for speed, costs ~1 % NRMSE on the head phantom).
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field (background-removed); χ is returned inside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.): the edge mask M_G, and the data weight W when ``noise`` is not given.
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units, positive in the mask): W = 1/noise.
+    lam : float, default 1000
+        Data weight on ‖W(Dχ − f)‖² (ppm²) against ‖M_G∇χ‖₁ (ppm/mm), unitless; larger → closer
+        data fit, less smoothing.
+    edge_fraction : float, default 0.3
+        Fraction in [0, 1) of in-mask magnitude-gradient components treated as edges.
+    eps : float, default 1e-6
+        Smoothing of |∇χ| in the L1 weights ((ppm/mm)²).
+    rad_per_ppm : float, default ≈ 16.0
+        Phase per ppm of field (rad/ppm) in the nonlinear term
+        (:data:`qsmflow.inversion._ops.DEFAULT_RAD_PER_PPM`: TE = 20 ms at 3 T).
+    tol : float, default 0.1
+        Relative Gauss–Newton update ‖Δχ‖/‖χ‖ to stop.
+    max_iter : int, default 10
+        Maximum number of Gauss–Newton iterations.
+    cg_tol : float, default 1e-2
+        Relative CG residual per Gauss–Newton step.
+    cg_max_iter : int, default 25
+        CG iterations per Gauss–Newton step.
+    csf_mask : array_like of bool, shape (X, Y, Z), optional
+        CSF region: switches on MEDI+0 (its overlap with ``mask`` is used).
+    lambda_csf : float, default 100
+        MEDI+0 weight on ‖M_CSF(χ − mean_CSF χ)‖² (unitless, χ in ppm).
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters;
+        ``edge_fraction`` outside [0, 1); a ``csf_mask`` of another shape or not overlapping ``mask``.
     """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)

@@ -15,7 +15,27 @@ MODES = ("mean", "csf", "none")
 def reference(chi, mask, mode="mean", csf_mask=None):
     """Return ``chi`` (ppm) shifted so its mean in the reference region is 0, zero outside ``mask``.
 
-    ``mode="csf"`` needs ``csf_mask`` (bool, same shape, overlapping the brain mask).
+    Parameters
+    ----------
+    chi : array_like, shape (X, Y, Z)
+        Susceptibility χ (ppm).
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask: the region kept, and the reference region of ``mode="mean"``.
+    mode : {"mean", "csf", "none"}, default "mean"
+        Mean χ in ``mask`` = 0, mean χ in ``csf_mask`` ∩ ``mask`` = 0, or no shift.
+    csf_mask : array_like of bool, shape (X, Y, Z), optional
+        CSF mask (e.g. the lateral ventricles) overlapping ``mask``; needed for ``mode="csf"``.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Referenced χ (ppm), 0 outside ``mask``; dtype of ``chi`` if floating, else float32.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``mode``; a mask of another shape; ``mode="csf"`` without ``csf_mask`` or with one
+        that does not overlap ``mask``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown reference mode {mode!r}: use one of {', '.join(MODES)}")
@@ -43,7 +63,23 @@ def reference(chi, mask, mode="mean", csf_mask=None):
 
 
 def describe(mode="mean") -> str:
-    """One sentence for sidecars / methods text describing the reference."""
+    """One sentence for sidecars / methods text describing the reference.
+
+    Parameters
+    ----------
+    mode : {"mean", "csf", "none"}, default "mean"
+        Reference mode (:data:`MODES`).
+
+    Returns
+    -------
+    str
+        The description.
+
+    Raises
+    ------
+    KeyError
+        Unknown ``mode``.
+    """
     return {
         "mean": "mean susceptibility inside the brain mask set to 0 ppm",
         "csf": "mean susceptibility inside the CSF mask set to 0 ppm",

@@ -43,18 +43,60 @@ UNITS = {"radius_mm": "mm (SMV kernel radius; default max(4 mm, 2 × largest vox
 def default_radius_mm(voxel_size) -> float:
     """Default SMV radius (mm): 4 mm, and at least two of the largest voxel sides, so that the
     ball holds two voxels on each side of its centre along thick slices (measurements in
-    docs/inversion.md)."""
+    docs/inversion.md).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    float
+        max(4, 2 × largest voxel side) (mm).
+    """
     return max(4.0, 2.0 * float(max(voxel_size)))
 
 
 def default_edge_mm(voxel_size) -> float:
-    """Default depth (mm) of the rim left out of χ: the smallest voxel side, at least 1 mm."""
+    """Default depth (mm) of the rim left out of χ: the smallest voxel side, at least 1 mm.
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+
+    Returns
+    -------
+    float
+        max(1, smallest voxel side) (mm).
+    """
     return max(1.0, float(min(voxel_size)))
 
 
 def valid_mask(mask, voxel_size, edge_mm=None) -> np.ndarray:
     """The voxels of ``mask`` more than ``edge_mm`` (mm; default :func:`default_edge_mm`)
-    from its outside: where :func:`sstv` returns χ."""
+    from its outside: where :func:`sstv` returns χ.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis (distances are in mm).
+    edge_mm : float, optional
+        Rim depth (mm, ≥ 0; 0 keeps the whole mask); default :func:`default_edge_mm`.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+        The inner mask.
+
+    Raises
+    ------
+    ValueError
+        ``edge_mm`` negative (or NaN), or no voxel of the mask lies deeper than it.
+    """
     m = np.asarray(mask, bool)
     edge = default_edge_mm(voxel_size) if edge_mm is None else float(edge_mm)
     if not edge >= 0:
@@ -72,7 +114,53 @@ def sstv(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
          radius_mm=None, alpha=2e-4, edge_fraction=0.3, mu1=None, mu2=1.0,
          edge_mm=None, tol=1e-2, max_iter=100, pad=_ops.DEFAULT_PAD):
     """SS-TV: χ (ppm, unreferenced) from the total field ``field_ppm`` (ppm) in the brain
-    ``mask``; 0 outside :func:`valid_mask`. See the module docstring for the model."""
+    ``mask``; 0 outside :func:`valid_mask`. See the module docstring for the model.
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Total field (ppm), background included; finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Brain mask M (not eroded by a background removal).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude : array_like, shape (X, Y, Z), optional
+        Magnitude (a.u.): the TV edge weight G, and the data weight W when ``noise`` is not given.
+    noise : array_like, shape (X, Y, Z), optional
+        Per-voxel noise s.d. of the field (any units, positive in the mask): W = 1/noise.
+    radius_mm : float, optional
+        SMV kernel radius (mm) of C; default :func:`default_radius_mm`.
+    alpha : float, default 2e-4
+        TV weight (ppm·mm).
+    edge_fraction : float, default 0.3
+        Fraction in [0, 1) of magnitude gradients left unpenalised, as MEDI (0: no edge weight).
+    mu1 : float, optional
+        ADMM penalty of z1 = ∇χ (unitless; default 50·alpha).
+    mu2 : float, default 1.0
+        ADMM penalty of z2 = C·D·χ (unitless).
+    edge_mm : float, optional
+        Depth (mm) of the rim of ``mask`` left out of χ; default :func:`default_edge_mm`.
+    tol : float, default 1e-2
+        Relative change of χ per iteration to stop.
+    max_iter : int, default 100
+        Maximum number of ADMM iterations.
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside :func:`valid_mask`.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters;
+        ``edge_fraction`` outside [0, 1); a negative ``edge_mm``; a mask that vanishes inside the
+        rim or when eroded by the SMV kernel.
+    """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,
                                               noise)
     radius_mm = default_radius_mm(vs) if radius_mm is None else radius_mm

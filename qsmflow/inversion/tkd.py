@@ -19,14 +19,38 @@ UNITS = {"threshold": "1 (|D| cut-off, D in [-2/3, 1/3])",
 
 
 def tkd_gain(threshold):
-    """Solid-angle mean of D/D_t: the factor by which TKD scales an isotropic-spectrum χ."""
+    """Solid-angle mean of D/D_t: the factor by which TKD scales an isotropic-spectrum χ.
+
+    Parameters
+    ----------
+    threshold : float
+        |D| cut-off t (unitless, > 0).
+
+    Returns
+    -------
+    float
+        Mean of min(|D|/t, 1) over directions, in (0, 1] (0.82 at t = 0.2).
+    """
     u = (np.arange(200_000) + 0.5) / 200_000  # cos θ, uniform over the sphere
     d = np.abs(1.0 / 3.0 - u**2)
     return float(np.minimum(d / threshold, 1.0).mean())
 
 
 def tkd_inverse_kernel(op, threshold):
-    """Half-spectrum of 1/D_t on ``op``'s grid (0 at k = 0)."""
+    """Half-spectrum of 1/D_t on ``op``'s grid (0 at k = 0).
+
+    Parameters
+    ----------
+    op : qsmflow.inversion._ops.DipoleOp
+        Padded grid and dipole kernel ``op.D``.
+    threshold : float
+        |D| cut-off t (unitless): 1/D where |D| > t, sign(D)/t inside the cone.
+
+    Returns
+    -------
+    ndarray, shape ``op.D.shape``
+        1/D_t (float32, unitless) on the ``rfftn`` half grid.
+    """
     d = op.D
     with np.errstate(divide="ignore"):
         inv = np.where(np.abs(d) > threshold, 1.0 / d, np.where(d < 0, -1.0, 1.0) / threshold)
@@ -38,9 +62,34 @@ def tkd(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, 
         threshold=0.2, correct=False, pad=_ops.DEFAULT_PAD):
     """TKD inversion of a local field (ppm) → χ (ppm, unreferenced, 0 outside ``mask``).
 
-    ``threshold``: |D| cut-off (default 0.2 as in the Meta-QSM / QSMInvNet papers);
-    ``correct``: compensate the known underestimation by the mean gain of the truncated kernel.
-    ``magnitude`` and ``noise`` are accepted for a uniform signature and unused.
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field (background-removed); χ is returned inside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude, noise : array_like, shape (X, Y, Z), optional
+        Accepted for the common signature (validated) and unused.
+    threshold : float, default 0.2
+        |D| cut-off (unitless; 0.2 as in the Meta-QSM / QSMInvNet papers).
+    correct : bool, default False
+        Compensate the known underestimation by dividing by :func:`tkd_gain`.
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude, noise)
     _ops.check_positive(threshold=threshold)

@@ -27,10 +27,43 @@ def tv_admm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
             alpha=5e-4, mu=None, weighted=True, tol=1e-2, max_iter=100, pad=_ops.DEFAULT_PAD):
     """TV-regularised linear inversion (ppm in, χ in ppm out, unreferenced, 0 outside mask).
 
-    ``alpha`` (default 5e-4 ppm·mm = MEDI's λ = 1000; the NRMSE optimum is 2e-4 on the
-    noise-free phantom and ≥ 1e-3 on the 2016 challenge data; larger → smoother, flatter χ),
-    ``mu`` ADMM penalty (default 100·alpha), ``tol`` 1e-2, ``max_iter`` 100. ``magnitude`` /
-    ``noise`` unused (use ``fansi`` for a magnitude- or noise-weighted data term).
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); finite inside ``mask``.
+    mask : array_like of bool, shape (X, Y, Z)
+        Mask of the local field (background-removed); χ is returned inside it.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    magnitude, noise : array_like, shape (X, Y, Z), optional
+        Accepted for the common signature (validated) and unused (use ``fansi`` for a magnitude-
+        or noise-weighted data term).
+    alpha : float, default 5e-4
+        TV weight (ppm·mm; 5e-4 = MEDI's λ = 1000). The NRMSE optimum is 2e-4 on the noise-free
+        phantom and ≥ 1e-3 on the 2016 challenge data; larger → smoother, flatter χ.
+    mu : float, optional
+        ADMM penalty of z1 = ∇χ (unitless; default 100·alpha).
+    weighted : bool, default True
+        Data term inside the mask only (True), or Bilgic's closed form on the masked (zero-filled)
+        field (False).
+    tol : float, default 1e-2
+        Relative change of χ per iteration to stop.
+    max_iter : int, default 100
+        Maximum number of ADMM iterations.
+    pad : int, default 8
+        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude, noise)
     mu = 100.0 * alpha if mu is None else mu

@@ -52,7 +52,39 @@ def held_out_volume(index: int, voxel_size=None, shape=TEST_SHAPE, sources=("cos
     """Held-out volume ``index`` of evaluation stream ``stream``: field/chi (ppm), mask (bool),
     voxel_size (mm) as numpy; the truth χ is referenced to mean 0 inside the mask. Field noise:
     σ drawn from the generator's range (``noise_ppm=None``) or fixed (ppm; 0 = the papers' noise-free
-    protocol, otherwise the same χ, mask and voxel size)."""
+    protocol, otherwise the same χ, mask and voxel size).
+
+    B0 is along array axis 2. The generator is built once per (shape, sources, shared, noise_ppm).
+
+    Parameters
+    ----------
+    index : int
+        Volume index in the stream.
+    voxel_size : sequence of 3 float, optional
+        Voxel size (mm) per array axis (default: drawn as in training).
+    shape : sequence of 3 int, default :data:`TEST_SHAPE`
+        Matrix size (X, Y, Z).
+    sources : sequence of str, default ("cosmos",)
+        Base volumes ("cosmos", "phantom").
+    shared : str or Path, optional
+        Shared data folder holding ``qsm2016`` (:func:`~qsmflow.nn.synthesis.shared_data_dir`).
+    stream : int, default 0
+        Evaluation stream; its data seed is ``EVAL_SEED + stream``.
+    noise_ppm : float, optional
+        Field noise σ (ppm); None: drawn per volume from the generator's range.
+
+    Returns
+    -------
+    dict
+        ``field`` and ``chi`` (ppm, float64 ndarrays (X, Y, Z)), ``mask`` (bool ndarray) and
+        ``voxel_size`` (tuple, mm).
+
+    Raises
+    ------
+    ValueError
+        If the base volumes cannot be loaded (e.g. COSMOS not found in ``shared``) or ``voxel_size``
+        is invalid.
+    """
     from .synthesis import sample_seed
 
     s = _synth(shape, sources, shared, noise_ppm).sample(sample_seed(EVAL_SEED + stream, index), voxel_size)
@@ -66,7 +98,28 @@ def held_out_volume(index: int, voxel_size=None, shape=TEST_SHAPE, sources=("cos
 def run_method(method: str, vol: dict, **params) -> np.ndarray:
     """χ (ppm, mean 0 in the mask) of ``method`` on ``vol``; ``mesaqsm_<voxel>`` or
     ``metaqsm_<variant>`` selects a specific shipped model, a ``+dc`` suffix adds the data
-    consistency step (``consistency="auto"``)."""
+    consistency step (``consistency="auto"``).
+
+    Parameters
+    ----------
+    method : str
+        A method of :data:`qsmflow.inversion.METHODS`, optionally ``<family>_<model>`` and/or ``+dc``.
+    vol : dict
+        ``field`` (ppm), ``mask`` and ``voxel_size`` (mm), as from :func:`held_out_volume`; B0 is
+        taken along array axis 2.
+    **params
+        Parameters of the method (:func:`qsmflow.inversion.invert`).
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z)
+        Susceptibility chi (ppm), mean 0 in the mask, 0 outside.
+
+    Raises
+    ------
+    ValueError
+        If the method is unknown or unavailable, or a parameter or the volume is invalid.
+    """
     from ..inversion import invert
 
     if method.endswith(DC_SUFFIX):
@@ -90,7 +143,20 @@ def _model_family(method: str) -> str:
 
 
 def score(chi, truth, mask) -> dict:
-    """RMSE (%), HFEN (%), SSIM of ``chi`` against ``truth`` inside ``mask``."""
+    """RMSE (%), HFEN (%), SSIM of ``chi`` against ``truth`` inside ``mask``.
+
+    Parameters
+    ----------
+    chi, truth : ndarray, shape (X, Y, Z)
+        Estimated and true susceptibility (same unit, e.g. ppm).
+    mask : ndarray of bool, shape (X, Y, Z)
+        Where they are compared.
+
+    Returns
+    -------
+    dict
+        ``rmse`` (%), ``hfen`` (%) and ``ssim`` (floats), see :mod:`qsmflow.metrics`.
+    """
     return {"rmse": metrics.rmse_percent(chi, truth, mask), "hfen": metrics.hfen(chi, truth, mask),
             "ssim": metrics.ssim(chi, truth, mask)}
 
@@ -123,7 +189,36 @@ def evaluate(methods, n: int, voxel_size=None, shape=TEST_SHAPE, cache_dir=None,
              sources=("cosmos",), shared=None, log=print, keep_first=False, noise_ppm=None) -> dict:
     """Score ``methods`` on ``n`` held-out volumes (``noise_ppm``: see :func:`held_out_volume`).
     Returns ``{method: {"rows": [...], "seconds": [...]}}`` (+ ``"_first"``: the first volume and each method's χ if
-    ``keep_first``). Conventional methods' scores are cached in ``cache_dir`` when given."""
+    ``keep_first``). Conventional methods' scores are cached in ``cache_dir`` when given.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names, as for :func:`run_method`.
+    n : int
+        Number of held-out volumes (indices 0 … n − 1).
+    voxel_size, shape, stream, sources, shared, noise_ppm
+        The volumes, as for :func:`held_out_volume`.
+    cache_dir : str or Path, optional
+        Folder caching the volumes (``.npz``) and the scores and run times of the methods whose
+        name does not start with a network's (``.json``); None: no cache.
+    log : callable, default print
+        Called with one progress line (str) per volume and method run (not for cached scores).
+    keep_first : bool, default False
+        Also return the first volume and every method's χ on it.
+
+    Returns
+    -------
+    dict
+        ``{method: {"rows": [score dict per volume], "seconds": [run time (s) per volume]}}``, the
+        score dicts as from :func:`score`; with ``keep_first``, ``"_first"``: ``truth``, ``mask``,
+        ``field``, ``voxel_size`` and method → χ (ppm) of volume 0.
+
+    Raises
+    ------
+    ValueError
+        As :func:`held_out_volume` and :func:`run_method`.
+    """
     import json
 
     res = {m: {"rows": [], "seconds": []} for m in methods}
@@ -171,7 +266,34 @@ def evaluate(methods, n: int, voxel_size=None, shape=TEST_SHAPE, cache_dir=None,
 
 def challenge(methods, shared=None, log=print, cache_dir=None) -> dict:
     """2016 challenge: local field (ppm, 1.06 mm, B0 axis 2) → χ, scored against χ33 and COSMOS
-    (both referenced to mean 0 in the mask). Returns ``{method: {"chi33": {...}, "cosmos": {...}}}``."""
+    (both referenced to mean 0 in the mask). Returns ``{method: {"chi33": {...}, "cosmos": {...}}}``.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names, as for :func:`run_method`.
+    shared : str or Path, optional
+        Shared data folder (:func:`~qsmflow.nn.synthesis.shared_data_dir`) holding
+        ``qsm2016/{msk,phs_tissue,chi_33,chi_cosmos}.nii.gz``.
+    log : callable, default print
+        Called with one result line (str) per method run (not for cached results).
+    cache_dir : str or Path, optional
+        Folder caching the results of the methods whose name does not start with a network's
+        (``challenge_<method>.json``); None: no cache.
+
+    Returns
+    -------
+    dict
+        Per method: ``"chi33"`` and ``"cosmos"`` score dicts (:func:`score`; ``"chi33"`` also has
+        ``"nrmse"``, demeaned NRMSE in %) and ``"seconds"`` (run time, s).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a challenge file is missing (from nibabel).
+    ValueError
+        As :func:`run_method`.
+    """
     import nibabel as nib
 
     from .synthesis import COSMOS_VOXEL_MM, shared_data_dir
@@ -206,7 +328,24 @@ def challenge(methods, shared=None, log=print, cache_dir=None) -> dict:
 
 
 def summary_table(res: dict, methods=None) -> tuple[list[str], list[list]]:
-    """(header, rows) with mean ± sd of RMSE, HFEN, SSIM per method, plus run time."""
+    """(header, rows) with mean ± sd of RMSE, HFEN, SSIM per method, plus run time.
+
+    Parameters
+    ----------
+    res : dict
+        Result of :func:`evaluate`.
+    methods : sequence of str, optional
+        Rows to show, in this order (default: every key of ``res`` not starting with "_"); methods
+        without scores are left out.
+
+    Returns
+    -------
+    header : list of str
+        Column titles: method, RMSE (%), HFEN (%), SSIM, time (s), n.
+    rows : list of list
+        Per method: name, the three "mean ± sd" strings, the median run time (s, str) and the
+        number of volumes (int).
+    """
     methods = methods or [m for m in res if not m.startswith("_")]
     header = ["method", "RMSE (%)", "HFEN (%)", "SSIM", "time (s)", "n"]
     rows = []
@@ -221,7 +360,18 @@ def summary_table(res: dict, methods=None) -> tuple[list[str], list[list]]:
 
 
 def available_methods(candidates) -> list[str]:
-    """The subset of ``candidates`` that can run here (registered, importable, weights shipped)."""
+    """The subset of ``candidates`` that can run here (registered, importable, weights shipped).
+
+    Parameters
+    ----------
+    candidates : iterable of str
+        Method names, as for :func:`run_method` (a ``+dc`` suffix is allowed).
+
+    Returns
+    -------
+    list of str
+        The runnable candidates, in their input order.
+    """
     from ..inversion import get_method
     from .inference import available_models
 
@@ -296,7 +446,31 @@ def bench_report(n: int = 20, shape=TEST_SHAPE, tables=("a", "n", "b", "c", "d")
                  cache_dir=None, log=print, conventional=BASELINES) -> str:
     """Markdown with the papers' tables (a)–(d) on ``n`` held-out volumes per table, and (n): the
     volumes of (a) without field noise (the papers' protocol); PNGs (one example per table) into
-    ``figdir`` linked as ``figures/<file>.png``."""
+    ``figdir`` linked as ``figures/<file>.png``.
+
+    Parameters
+    ----------
+    n : int, default 20
+        Held-out volumes per table.
+    shape : sequence of 3 int, default :data:`TEST_SHAPE`
+        Matrix size (X, Y, Z) of the held-out volumes.
+    tables : sequence of str, default ("a", "n", "b", "c", "d")
+        Tables to make: (a) random voxel sizes, (n) (a) noise-free, (b) at the Mesa-QSM voxel sizes,
+        (c) an unseen voxel size, (d) the 2016 challenge.
+    figdir : str or Path, optional
+        Folder for the figures ``nn_table_<tag>.png``; None: no figures.
+    cache_dir : str or Path, optional
+        Cache of the conventional results (:func:`evaluate`, :func:`challenge`).
+    log : callable, default print
+        Called with progress lines (str).
+    conventional : sequence of str, default :data:`BASELINES`
+        Conventional inversions to compare against (those available here are used).
+
+    Returns
+    -------
+    str
+        The Markdown report, ending with the targets' table (:func:`target_rows`) when any apply.
+    """
     conv = available_methods(conventional)
     nets_a = available_methods(["metaqsm", "metaqsm_nocosmos", "qsminvnet"])
     mesa = available_methods(list(MESA_VOXELS))
@@ -376,7 +550,19 @@ def _mean(res, method, key="rmse"):
 
 
 def target_rows(out: dict) -> list[list]:
-    """[target, measured, met] rows for the accuracy targets, from :func:`bench_report`'s tables."""
+    """[target, measured, met] rows for the accuracy targets, from :func:`bench_report`'s tables.
+
+    Parameters
+    ----------
+    out : dict
+        Table tag ("a", "n", "b0", "b1", "c", ...) → result of :func:`evaluate`; missing tables
+        or methods are skipped.
+
+    Returns
+    -------
+    list of list of str
+        ``[target, measured, "yes" | "no"]`` per target.
+    """
     rows = []
     for tag, what in (("a", "σ 0–0.01 ppm"), ("n", "noise-free")):
         res = out.get(tag)

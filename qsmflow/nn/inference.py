@@ -57,7 +57,25 @@ UNITS = {"model": "shipped model name", "weights": "path to a .pt state dict", "
 
 
 def load_state_dict(path) -> dict:
-    """Load ``path`` safely as a state dict of tensors; ``ValueError`` for anything else."""
+    """Load ``path`` safely as a state dict of tensors; ``ValueError`` for anything else.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.pt`` file saved with ``torch.save(model.state_dict())``; read with
+        ``torch.load(weights_only=True)`` onto the CPU.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The state dict.
+
+    Raises
+    ------
+    ValueError
+        If the file does not exist, cannot be loaded with ``weights_only=True`` (a pickle with code,
+        a whole module, ...) or is not a non-empty dict of str → tensor (e.g. a training checkpoint).
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"weights file {path} not found: reinstall qsmflow or pass weights=PATH")
@@ -74,7 +92,19 @@ def load_state_dict(path) -> dict:
 
 
 def available_models(weights_dir=None) -> dict[str, dict]:
-    """Shipped models: name → summary JSON (config, steps, validation, ...)."""
+    """Shipped models: name → summary JSON (config, steps, validation, ...).
+
+    Parameters
+    ----------
+    weights_dir : str or Path, optional
+        Folder to scan (default :data:`WEIGHTS_DIR`); a model is a ``<name>.json`` with a
+        ``<name>.pt`` beside it.
+
+    Returns
+    -------
+    dict of str to dict
+        Model name → its parsed JSON summary, in name order.
+    """
     d = Path(weights_dir or WEIGHTS_DIR)
     out = {}
     for js in sorted(d.glob("*.json")):
@@ -85,7 +115,35 @@ def available_models(weights_dir=None) -> dict[str, dict]:
 
 def load_model(name_or_path, device="cpu", weights_dir=None) -> tuple[torch.nn.Module, dict]:
     """Build and load a model: a shipped name (``metaqsm``, ``mesaqsm_0.5x0.5x2.0`` …) or a
-    ``.pt`` path with a ``.json`` summary beside it. Returns ``(model in eval mode, summary)``."""
+    ``.pt`` path with a ``.json`` summary beside it. Returns ``(model in eval mode, summary)``.
+
+    Results are cached (the last 8 ``(name_or_path, device, weights_dir)``): a repeated call
+    returns the same module object.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A shipped model name, looked up as ``<weights_dir>/<name>.pt``, or a path ending in ``.pt``
+        whose ``.json`` summary (written by ``qsmflow train``) sits beside it.
+    device : str or torch.device, default "cpu"
+        Device the model is moved to.
+    weights_dir : str or Path, optional
+        Folder of the shipped models (default :data:`WEIGHTS_DIR`).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The model, in eval mode on ``device``.
+    summary : dict
+        Its JSON summary (``config``, ``steps``, ``validation``, ...).
+
+    Raises
+    ------
+    ValueError
+        If no shipped model has that name, the ``.json`` is missing, its config names an unknown
+        model kind, or the weights are not a plain state dict of tensors (:func:`load_state_dict`)
+        or do not match the config.
+    """
     return _load_model_cached(str(name_or_path), str(device), str(weights_dir or WEIGHTS_DIR))
 
 
@@ -115,7 +173,35 @@ def _load_model_cached(name_or_path, device, weights_dir):
 def b0_frame(mask, voxel_size, b0_dir, b0_align="rotate") -> B0Frame:
     """The :class:`~qsmflow.nn.orientation.B0Frame` a network inversion uses; logs what it does
     and warns when the residual tilt is ignored (``b0_align="permute"``) beyond
-    :data:`B0_WARN_DEG`."""
+    :data:`B0_WARN_DEG`.
+
+    Parameters
+    ----------
+    mask : array_like, shape (X, Y, Z)
+        Brain mask (non-zero inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float
+        B0 direction in voxel axes (normalised here).
+    b0_align : {"rotate", "permute"}, default "rotate"
+        "rotate": move the array axis nearest B0 to axis 2 and rotate away the residual tilt;
+        "permute": the axis move only.
+
+    Returns
+    -------
+    B0Frame
+        The frame (``rotate=(b0_align == "rotate")``, cubic splines).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_align`` is not one of :data:`B0_ALIGN`, or ``voxel_size`` or ``b0_dir`` is invalid.
+
+    Warns
+    -----
+    UserWarning
+        With ``b0_align="permute"`` and a residual tilt above :data:`B0_WARN_DEG` degrees.
+    """
     if b0_align not in B0_ALIGN:
         raise ValueError(f"b0_align must be one of {', '.join(B0_ALIGN)}, got {b0_align!r}")
     frame = B0Frame(mask, voxel_size, b0_dir, rotate=b0_align == "rotate")
@@ -147,7 +233,36 @@ def _check_volume(field_ppm, mask) -> tuple[np.ndarray, np.ndarray]:
 
 def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
     """Run ``model`` on one volume: crop to the mask, pad to a multiple of 16, predict, paste
-    back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``."""
+    back. ``field_ppm`` and the result in ppm; float32 output, 0 outside ``mask``.
+
+    The crop is the mask's bounding box grown by 2 voxels. B0 is taken to be along array axis 2
+    (the training convention; :func:`b0_frame` brings a volume there).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model of :mod:`qsmflow.nn.models` on ``device`` (called via
+        :func:`~qsmflow.nn.models.run_model`).
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm); values outside ``mask`` are ignored.
+    mask : array_like, shape (X, Y, Z)
+        Brain mask (non-zero inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    device : str or torch.device, default "cpu"
+        Device the inputs are moved to.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        Susceptibility chi (ppm), 0 outside ``mask``.
+
+    Raises
+    ------
+    ValueError
+        If ``field_ppm`` is not 3D, ``mask`` has another shape or is empty, the field has NaN/Inf
+        inside the mask, or ``voxel_size`` is invalid.
+    """
     field, m = _check_volume(field_ppm, mask)
     vs = physics.check_voxel_size(voxel_size)
     sl = physics.bounding_box(m, 2)
@@ -166,6 +281,13 @@ def predict(model, field_ppm, mask, voxel_size, device="cpu") -> np.ndarray:
 
 
 def default_device() -> str:
+    """Device the network inversions use when ``device`` is not given.
+
+    Returns
+    -------
+    str
+        "cuda" when ``torch.cuda.is_available()``, else "cpu".
+    """
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -192,18 +314,70 @@ def metaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
             b0_align="rotate", **params) -> np.ndarray:
     """Meta-QSM (one WP-Conv U-Net for any voxel size): local field (ppm) → χ (ppm), masked.
 
-    ``model``: a shipped model name; ``weights``: a ``.pt`` path (with its ``.json``) instead;
-    ``device``: "cpu" / "cuda" (default: CUDA when available); ``consistency``: "off" (the
-    network alone, as in the paper), "auto" or λ to blend its χ with the measured field
-    (:mod:`qsmflow.inversion.consistency`); ``b0_align``: "rotate" or "permute" (module
-    docstring). ``magnitude``/``noise`` unused.
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm).
+    mask : array_like, shape (X, Y, Z)
+        Brain mask (non-zero inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis; the WP-Conv kernels are predicted for it.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised); see ``b0_align``.
+    magnitude, noise : ndarray, optional
+        Unused (plug-in signature).
+    model : str, default "metaqsm"
+        Shipped model name (:func:`available_models`).
+    weights : str or Path, optional
+        A ``.pt`` state dict (with its ``.json`` beside it), used instead of ``model``.
+    device : str, optional
+        "cpu" or "cuda" (default: :func:`default_device`); on CUDA, cuDNN is set deterministic.
+    consistency : "off", "auto" or float > 0, default "off"
+        "off": the network alone, as in the paper; "auto" or a weight λ: blend its χ with the
+        measured field (:func:`qsmflow.inversion.consistency.data_consistency`; not in the papers).
+    b0_align : {"rotate", "permute"}, default "rotate"
+        How a B0 off array axis 2 is handled (module docstring, :func:`b0_frame`); "permute" warns
+        (``UserWarning``) beyond :data:`B0_WARN_DEG` of residual tilt.
+    **params
+        Must be empty: any other keyword raises.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        Susceptibility chi (ppm), 0 outside ``mask``, not referenced.
+
+    Raises
+    ------
+    ValueError
+        On an unknown keyword, a bad ``consistency`` or ``b0_align``, a bad field/mask pair (not 3D,
+        shapes differ, empty mask, NaN/Inf inside the mask), an invalid ``voxel_size`` or ``b0_dir``,
+        or weights that cannot be loaded (:func:`load_model`).
     """
     _no_params("metaqsm", params)
     return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)
 
 
 def nearest_mesa_model(voxel_size, weights_dir=None) -> str:
-    """Name of the shipped Mesa-QSM model whose voxel size is nearest (log-distance)."""
+    """Name of the shipped Mesa-QSM model whose voxel size is nearest (log-distance).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    weights_dir : str or Path, optional
+        Folder of the shipped models (default :data:`WEIGHTS_DIR`).
+
+    Returns
+    -------
+    str
+        Name of the model of kind "mesaqsm" with a ``data.fixed_voxel`` that minimises
+        ‖log(fixed_voxel) − log(voxel_size)‖.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` is invalid or no shipped Mesa-QSM model is found.
+    """
     vs = np.log(physics.check_voxel_size(voxel_size))
     best, dist = None, np.inf
     for name, s in available_models(weights_dir).items():
@@ -223,7 +397,47 @@ def mesaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
             b0_align="rotate", **params) -> np.ndarray:
     """Mesa-QSM (plain-conv U-Net trained at one voxel size): the shipped model whose voxel size
     is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given;
-    ``consistency``, ``b0_align`` as for :func:`metaqsm`."""
+    ``consistency``, ``b0_align`` as for :func:`metaqsm`.
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm).
+    mask : array_like, shape (X, Y, Z)
+        Brain mask (non-zero inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis; picks the model (:func:`nearest_mesa_model`) unless
+        ``model`` or ``weights`` is given.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised); see ``b0_align``.
+    magnitude, noise : ndarray, optional
+        Unused (plug-in signature).
+    model : str, optional
+        Shipped model name, e.g. ``"mesaqsm_0.5x0.5x2.0"``.
+    weights : str or Path, optional
+        A ``.pt`` state dict (with its ``.json`` beside it), used instead of ``model``.
+    device : str, optional
+        "cpu" or "cuda" (default: :func:`default_device`); on CUDA, cuDNN is set deterministic.
+    consistency : "off", "auto" or float > 0, default "off"
+        Data-consistency step, as for :func:`metaqsm`.
+    b0_align : {"rotate", "permute"}, default "rotate"
+        As for :func:`metaqsm`.
+    **params
+        Must be empty: any other keyword raises.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        Susceptibility chi (ppm), 0 outside ``mask``, not referenced.
+
+    Raises
+    ------
+    ValueError
+        On an unknown keyword, a bad ``consistency`` or ``b0_align``, a bad field/mask pair (not 3D,
+        shapes differ, empty mask, NaN/Inf inside the mask), an invalid ``voxel_size`` or ``b0_dir``,
+        weights that cannot be loaded (:func:`load_model`), or no shipped Mesa-QSM model when
+        neither ``model`` nor ``weights`` is given.
+    """
     _no_params("mesaqsm", params)
     if model is None and weights is None:
         model = nearest_mesa_model(voxel_size)
@@ -234,7 +448,46 @@ def qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=
               model: str = "qsminvnet", weights=None, device=None, consistency="off",
               b0_align="rotate", **params) -> np.ndarray:
     """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask);
-    ``consistency``, ``b0_align`` as for :func:`metaqsm`."""
+    ``consistency``, ``b0_align`` as for :func:`metaqsm`.
+
+    Parameters
+    ----------
+    field_ppm : array_like, shape (X, Y, Z)
+        Local field (ppm).
+    mask : array_like, shape (X, Y, Z)
+        Brain mask (non-zero inside).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis; not a network input (used by the B0 rotation and the
+        data-consistency step).
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised); see ``b0_align``.
+    magnitude, noise : ndarray, optional
+        Unused (plug-in signature).
+    model : str, default "qsminvnet"
+        Shipped model name (:func:`available_models`).
+    weights : str or Path, optional
+        A ``.pt`` state dict (with its ``.json`` beside it), used instead of ``model``.
+    device : str, optional
+        "cpu" or "cuda" (default: :func:`default_device`); on CUDA, cuDNN is set deterministic.
+    consistency : "off", "auto" or float > 0, default "off"
+        Data-consistency step, as for :func:`metaqsm`.
+    b0_align : {"rotate", "permute"}, default "rotate"
+        As for :func:`metaqsm`.
+    **params
+        Must be empty: any other keyword raises.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        Susceptibility chi (ppm), 0 outside ``mask``, not referenced.
+
+    Raises
+    ------
+    ValueError
+        On an unknown keyword, a bad ``consistency`` or ``b0_align``, a bad field/mask pair (not 3D,
+        shapes differ, empty mask, NaN/Inf inside the mask), an invalid ``voxel_size`` or ``b0_dir``,
+        or weights that cannot be loaded (:func:`load_model`).
+    """
     _no_params("qsminvnet", params)
     return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)
 

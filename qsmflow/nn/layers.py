@@ -39,7 +39,27 @@ from torch import nn
 
 
 def normalise_voxel_size(voxel_size, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Voxel size (mm, 3 values) → hypernetwork input ``log(v / 1 mm)`` as a (3,) tensor."""
+    """Voxel size (mm, 3 values) → hypernetwork input ``log(v / 1 mm)`` as a (3,) tensor.
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float or torch.Tensor
+        Voxel size (mm) per array axis.
+    device : torch.device or str, optional
+        Device of the result.
+    dtype : torch.dtype, default torch.float32
+        Dtype of the result.
+
+    Returns
+    -------
+    torch.Tensor, shape (3,)
+        ``log(voxel_size / 1 mm)``.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` does not have 3 positive values.
+    """
     v = torch.as_tensor(voxel_size, dtype=dtype, device=device).reshape(-1)
     if v.numel() != 3 or not bool(torch.all(v > 0)):
         raise ValueError(f"voxel_size must be three positive mm values, got {voxel_size!r}")
@@ -76,7 +96,23 @@ class WPConv3d(nn.Module):
         self._cache: tuple | None = None
 
     def kernel(self, voxel_size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kernel (outC, inC, k, k, k) and bias (outC) for ``voxel_size`` (mm)."""
+        """Kernel (outC, inC, k, k, k) and bias (outC) for ``voxel_size`` (mm).
+
+        Parameters
+        ----------
+        voxel_size : sequence of 3 float or torch.Tensor
+            Voxel size (mm) per array axis.
+
+        Returns
+        -------
+        weight : torch.Tensor, shape (outC, inC, k, k, k)
+        bias : torch.Tensor, shape (outC,)
+
+        Raises
+        ------
+        ValueError
+            If ``voxel_size`` does not have 3 positive values.
+        """
         v = normalise_voxel_size(voxel_size, self.basis.device, self.basis.dtype)
         out = self.hyper(v)
         a = out[: self.n_basis * self.out_ch].reshape(self.n_basis, self.out_ch)
@@ -99,6 +135,19 @@ class WPConv3d(nn.Module):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, voxel_size) -> torch.Tensor:
+        """Convolve ``x`` with the kernel of ``voxel_size`` (cached in eval mode without gradients).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (N, inC, X, Y, Z)
+            Input.
+        voxel_size : sequence of 3 float or torch.Tensor
+            Voxel size (mm) per array axis, shared by the batch.
+
+        Returns
+        -------
+        torch.Tensor, shape (N, outC, X, Y, Z)
+        """
         w, b = self._cached_kernel(voxel_size)
         return F.conv3d(x, w.to(x.dtype), b.to(x.dtype), padding=self.padding,
                         dilation=self.dilation)

@@ -85,6 +85,20 @@ class QSMUNet(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, field: torch.Tensor, voxel_size) -> torch.Tensor:
+        """χ from the local field.
+
+        Parameters
+        ----------
+        field : torch.Tensor, shape (N, in_ch, X, Y, Z)
+            Local field (ppm); X, Y, Z multiples of :data:`MULTIPLE`.
+        voxel_size : sequence of 3 float or torch.Tensor
+            Voxel size (mm) per array axis, shared by the batch (ignored by Mesa-QSM).
+
+        Returns
+        -------
+        torch.Tensor, shape (N, 1, X, Y, Z)
+            Susceptibility chi (ppm), not masked.
+        """
         x = field * self.field_scale
         skips = []
         for blk in self.enc:
@@ -137,6 +151,22 @@ class QSMInvNet(nn.Module):
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, field: torch.Tensor, mask: torch.Tensor, voxel_size=None) -> torch.Tensor:
+        """χ from the local field and the brain mask.
+
+        Parameters
+        ----------
+        field : torch.Tensor, shape (N, 1, X, Y, Z)
+            Local field (ppm); X, Y, Z multiples of :data:`MULTIPLE`.
+        mask : torch.Tensor, shape (N, 1, X, Y, Z)
+            Brain mask (float 0/1); the field is multiplied by it.
+        voxel_size : optional
+            Ignored.
+
+        Returns
+        -------
+        torch.Tensor, shape (N, 1, X, Y, Z)
+            Susceptibility chi (ppm), not masked.
+        """
         inp = torch.cat([field * self.field_scale * mask, mask], dim=1)
         x, skips = inp, []
         for blk in self.enc:
@@ -158,7 +188,28 @@ KINDS = ("metaqsm", "mesaqsm", "qsminvnet")
 
 
 def build_model(kind: str, **arch) -> nn.Module:
-    """Build a model from its config ``[model]`` table: ``kind`` plus architecture keywords."""
+    """Build a model from its config ``[model]`` table: ``kind`` plus architecture keywords.
+
+    Parameters
+    ----------
+    kind : {"metaqsm", "mesaqsm", "qsminvnet"}
+        Model kind (:data:`KINDS`).
+    **arch
+        Keywords of :class:`QSMUNet` (``width``, ``hidden``, ``n_basis``, ``in_ch``, ``field_scale``,
+        ``chi_scale``; ``hidden`` and ``n_basis`` are dropped for "mesaqsm") or of :class:`QSMInvNet`
+        (``width``, ``field_scale``, ``chi_scale``, ``nonlocal_block``).
+
+    Returns
+    -------
+    torch.nn.Module
+        A freshly initialised :class:`QSMUNet` (WP-Conv for "metaqsm", plain for "mesaqsm") or
+        :class:`QSMInvNet`.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown.
+    """
     if kind == "metaqsm":
         return QSMUNet(wp=True, **arch)
     if kind == "mesaqsm":
@@ -170,7 +221,24 @@ def build_model(kind: str, **arch) -> nn.Module:
 
 
 def run_model(model: nn.Module, field: torch.Tensor, mask: torch.Tensor, voxel_size) -> torch.Tensor:
-    """Call any of the models with the inputs it needs; output masked χ (ppm)."""
+    """Call any of the models with the inputs it needs; output masked χ (ppm).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`QSMUNet` or :class:`QSMInvNet`.
+    field : torch.Tensor, shape (N, 1, X, Y, Z)
+        Local field (ppm); X, Y, Z multiples of :data:`MULTIPLE`.
+    mask : torch.Tensor, shape (N, 1, X, Y, Z)
+        Brain mask (float 0/1); the field is multiplied by it before the call.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis (not passed to QSMInvNet).
+
+    Returns
+    -------
+    torch.Tensor, shape (N, 1, X, Y, Z)
+        Susceptibility chi (ppm), 0 outside ``mask``.
+    """
     field = field * mask
     if isinstance(model, QSMInvNet):
         out = model(field, mask)
@@ -180,5 +248,15 @@ def run_model(model: nn.Module, field: torch.Tensor, mask: torch.Tensor, voxel_s
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    int
+        Total number of elements of the parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

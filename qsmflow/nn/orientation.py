@@ -33,18 +33,69 @@ EXTEND_VOXELS = 3
 
 
 def nearest_axis(b0_dir) -> int:
-    """Array axis (0, 1, 2) with the largest |component| of ``b0_dir``."""
+    """Array axis (0, 1, 2) with the largest |component| of ``b0_dir``.
+
+    Parameters
+    ----------
+    b0_dir : sequence of 3 float
+        B0 direction in voxel axes (normalised here).
+
+    Returns
+    -------
+    int
+        The array axis closest to B0 (sign ignored).
+
+    Raises
+    ------
+    ValueError
+        If ``b0_dir`` is not a finite, non-zero 3-vector.
+    """
     return int(np.argmax(np.abs(physics.check_b0_dir(b0_dir))))
 
 
 def tilt_deg(b0_dir, axis=2) -> float:
-    """Angle (degrees) between ``b0_dir`` and array axis ``axis``, sign ignored."""
+    """Angle (degrees) between ``b0_dir`` and array axis ``axis``, sign ignored.
+
+    Parameters
+    ----------
+    b0_dir : sequence of 3 float
+        B0 direction in voxel axes (normalised here).
+    axis : int, default 2
+        Array axis.
+
+    Returns
+    -------
+    float
+        Angle (degrees), in [0, 90].
+
+    Raises
+    ------
+    ValueError
+        If ``b0_dir`` is not a finite, non-zero 3-vector.
+    """
     b = physics.check_b0_dir(b0_dir)
     return math.degrees(math.acos(min(1.0, abs(float(b[axis])))))
 
 
 def rotation_to_axis2(b0_dir) -> np.ndarray:
-    """Rotation matrix R (3×3) with R·b̂ = ±(0, 0, 1), about the axis b̂ × ẑ (Rodrigues)."""
+    """Rotation matrix R (3×3) with R·b̂ = ±(0, 0, 1), about the axis b̂ × ẑ (Rodrigues).
+
+    Parameters
+    ----------
+    b0_dir : sequence of 3 float
+        B0 direction in voxel axes (normalised here).
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+        R, with R·b̂ = +ẑ if b̂ has a non-negative axis-2 component, else −ẑ; the identity when b̂
+        is already along ±ẑ.
+
+    Raises
+    ------
+    ValueError
+        If ``b0_dir`` is not a finite, non-zero 3-vector.
+    """
     b = physics.check_b0_dir(b0_dir)
     b = b if b[2] >= 0 else -b
     u = np.cross(b, (0.0, 0.0, 1.0))
@@ -57,7 +108,22 @@ def rotation_to_axis2(b0_dir) -> np.ndarray:
 
 def extend_outside(x, mask, width=EXTEND_VOXELS) -> np.ndarray:
     """``x`` in ``mask``; outside, ``width`` shells filled in turn with the mean of their
-    already filled 3×3×3 neighbours; 0 beyond (float32)."""
+    already filled 3×3×3 neighbours; 0 beyond (float32).
+
+    Parameters
+    ----------
+    x : array_like, shape (X, Y, Z)
+        Values to extend (any unit; kept in ``mask``).
+    mask : array_like of bool, shape (X, Y, Z)
+        Where ``x`` is valid.
+    width : int, default :data:`EXTEND_VOXELS`
+        Number of one-voxel shells (face-neighbour dilations) filled outside ``mask``.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        ``x`` extended over ``width`` shells, 0 beyond.
+    """
     m = np.asarray(mask, bool).copy()
     out = np.where(m, x, 0.0).astype(np.float32)
     for _ in range(int(width)):
@@ -118,14 +184,38 @@ class B0Frame:
         self._back_off, self._fwd_off = -lo, self._fwd @ lo
 
     def net_index(self, index) -> np.ndarray:
-        """Network-frame voxel coordinates (float) of voxel ``index`` of the input array."""
+        """Network-frame voxel coordinates (float) of voxel ``index`` of the input array.
+
+        Parameters
+        ----------
+        index : sequence of 3 float
+            Voxel coordinates in the input array.
+
+        Returns
+        -------
+        ndarray, shape (3,)
+            The coordinates in the network frame (permuted, and rotated when :attr:`rotated`).
+        """
         i = np.asarray(index, float)[[a for a in range(3) if a != self.axis] + [self.axis]]
         if not self.rotated:
             return i
         return self._back @ (i - [s.start for s in self._crop]) + self._back_off
 
     def to_network(self, field) -> tuple[np.ndarray, np.ndarray]:
-        """``(field, mask)`` in the network frame (field float32 in the field's unit, mask bool)."""
+        """``(field, mask)`` in the network frame (field float32 in the field's unit, mask bool).
+
+        Parameters
+        ----------
+        field : array_like, shape (X, Y, Z)
+            Field on the input grid (e.g. ppm); values outside the mask are ignored.
+
+        Returns
+        -------
+        field : ndarray, float32
+            The field in the network frame, shape of :attr:`mask_net`.
+        mask : ndarray of bool
+            :attr:`mask_net`.
+        """
         f = self._permute(np.where(self.mask, np.asarray(field, np.float32), 0.0))
         if self.rotated:
             m = self._permute(self.mask)[self._crop]
@@ -135,7 +225,18 @@ class B0Frame:
 
     def from_network(self, chi_net) -> np.ndarray:
         """χ (valid in :attr:`mask_net`) from the network frame on the input grid (float32, 0
-        outside the mask)."""
+        outside the mask).
+
+        Parameters
+        ----------
+        chi_net : array_like
+            χ (e.g. ppm) in the network frame, shape of :attr:`mask_net`.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z), float32
+            χ on the input grid, 0 outside the input mask.
+        """
         x = np.asarray(chi_net, np.float32)
         if self.rotated:
             full = np.zeros(self._permute(self.mask).shape, np.float32)
@@ -151,7 +252,14 @@ class B0Frame:
                                     mode="constant", cval=0.0, prefilter=order > 1).astype(np.float32)
 
     def describe(self) -> str:
-        """One line for logs and sidecars: what was done to bring B0 along the network's axis."""
+        """One line for logs and sidecars: what was done to bring B0 along the network's axis.
+
+        Returns
+        -------
+        str
+            The permutation and, if the tilt exceeds :data:`ROTATE_MIN_DEG`, whether it was rotated
+            away or ignored.
+        """
         what = f"array axis {self.axis} moved to axis 2" if self.axis != 2 else "no permutation"
         if self.rotated:
             return (f"{what}; residual {self.tilt_deg:.1f}° tilt removed by rotating the field "

@@ -41,7 +41,18 @@ COSMOS_VOXEL_MM = (1.06, 1.06, 1.06)
 
 def shared_data_dir(path=None) -> Path:
     """The shared data folder: ``path`` if given, else ``$QSMFLOW_SHARED/data``, else the repo's
-    ``../shared/data``."""
+    ``../shared/data``.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Folder to use (``~`` expanded); empty or None for the fallbacks.
+
+    Returns
+    -------
+    Path
+        The folder (not checked to exist).
+    """
     if path:
         return Path(path).expanduser()
     env = os.environ.get("QSMFLOW_SHARED")
@@ -58,6 +69,31 @@ def dipole_kernel_torch(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), device=None,
     """D(k) = 1/3 − (k·b̂)²/|k|² on the FFT grid of ``shape`` (mm voxels); D(0) = 0.
 
     ``half=True`` returns the last axis cut to ``n // 2 + 1`` (for ``rfftn``).
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        FFT grid size (X, Y, Z).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    device : torch.device or str, optional
+        Device of the result (default: torch's default).
+    dtype : torch.dtype, default torch.float32
+        Dtype of the result (computed in float64).
+    half : bool, default False
+        Return the ``rfftn`` half grid.
+
+    Returns
+    -------
+    torch.Tensor, shape (X, Y, Z) or (X, Y, Z // 2 + 1)
+        The dimensionless kernel D.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` or ``b0_dir`` is invalid.
     """
     vs = physics.check_voxel_size(voxel_size)
     b = physics.check_b0_dir(b0_dir)
@@ -77,7 +113,29 @@ def dipole_kernel_torch(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), device=None,
 def forward_field_torch(chi: torch.Tensor, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                         pad_fraction: float = 1.0) -> torch.Tensor:
     """Field (ppm) of ``chi`` (ppm, (..., X, Y, Z)); zero-padded by ``pad_fraction`` × size per
-    axis (1.0 = doubling = wrap-free, as :func:`qsmflow.physics.forward_field`)."""
+    axis (1.0 = doubling = wrap-free, as :func:`qsmflow.physics.forward_field`).
+
+    Parameters
+    ----------
+    chi : torch.Tensor, shape (..., X, Y, Z)
+        Susceptibility chi (ppm); real floating point.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    b0_dir : sequence of 3 float, default (0, 0, 1)
+        B0 direction in voxel axes (normalised here).
+    pad_fraction : float, default 1.0
+        Zero padding per axis as a fraction of the size (rounded up, then to a fast FFT length).
+
+    Returns
+    -------
+    torch.Tensor, shape (..., X, Y, Z)
+        Field (ppm), on ``chi``'s device.
+
+    Raises
+    ------
+    ValueError
+        If ``voxel_size`` or ``b0_dir`` is invalid.
+    """
     shape = chi.shape[-3:]
     pshape = physics.padded_shape(shape, [int(math.ceil(pad_fraction * s)) for s in shape])
     d = dipole_kernel_torch(pshape, voxel_size, b0_dir, chi.device, chi.dtype, half=True)
@@ -115,6 +173,22 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SynthConfig":
+        """Config from a ``[data]`` table (lists become tuples).
+
+        Parameters
+        ----------
+        d : dict, optional
+            Option name → value; missing options keep their defaults.
+
+        Returns
+        -------
+        SynthConfig
+
+        Raises
+        ------
+        ValueError
+            On an unknown option, or a ``crop`` that is not three sizes >= 16.
+        """
         d = dict(d or {})
         names = set(cls.__dataclass_fields__)
         bad = sorted(set(d) - names)
@@ -149,7 +223,24 @@ def _base_from_arrays(name, chi, mask, vs) -> BaseVolume:
 
 
 def load_cosmos(shared=None) -> BaseVolume:
-    """The 2016 challenge COSMOS χ (ppm) × brain mask, 1.06 mm iso, as a :class:`BaseVolume`."""
+    """The 2016 challenge COSMOS χ (ppm) × brain mask, 1.06 mm iso, as a :class:`BaseVolume`.
+
+    Parameters
+    ----------
+    shared : str or Path, optional
+        Shared data folder (:func:`shared_data_dir`); the files are ``qsm2016/chi_cosmos.nii.gz``
+        and ``qsm2016/msk.nii.gz`` in it.
+
+    Returns
+    -------
+    BaseVolume
+        Named "cosmos", voxel size :data:`COSMOS_VOXEL_MM` (mm).
+
+    Raises
+    ------
+    ValueError
+        If either file is missing.
+    """
     import nibabel as nib
 
     d = shared_data_dir(shared) / "qsm2016"
@@ -163,7 +254,22 @@ def load_cosmos(shared=None) -> BaseVolume:
 
 
 def load_phantoms(n: int, seed: int = 0) -> list[BaseVolume]:
-    """``n`` head phantoms with different anatomy seeds; [] (with a warning) if unavailable."""
+    """``n`` head phantoms with different anatomy seeds; [] (with a warning) if unavailable.
+
+    A phantom that fails to build is skipped with a warning, and no further ones are made.
+
+    Parameters
+    ----------
+    n : int
+        Number of phantoms.
+    seed : int, default 0
+        Phantom ``i`` uses anatomy seed ``seed + 1000 + i``.
+
+    Returns
+    -------
+    list of BaseVolume
+        Named ``phantom0``, ``phantom1``, ...; at most ``n``.
+    """
     try:
         from ..sims.phantom import make_head_phantom
     except ImportError:
@@ -182,7 +288,25 @@ def load_phantoms(n: int, seed: int = 0) -> list[BaseVolume]:
 
 
 def load_bases(cfg: SynthConfig, seed: int = 0) -> list[BaseVolume]:
-    """Base χ volumes named in ``cfg.sources`` ("cosmos", "phantom")."""
+    """Base χ volumes named in ``cfg.sources`` ("cosmos", "phantom").
+
+    Parameters
+    ----------
+    cfg : SynthConfig
+        Uses ``sources``, ``shared_data`` (COSMOS) and ``n_phantoms``.
+    seed : int, default 0
+        Anatomy seed of the phantoms (:func:`load_phantoms`).
+
+    Returns
+    -------
+    list of BaseVolume
+        In the order of ``cfg.sources``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown source, missing COSMOS files, or when no base volume is available.
+    """
     bases = []
     for s in cfg.sources:
         if s == "cosmos":
@@ -228,7 +352,21 @@ def _smooth_field(g, shape, grid, device, n_ch=1) -> torch.Tensor:
 
 
 def draw_voxel_size(g: torch.Generator, cfg: SynthConfig) -> tuple:
-    """A voxel size (mm) per the config: fixed, near-isotropic 1 mm, or the Meta-QSM range."""
+    """A voxel size (mm) per the config: fixed, near-isotropic 1 mm, or the Meta-QSM range.
+
+    Parameters
+    ----------
+    g : torch.Generator
+        Source of the random draws (CPU).
+    cfg : SynthConfig
+        ``fixed_voxel`` if set; else with probability ``p_iso`` each axis uniform in 0.9–1.1 mm,
+        otherwise axes 0 and 1 uniform in ``voxel_xy`` and axis 2 uniform in ``voxel_z`` (mm).
+
+    Returns
+    -------
+    tuple of 3 float
+        Voxel size (mm) per array axis.
+    """
     if cfg.fixed_voxel is not None:
         return tuple(float(v) for v in cfg.fixed_voxel)
     if _u(g, 0, 1) < cfg.p_iso:
@@ -310,7 +448,31 @@ class Synthesizer:
         return chi
 
     def sample(self, seed: int, voxel_size=None, crop=None, shapes: bool = True) -> dict:
-        """One sample from ``seed``; ``voxel_size`` (mm) drawn from the config unless given."""
+        """One sample from ``seed``; ``voxel_size`` (mm) drawn from the config unless given.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the sample's CPU generator.
+        voxel_size : sequence of 3 float, optional
+            Voxel size (mm) per array axis (the config's draw is still made, so the other random
+            draws come from the same generator stream).
+        crop : sequence of 3 int, optional
+            Output size (X, Y, Z) (default ``cfg.crop``).
+        shapes : bool, default True
+            Add the random ellipsoids / spheres / cuboids / cylinders.
+
+        Returns
+        -------
+        dict
+            ``field`` and ``chi`` (ppm) and ``mask`` (0/1), float32 tensors (1, X, Y, Z) on the
+            device, and ``voxel_size`` (tuple, mm).
+
+        Raises
+        ------
+        ValueError
+            If ``voxel_size`` is invalid.
+        """
         cfg = self.cfg
         g = torch.Generator().manual_seed(int(seed))
         vs_drawn = draw_voxel_size(g, cfg)
@@ -349,7 +511,23 @@ class Synthesizer:
                 "mask": mask[sl][None].float(), "voxel_size": tuple(float(v) for v in vs)}
 
     def batch(self, seeds, voxel_size=None, crop=None) -> dict:
-        """Stack samples of ``seeds`` sharing one voxel size (drawn from the first seed)."""
+        """Stack samples of ``seeds`` sharing one voxel size (drawn from the first seed).
+
+        Parameters
+        ----------
+        seeds : iterable of int
+            One sample per seed (:meth:`sample`).
+        voxel_size : sequence of 3 float, optional
+            Voxel size (mm) per array axis.
+        crop : sequence of 3 int, optional
+            Output size (X, Y, Z) (default ``cfg.crop``).
+
+        Returns
+        -------
+        dict
+            ``field``, ``chi`` (ppm) and ``mask`` as tensors (N, 1, X, Y, Z), and ``voxel_size``
+            (tuple, mm).
+        """
         seeds = list(seeds)
         if voxel_size is None:
             voxel_size = draw_voxel_size(torch.Generator().manual_seed(int(seeds[0])), self.cfg)
@@ -360,14 +538,47 @@ class Synthesizer:
 
 
 def sample_seed(data_seed: int, index: int) -> int:
-    """Seed of sample ``index`` of a data set with seed ``data_seed`` (a stable 63-bit mix)."""
+    """Seed of sample ``index`` of a data set with seed ``data_seed`` (a stable 63-bit mix).
+
+    Parameters
+    ----------
+    data_seed : int
+        Seed of the data set.
+    index : int
+        Sample index.
+
+    Returns
+    -------
+    int
+        Seed in [0, 2**63).
+    """
     x = (int(data_seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9) & 0x7FFFFFFFFFFFFFFF
     x ^= x >> 31
     return int(x & 0x7FFFFFFFFFFFFFFF)
 
 
 def split_indices(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Permute ``range(n)`` with ``seed`` and split it train : val = (1 − f) : f."""
+    """Permute ``range(n)`` with ``seed`` and split it train : val = (1 − f) : f.
+
+    Parameters
+    ----------
+    n : int
+        Data set size.
+    val_fraction : float, default 0.1
+        Fraction f of validation samples (at least one).
+    seed : int, default 0
+        Seed of the permutation (``numpy.random.default_rng``).
+
+    Returns
+    -------
+    train, val : ndarray of int
+        Disjoint sample indices.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` < 2.
+    """
     if n < 2:
         raise ValueError(f"data set size must be >= 2 to split train/validation, got {n}")
     perm = np.random.default_rng(seed).permutation(n)

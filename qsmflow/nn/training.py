@@ -61,7 +61,23 @@ TRAIN_DEFAULTS = {
 
 
 def load_config(path) -> dict:
-    """Read a TOML training config and fill defaults; ``ValueError`` on unknown keys."""
+    """Read a TOML training config and fill defaults; ``ValueError`` on unknown keys.
+
+    Parameters
+    ----------
+    path : str or Path
+        TOML file (e.g. ``qsmflow/nn/configs/<name>.toml``).
+
+    Returns
+    -------
+    dict
+        The config, as from :func:`normalise_config`.
+
+    Raises
+    ------
+    ValueError
+        If the file does not exist, is not valid TOML, or fails :func:`normalise_config`.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"config file {path} does not exist: pass --config qsmflow/nn/configs/<name>.toml")
@@ -71,7 +87,25 @@ def load_config(path) -> dict:
 
 
 def normalise_config(cfg: dict) -> dict:
-    """Validate a config dict (tables model/data/train) and fill the training defaults."""
+    """Validate a config dict (tables model/data/train) and fill the training defaults.
+
+    Parameters
+    ----------
+    cfg : dict
+        Tables ``model`` (with ``kind``), ``data``, ``train`` and optional ``name``,
+        ``description``; not modified.
+
+    Returns
+    -------
+    dict
+        A deep copy with ``train`` filled from :data:`TRAIN_DEFAULTS` and ``data`` present.
+
+    Raises
+    ------
+    ValueError
+        On an unknown table, a ``[model]`` without ``kind``, an unknown ``[train]`` key or an
+        invalid ``[data]`` table (:meth:`~qsmflow.nn.synthesis.SynthConfig.from_dict`).
+    """
     cfg = copy.deepcopy(cfg)
     bad = sorted(set(cfg) - {"model", "data", "train", "name", "description"})
     if bad:
@@ -90,7 +124,17 @@ def normalise_config(cfg: dict) -> dict:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """"auto" → CUDA when available, else CPU."""
+    """"auto" → CUDA when available, else CPU.
+
+    Parameters
+    ----------
+    name : str, default "auto"
+        "auto" or a torch device string ("cpu", "cuda", "cuda:1", ...).
+
+    Returns
+    -------
+    torch.device
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -110,7 +154,22 @@ def _regularised_weights(model):
 
 
 def l2_penalty(model) -> torch.Tensor:
-    """Mean of w² over the (WP-)convolution weights (see module docstring)."""
+    """Mean of w² over the (WP-)convolution weights (see module docstring).
+
+    The weights are the WP-Conv basis kernels and hypernetwork ``Linear`` weights, and the
+    weights of the plain and gated convolutions; biases, batch norms and the other layers are
+    not regularised.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model of :mod:`qsmflow.nn.models`.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim float32 tensor (a CPU zero when there are no such weights).
+    """
     ws = list(_regularised_weights(model))
     if not ws:
         return torch.zeros(())
@@ -119,7 +178,21 @@ def l2_penalty(model) -> torch.Tensor:
 
 
 def validation_set(synth: Synthesizer, cfg: dict) -> list[dict]:
-    """The fixed validation samples (first ``n_val`` of the validation split, batch size 1)."""
+    """The fixed validation samples (first ``n_val`` of the validation split, batch size 1).
+
+    Parameters
+    ----------
+    synth : Synthesizer
+        Generator of the samples.
+    cfg : dict
+        Normalised config (:func:`normalise_config`); uses ``train.n_samples``,
+        ``val_fraction``, ``data_seed`` and ``n_val``.
+
+    Returns
+    -------
+    list of dict
+        Samples as from :meth:`Synthesizer.sample`, tensors (1, 1, X, Y, Z).
+    """
     tr = cfg["train"]
     _, val_idx = split_indices(int(tr["n_samples"]), float(tr["val_fraction"]), int(tr["data_seed"]))
     out = []
@@ -131,7 +204,24 @@ def validation_set(synth: Synthesizer, cfg: dict) -> list[dict]:
 
 @torch.no_grad()
 def evaluate(model, val: list[dict], device) -> dict:
-    """Mean L1 (ppm), RMSE (%), HFEN (%), SSIM over the validation samples."""
+    """Mean L1 (ppm), RMSE (%), HFEN (%), SSIM over the validation samples.
+
+    Runs without gradients in eval mode and leaves ``model`` in training mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, on ``device``.
+    val : list of dict
+        Samples from :func:`validation_set` (non-empty).
+    device : torch.device or str
+        Device the inputs are moved to.
+
+    Returns
+    -------
+    dict
+        ``l1`` (ppm, inside the mask), ``rmse`` (%), ``hfen`` (%), ``ssim``: floats, means over ``val``.
+    """
     model.eval()
     rows = []
     for s in val:
@@ -175,7 +265,38 @@ def _hardware(device) -> str:
 
 def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> dict:
     """Train per ``cfg`` (a :func:`normalise_config` dict) into folder ``out``; returns the
-    summary written to ``out/model.json``. ``max_steps`` stops early (tests)."""
+    summary written to ``out/model.json``. ``max_steps`` stops early (tests).
+
+    Writes ``checkpoint.pt``, ``model.pt``, ``model.json``, ``validation.csv`` and
+    ``validation.png`` into ``out`` (module docstring). Training also stops after
+    ``train.max_time_s`` seconds when that is > 0.
+
+    Parameters
+    ----------
+    cfg : dict
+        Training config (normalised again here).
+    out : str or Path
+        Output folder (created).
+    resume : bool, default False
+        Continue from ``out/checkpoint.pt`` (model, optimiser, scheduler, step).
+    progress : bool, default True
+        Show a tqdm progress bar.
+    max_steps : int, optional
+        Run at most this many steps from the current one (capped at ``train.steps``).
+
+    Returns
+    -------
+    dict
+        The summary: ``name``, ``config``, ``steps``, ``samples_seen``, ``parameters``,
+        ``hardware``, ``wall_s`` (s), ``torch``, ``data_seed`` and ``validation`` (``n`` and the
+        metrics of :func:`evaluate`).
+
+    Raises
+    ------
+    ValueError
+        If the config is invalid, ``resume`` is given without a checkpoint, or ``train.init`` is not
+        a file or not a plain state dict of tensors.
+    """
     from tqdm import tqdm
 
     cfg = normalise_config(cfg)
@@ -318,7 +439,28 @@ Files: `{name}.pt` (plain state dict of tensors, loaded with `torch.load(weights
 def export_model(run_dir, weights_dir, name: str, config_file: str = "", full_config: str = "",
                  note: str = "") -> Path:
     """Copy ``run_dir/model.pt`` + summary to ``weights_dir/<name>.pt|.json`` and write the
-    model card ``<name>.md``. Returns the ``.pt`` path."""
+    model card ``<name>.md``. Returns the ``.pt`` path.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Training output folder (:func:`train`), with ``model.pt`` and ``model.json``.
+    weights_dir : str or Path
+        Destination folder (created).
+    name : str
+        Model name, also written into the summary.
+    config_file : str, default ""
+        Config file (in ``qsmflow/nn/configs``) of this run, named in the card.
+    full_config : str, default ""
+        Config of the full, paper-size model named in the card (default ``config_file``).
+    note : str, default ""
+        Card text: its first line is the headline, the rest the body.
+
+    Returns
+    -------
+    Path
+        ``weights_dir/<name>.pt``.
+    """
     run_dir, weights_dir = Path(run_dir), Path(weights_dir)
     summary = json.loads((run_dir / "model.json").read_text())
     weights_dir.mkdir(parents=True, exist_ok=True)

@@ -51,15 +51,61 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
                      mutate=None, seed=0, enhanced: str | None = None) -> dict:
     """Write one multi-echo GRE acquisition → dict with the expected values after conversion.
 
-    ``magnitude``, ``phase_rad``: (rows, columns, slices, echoes), phase in the convention of
-    qsmflow (positive frequency = positive phase). ``mutate(ds, part, echo, slice)`` may edit a
-    header or return ``None`` to drop that file (bad-input tests). ``enhanced``: ``None`` writes
-    classic images; ``"series"`` one Enhanced MR file per series with all its echoes and slices as
-    frames (Siemens XA: a magnitude and a phase file, phase stored with slope 2 / intercept -4096;
-    Philips: one file with magnitude and phase frames, rescale per frame); ``"image"`` one
-    single-frame Enhanced MR file per image. ``mutate`` then edits the classic image that becomes a
-    frame. Returned: ``phase_rad`` and ``magnitude`` as representable in the stored integers,
-    ``te_s``, ``files``.
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder (created); files ``IMnnnnn`` with shuffled numbers.
+    vendor : {"siemens", "philips", "ge"}
+        Whose storage conventions to mimic (module docstring).
+    magnitude : array_like, shape (rows, columns, slices, echoes)
+        Magnitude (a.u.), stored as integers: Siemens rounded (12 bit), Philips divided by 1.5, GE as
+        rounded real / imaginary parts (int16).
+    phase_rad : array_like, shape (rows, columns, slices, echoes)
+        Phase (rad) in the convention of qsmflow (positive frequency = positive phase).
+    te_ms : sequence of float
+        Echo times (ms), one per echo.
+    orientation : sequence of 6 float, default (1, 0, 0, 0, 1, 0)
+        ImageOrientationPatient (row and column direction cosines).
+    first_position : sequence of 3 float, default (-60, -70, -10)
+        ImagePositionPatient (mm) of the first slice.
+    pixel_spacing : sequence of 2 float, default (1.0, 1.25)
+        PixelSpacing (mm), as written to the tag.
+    slice_spacing : float, default 2.0
+        Slice spacing along the slice normal and SliceThickness (mm).
+    series_number : int, default 5
+        SeriesNumber (Siemens phase: + 1).
+    repeat_echo_tags : bool, default False
+        Every image gets echo 1's EchoNumbers / EchoTime and InstanceNumber = slice (GE research).
+    scanning_sequence : str, default "GR"
+        ScanningSequence.
+    b0 : float, default 3.0
+        MagneticFieldStrength (T); ImagingFrequency = 42.5775·b0 (MHz).
+    acquisition : str, default "3D"
+        MRAcquisitionType.
+    mutate : callable, optional
+        ``mutate(ds, part, echo, slice)`` may edit a header or return ``None`` to drop that file
+        (bad-input tests); ``part`` is "mag" / "phase" ("real" / "imag" for GE), echo and slice
+        0-based. With ``enhanced`` it edits the classic image that becomes a frame.
+    seed : int, default 0
+        Seed of the shuffled file names.
+    enhanced : {None, "series", "image"}, optional
+        ``None`` writes classic images; ``"series"`` one Enhanced MR file per series with all its
+        echoes and slices as frames (Siemens XA: a magnitude and a phase file, phase stored with
+        slope 2 / intercept -4096; Philips: one file with magnitude and phase frames, rescale per
+        frame); ``"image"`` one single-frame Enhanced MR file per image.
+
+    Returns
+    -------
+    dict
+        ``"magnitude"`` and ``"phase_rad"`` (rad) as representable in the stored integers, shape
+        (rows, columns, slices, echoes); ``"te_s"`` (s); ``"files"`` (list of Path).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``enhanced``; frames of one enhanced file that differ in size or pixel format.
+    KeyError
+        An unknown ``vendor`` (the manufacturer lookup comes before the vendor ``ValueError``).
     """
     if enhanced not in (None, "series", "image"):
         raise ValueError(f"enhanced={enhanced!r}: use None, 'series' or 'image'")
@@ -184,7 +230,24 @@ def enhanced_dataset(frames) -> Dataset:
     """Classic images of one series, ``[(part, echo, slice, ds), ...]`` → one Enhanced MR Image
     Storage dataset with these frames in this order. Frame attributes go into the functional group
     macros of :data:`FRAME_ATTRIBUTES`: shared when equal for all frames, else per frame. Private
-    tags are dropped; ``ScanningSequence`` becomes ``EchoPulseSequence``/``EchoPlanarPulseSequence``."""
+    tags are dropped; ``ScanningSequence`` becomes ``EchoPulseSequence``/``EchoPlanarPulseSequence``.
+
+    Parameters
+    ----------
+    frames : sequence of tuple
+        ``(part, echo, slice, ds)``: part name ("mag", "phase", "real", "imag"), 0-based echo and
+        slice, and the classic image (pydicom Dataset); all of one series.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The Enhanced MR Image Storage dataset.
+
+    Raises
+    ------
+    ValueError
+        Frames that differ in matrix size or pixel format.
+    """
     first = frames[0][3]
     for *_, f in frames:
         if (f.Rows, f.Columns, f.BitsStored, f.PixelRepresentation) != \

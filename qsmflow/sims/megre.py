@@ -51,7 +51,21 @@ class MEGRE:
 
 
 def smooth_phase_offset(shape, rng) -> np.ndarray:
-    """A smooth φ0 map (rad): random constant plus linear and quadratic terms over the FOV."""
+    """A smooth φ0 map (rad): random constant plus linear and quadratic terms over the FOV.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid size (voxels).
+    rng : numpy.random.Generator
+        Random generator.
+
+    Returns
+    -------
+    ndarray, shape ``shape``
+        φ0 (rad, float64, not wrapped): a constant in [−π, π) plus linear (coefficients in
+        [−1, 1]) and quadratic ([−0.5, 0.5]) terms in coordinates spanning [−1, 1] per axis.
+    """
     g = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij", sparse=True)
     phi = rng.uniform(-np.pi, np.pi) + sum(rng.uniform(-1.0, 1.0) * x for x in g)
     phi = phi + sum(rng.uniform(-0.5, 0.5) * x * x for x in g)
@@ -67,7 +81,23 @@ _R2STAR_RATIO = ((1.5, 0.8), (3.0, 1.0), (7.0, 2.0))
 
 
 def r2star_at_field(r2star_3t, b0_tesla):
-    """R2* (1/s) at ``b0_tesla`` (T) of tissue whose R2* at 3 T is ``r2star_3t`` (1/s)."""
+    """R2* (1/s) at ``b0_tesla`` (T) of tissue whose R2* at 3 T is ``r2star_3t`` (1/s).
+
+    The ratio R2*(B0) / R2*(3 T) is interpolated linearly in B0 between 1.5, 3 and 7 T
+    (Peters et al. 2007), extrapolated beyond, and at least 0.1.
+
+    Parameters
+    ----------
+    r2star_3t : float or array_like
+        R2* at 3 T (1/s).
+    b0_tesla : float
+        Field strength (T).
+
+    Returns
+    -------
+    ndarray
+        R2* at ``b0_tesla`` (1/s), shape of ``r2star_3t``.
+    """
     b, r = np.array(_R2STAR_RATIO).T
     b0 = float(b0_tesla)
     i = 0 if b0 < b[1] else 1
@@ -78,7 +108,24 @@ def r2star_at_field(r2star_3t, b0_tesla):
 def receive_bias(shape, voxel_size, rng, amplitude=0.2):
     """Smooth multiplicative receive-coil sensitivity (mean 1 over the FOV): brighter towards
     the FOV's periphery (a head array) with a random linear tilt; ``amplitude`` ≈ the relative
-    change from centre to edge."""
+    change from centre to edge.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid size (voxels).
+    voxel_size : sequence of 3 float
+        Voxel size (mm); not used (the map is defined over the FOV in relative coordinates).
+    rng : numpy.random.Generator
+        Random generator (the tilt).
+    amplitude : float, default 0.2
+        Strength (unitless) of the bias: exp(amplitude·q).
+
+    Returns
+    -------
+    ndarray, shape ``shape``
+        Sensitivity (float32, unitless), mean 1.
+    """
     g = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij", sparse=True)
     q = 0.5 * sum(x * x for x in g) + sum(rng.uniform(-0.4, 0.4) * x for x in g)
     b = np.exp(float(amplitude) * q)
@@ -90,16 +137,49 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
                    scale_r2star=False, fat_shift=False, bias=0.0) -> MEGRE:
     """Simulate MEGRE magnitude and phase of ``phantom`` (see the module docstring).
 
-    ``te_s`` echo times in seconds, ``b0_tesla`` in T, ``b0_dir`` a unit vector in voxel axes
-    (default: from ``phantom.affine``), ``snr`` = mean brain magnitude of echo 1 / σ (None or
-    0 = no noise), ``phase_offset`` adds a smooth φ0, ``bipolar_rad`` the odd/even echo offset
-    (scalar or a map). ``R2*`` is used as given (the phantom's values are for 3 T).
-    ``dephasing``: attenuate the magnitude by intravoxel dephasing in the total field's
-    gradient (:func:`dephasing_factor`), as a real scan does near air and bone.
-    ``scale_r2star``: R2* at ``b0_tesla`` (:func:`r2star_at_field`) instead of the 3 T values;
-    ``fat_shift``: the fat signal (``phantom.fat_fraction``) precesses at
-    :data:`FAT_SHIFT_PPM` (water–fat beating in the phase, as in any real head); ``bias``:
-    amplitude of a smooth receive-coil sensitivity (:func:`receive_bias`) on the magnitude.
+    ``R2*`` is used as given (the phantom's values are for 3 T) unless ``scale_r2star``.
+
+    Parameters
+    ----------
+    phantom : HeadPhantom
+        The phantom (χ, M0, R2*, masks, affine).
+    te_s : sequence of float, default :data:`DEFAULT_TE_S`
+        Echo times (s), strictly increasing.
+    b0_tesla : float, default 3.0
+        Field strength (T).
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel axes; default from ``phantom.affine``.
+    snr : float or None, default 100
+        Mean brain magnitude of echo 1 / noise σ; None, 0 or inf: no noise.
+    phase_offset : bool, default True
+        Add a smooth φ0 (:func:`smooth_phase_offset`).
+    bipolar_rad : float or ndarray, shape (X, Y, Z), default 0.0
+        Odd − even echo phase difference β (rad) of a bipolar readout, scalar or map.
+    seed : int or numpy.random.SeedSequence, default 0
+        Seed of the noise, φ0 and bias.
+    dephasing : bool, default True
+        Attenuate the magnitude by intravoxel dephasing in the total field's gradient
+        (:func:`dephasing_factor`), as a real scan does near air and bone.
+    scale_r2star : bool, default False
+        Use R2* at ``b0_tesla`` (:func:`r2star_at_field`) instead of the 3 T values.
+    fat_shift : bool, default False
+        The fat signal (``phantom.fat_fraction``) precesses at :data:`FAT_SHIFT_PPM` (water–fat
+        beating in the phase, as in any real head).
+    bias : float, default 0.0
+        Amplitude of a smooth receive-coil sensitivity (:func:`receive_bias`) on the magnitude;
+        0: none.
+
+    Returns
+    -------
+    MEGRE
+        Magnitude (a.u.) and wrapped phase (rad), float32, shape (X, Y, Z, E), with the true total
+        field (Hz), local field (ppm), φ0 (rad) and noise σ (magnitude units).
+
+    Raises
+    ------
+    ValueError
+        Invalid ``te_s``, ``b0_tesla`` or ``b0_dir``; ``bipolar_rad`` neither scalar nor a map of
+        the phantom's shape; a negative ``snr``.
     """
     te = physics.check_echo_times(te_s)
     b0 = physics.check_field_strength(b0_tesla)
@@ -151,14 +231,38 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
 
 
 def dephasing_gradients(field_hz) -> list:
-    """Field change across one voxel (Hz per voxel) along each array axis."""
+    """Field change across one voxel (Hz per voxel) along each array axis.
+
+    Parameters
+    ----------
+    field_hz : array_like, shape (X, Y, Z)
+        Field (Hz).
+
+    Returns
+    -------
+    list of ndarray, shape (X, Y, Z)
+        |∂f/∂i| (Hz per voxel, central differences) per array axis.
+    """
     return [np.abs(g) for g in np.gradient(np.asarray(field_hz, float))]
 
 
 def dephasing_factor(grads, te_s) -> np.ndarray:
     """Intravoxel dephasing: signal fraction left at ``te_s`` (s) when the field varies
     linearly across the voxel by ``grads`` (Hz per voxel, per axis), Π sinc(G·TE) — the
-    signal loss near air and bone that makes real magnitude masks avoid those voxels."""
+    signal loss near air and bone that makes real magnitude masks avoid those voxels.
+
+    Parameters
+    ----------
+    grads : sequence of ndarray
+        Field change across one voxel (Hz per voxel) per axis (:func:`dephasing_gradients`).
+    te_s : float
+        Echo time (s).
+
+    Returns
+    -------
+    ndarray, shape of ``grads[0]``
+        Π |sinc(G·TE)| (NumPy's normalised sinc), in [0, 1].
+    """
     out = np.ones(grads[0].shape)
     for g in grads:
         out *= np.abs(np.sinc(g * te_s))
@@ -167,7 +271,27 @@ def dephasing_factor(grads, te_s) -> np.ndarray:
 
 def oblique_affine(shape, voxel_size, oblique_deg=0.0) -> np.ndarray:
     """RAS+ affine of ``voxel_size`` (mm) rotated by ``oblique_deg`` about the left–right axis
-    (a pitched head / tilted slab), centred on the array centre."""
+    (a pitched head / tilted slab), centred on the array centre.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid size (voxels); its centre maps to world 0.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    oblique_deg : float, default 0.0
+        Rotation (degrees) about the left–right (x) axis.
+
+    Returns
+    -------
+    ndarray, shape (4, 4)
+        Voxel → world (mm) affine.
+
+    Raises
+    ------
+    ValueError
+        An invalid ``voxel_size``.
+    """
     vs = np.asarray(physics.check_voxel_size(voxel_size))
     a = np.deg2rad(float(oblique_deg))
     rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
@@ -212,11 +336,53 @@ def write_bids_dataset(root, subjects=("01",), sessions=None, runs=None, shape=(
     ``fmap/…desc-total_fieldmap`` (Hz) and ``desc-local_fieldmap`` (ppm), each with a
     ``_magnitude`` (noise-free echo 1). Each subject is a different phantom (seed + 101·index);
     sessions and runs of a subject share the anatomy and differ in noise and φ0.
-    ``oblique_deg`` tilts the acquisition about the left–right axis (B0 then oblique in voxel
-    axes). ``whole_head``: the FOV of :func:`qsmflow.sims.phantom.make_whole_head_phantom` (vertex to
-    neck; ``shape`` is then ignored). ``realistic``: R2* at ``b0_tesla``, fat chemical shift and
-    a receive bias (the settings of :func:`simulate_megre` a real scan has). ``contrast``: a
-    :func:`with_contrast` table for the non-brain tissue.
+
+    Parameters
+    ----------
+    root : str or Path
+        Dataset folder (created).
+    subjects : str, int or sequence, default ("01",)
+        Subject labels (without ``sub-``).
+    sessions, runs : str, int, sequence or None, optional
+        Session / run labels; None: no ``ses-`` / ``run-`` entity.
+    shape : sequence of 3 int, default (128, 128, 80)
+        Grid size (voxels); ignored with ``whole_head``.
+    voxel_size : sequence of 3 float, default (1.5, 1.5, 1.5)
+        Voxel size (mm) per array axis.
+    te_s : sequence of float, default :data:`DEFAULT_TE_S`
+        Echo times (s).
+    b0_tesla : float, default 3.0
+        Field strength (T).
+    snr : float or None, default 100
+        SNR of echo 1 in the brain (:func:`simulate_megre`).
+    oblique_deg : float, default 0.0
+        Tilt (degrees) of the acquisition about the left–right axis (B0 then oblique in voxel axes).
+    seed : int, default 0
+        Base seed of phantoms and noise.
+    bipolar_rad : float, default 0.0
+        Odd − even echo phase difference (rad).
+    phase_offset : bool, default True
+        Add a smooth φ0.
+    name : str, default "qsmflow simulated MEGRE"
+        Dataset name (dataset_description.json, README).
+    whole_head : bool, default False
+        The FOV of :func:`qsmflow.sims.phantom.make_whole_head_phantom` (vertex to neck).
+    realistic : bool, default False
+        R2* at ``b0_tesla``, fat chemical shift and a receive bias (:func:`realistic_settings`: the
+        settings of :func:`simulate_megre` a real scan has).
+    contrast : dict, optional
+        A :func:`with_contrast` table for the non-brain tissue.
+
+    Returns
+    -------
+    Path
+        ``root``.
+
+    Raises
+    ------
+    ValueError
+        Invalid ``te_s``, ``b0_tesla``, ``voxel_size`` or ``shape``; no subject; or as
+        :func:`simulate_megre`.
     """
     root = Path(root)
     te = physics.check_echo_times(te_s)
@@ -322,7 +488,18 @@ def _write_truth(truth: Path, ents, ph: HeadPhantom, sim: MEGRE):
 
 def realistic_settings(b0_tesla) -> dict:
     """:func:`simulate_megre` options of a realistic scan at ``b0_tesla`` (T): R2* at that
-    field, fat chemical shift, receive bias 0.3 (≤ 3 T) or 0.5 (7 T: stronger B1 effects)."""
+    field, fat chemical shift, receive bias 0.3 (≤ 3 T) or 0.5 (7 T: stronger B1 effects).
+
+    Parameters
+    ----------
+    b0_tesla : float
+        Field strength (T).
+
+    Returns
+    -------
+    dict
+        Keyword arguments ``scale_r2star``, ``fat_shift`` and ``bias`` of :func:`simulate_megre`.
+    """
     return {"scale_r2star": True, "fat_shift": True,
             "bias": 0.3 if float(b0_tesla) <= 3.0 else 0.5}
 
@@ -357,7 +534,26 @@ BRAIN_LIKE_CONTRAST = {"soft_tissue": (0.85, 18.0), "muscle": (0.8, 20.0),
 
 def with_contrast(phantom: HeadPhantom, contrast: dict) -> HeadPhantom:
     """A copy of ``phantom`` whose non-brain voxels of the named tissues get new
-    ``(M0, R2* at 3 T)`` (e.g. :data:`BRAIN_LIKE_CONTRAST`); χ is unchanged."""
+    ``(M0, R2* at 3 T)`` (e.g. :data:`BRAIN_LIKE_CONTRAST`); χ is unchanged.
+
+    Parameters
+    ----------
+    phantom : HeadPhantom
+        The phantom (not modified).
+    contrast : dict
+        ``{tissue name: (M0 (a.u.), R2* (1/s, 3 T))}``, names from
+        :data:`qsmflow.sims.phantom.LABEL_NAMES`.
+
+    Returns
+    -------
+    HeadPhantom
+        The modified copy.
+
+    Raises
+    ------
+    KeyError
+        An unknown tissue name.
+    """
     from .phantom import LABEL_NAMES
 
     ids = {v: k for k, v in LABEL_NAMES.items()}
@@ -370,8 +566,33 @@ def with_contrast(phantom: HeadPhantom, contrast: dict) -> HeadPhantom:
 
 def simulate_case(case, seed=0, snr=80, coarsen=1.0, contrast=None):
     """``(phantom, MEGRE)`` of a :data:`WHOLE_HEAD_CASES` entry, realistic settings, with the
-    voxel size multiplied by ``coarsen`` (e.g. 2 for fast tests); ``contrast``: a
-    :func:`with_contrast` table (e.g. :data:`BRAIN_LIKE_CONTRAST`)."""
+    voxel size multiplied by ``coarsen`` (e.g. 2 for fast tests).
+
+    Parameters
+    ----------
+    case : str
+        A key of :data:`WHOLE_HEAD_CASES` (voxel size mm, B0 T, echo times s, oblique angle deg).
+    seed : int, default 0
+        Seed of phantom and noise.
+    snr : float, default 80
+        SNR of echo 1 in the brain (:func:`simulate_megre`).
+    coarsen : float, default 1.0
+        Factor on the case's voxel size.
+    contrast : dict, optional
+        A :func:`with_contrast` table (e.g. :data:`BRAIN_LIKE_CONTRAST`).
+
+    Returns
+    -------
+    phantom : HeadPhantom
+        The whole-head phantom, with the case's oblique affine.
+    sim : MEGRE
+        The simulated acquisition.
+
+    Raises
+    ------
+    KeyError
+        An unknown ``case``.
+    """
     c = WHOLE_HEAD_CASES[case]
     vs = tuple(float(coarsen) * v for v in c["voxel_size"])
     ph = make_whole_head_phantom(vs, seed=seed)
@@ -386,9 +607,30 @@ def simulate_case(case, seed=0, snr=80, coarsen=1.0, contrast=None):
 def make_demo_dataset(root, n_subjects=2, seed=0) -> Path:
     """A small demo BIDS dataset (3 mm, 68×84×64 voxels covering the head, 4 echoes, 3 T,
     SNR 100, B0 along the third array axis) with ground truth; a few seconds per subject.
-    Returns ``root``. (Not oblique: on a 3 mm grid an oblique B0 makes the simulated field
-    of the 9.4 ppm air edges ring at the grid frequency, a simulation artefact that costs
-    ~20 points of χ NRMSE; oblique data are simulated with ``write_bids_dataset``.)"""
+
+    Not oblique: on a 3 mm grid an oblique B0 makes the simulated field of the 9.4 ppm air edges
+    ring at the grid frequency, a simulation artefact that costs ~20 points of χ NRMSE; oblique
+    data are simulated with ``write_bids_dataset``.
+
+    Parameters
+    ----------
+    root : str or Path
+        Dataset folder (created).
+    n_subjects : int, default 2
+        Number of subjects (``sub-01``, ``sub-02``, ...), ≥ 1.
+    seed : int, default 0
+        Base seed.
+
+    Returns
+    -------
+    Path
+        ``root``.
+
+    Raises
+    ------
+    ValueError
+        ``n_subjects`` < 1.
+    """
     n = int(n_subjects)
     if n < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects!r}")

@@ -138,14 +138,35 @@ class HeadPhantom:
         return physics.b0_direction_from_affine(self.affine) if b0_dir is None else b0_dir
 
     def local_field_ppm(self, b0_dir=None) -> np.ndarray:
-        """True local field (ppm): the field of :attr:`chi_brain`. ``b0_dir`` in voxel axes,
-        default from ``affine``."""
+        """True local field (ppm): the field of :attr:`chi_brain`.
+
+        Parameters
+        ----------
+        b0_dir : sequence of 3 float, optional
+            B0 direction in voxel axes; default from ``affine``.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z)
+            Local field (ppm).
+        """
         return physics.forward_field(self.chi_brain, self.voxel_size, self._b0(b0_dir),
                                      kernel=FORWARD_KERNEL)
 
     def total_field_ppm(self, b0_dir=None) -> np.ndarray:
         """Total field (ppm) of all of χ in a head surrounded by air (field of χ − χ_air),
-        including the parts of the head outside the FOV when :attr:`chi_ext` is set."""
+        including the parts of the head outside the FOV when :attr:`chi_ext` is set.
+
+        Parameters
+        ----------
+        b0_dir : sequence of 3 float, optional
+            B0 direction in voxel axes; default from ``affine``.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z)
+            Total field (ppm) on the FOV grid.
+        """
         if self.chi_ext is None:
             return physics.forward_field(self.chi - CHI_AIR, self.voxel_size, self._b0(b0_dir),
                                          kernel=FORWARD_KERNEL)
@@ -154,7 +175,18 @@ class HeadPhantom:
         return f[tuple(slice(o, o + n) for o, n in zip(self.ext_offset, self.shape))]
 
     def background_field_ppm(self, b0_dir=None) -> np.ndarray:
-        """Total minus local field (ppm)."""
+        """Total minus local field (ppm).
+
+        Parameters
+        ----------
+        b0_dir : sequence of 3 float, optional
+            B0 direction in voxel axes; default from ``affine``.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z)
+            Background field (ppm).
+        """
         return self.total_field_ppm(b0_dir) - self.local_field_ppm(b0_dir)
 
 
@@ -501,12 +533,35 @@ def make_head_phantom(shape=(128, 128, 80), voxel_size=(1.5, 1.5, 1.5), seed=0, 
     The grid is centred on the brain; ``seed`` draws χ values, lesions, veins, texture and a
     small random scaling (±5 %) and rotation (±3°) of the head. Labels are resampled with
     nearest neighbour, χ / M0 / R2* with a box prefilter (partial volume) and linear
-    interpolation. When the FOV cuts the head and ``extend_fov`` is true, χ is also built on
-    a grid extended to the whole head (``chi_ext``) so the total field includes the sources
-    outside the FOV. ``neck_mm`` (mm) extends the anatomy below the Zubal head by a procedural
-    neck (cervical spine, cord, airway, vessels, muscle, fat); ``centre_offset_mm`` moves the
-    FOV centre away from the brain centre (mm, RAS+; e.g. (0, 0, -20) for a whole-head FOV
-    that reaches the neck). Returns a :class:`HeadPhantom`.
+    interpolation.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int, default (128, 128, 80)
+        Grid size (voxels, each ≥ 2).
+    voxel_size : sequence of 3 float, default (1.5, 1.5, 1.5)
+        Voxel size (mm) per array axis.
+    seed : int, default 0
+        Seed of everything random.
+    extend_fov : bool, default True
+        When the FOV cuts the head, also build χ on a grid extended to the whole head
+        (``chi_ext``) so the total field includes the sources outside the FOV.
+    neck_mm : float, default 0.0
+        Length (mm) of a procedural neck below the Zubal head (cervical spine, cord, airway,
+        vessels, muscle, fat); 0: none.
+    centre_offset_mm : sequence of 3 float, default (0, 0, 0)
+        Offset (mm, RAS+) of the FOV centre from the brain centre; e.g. (0, 0, -20) for a
+        whole-head FOV that reaches the neck.
+
+    Returns
+    -------
+    HeadPhantom
+        χ (ppm, rel. CSF), labels, masks, M0 (a.u.) and R2* (1/s, 3 T) on the grid.
+
+    Raises
+    ------
+    ValueError
+        ``shape`` not three sizes ≥ 2, or an invalid ``voxel_size``.
     """
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     if len(shape) != 3 or min(shape) < 2:
@@ -596,10 +651,30 @@ WHOLE_HEAD_NECK_MM = 60.0
 
 def make_whole_head_phantom(voxel_size=(1.0, 1.0, 1.0), seed=0, *, fov_mm=WHOLE_HEAD_FOV_MM,
                             neck_mm=WHOLE_HEAD_NECK_MM) -> HeadPhantom:
-    """Head phantom in a whole-head field of view: ``fov_mm`` (mm per axis, default
-    :data:`WHOLE_HEAD_FOV_MM`) from 4 mm above the vertex down through the skull base into the
-    neck (``neck_mm`` of procedural neck below the Zubal head), on voxels of ``voxel_size``
-    (mm). The grid has ``round(fov_mm / voxel_size)`` voxels per axis."""
+    """Head phantom in a whole-head field of view ``fov_mm``: from 4 mm above the vertex down
+    through the skull base into the neck (``neck_mm`` of procedural neck below the Zubal head).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float, default (1, 1, 1)
+        Voxel size (mm) per array axis.
+    seed : int, default 0
+        Seed of everything random (:func:`make_head_phantom`).
+    fov_mm : sequence of 3 float, default :data:`WHOLE_HEAD_FOV_MM`
+        Field of view (mm) per axis; the grid has ``round(fov_mm / voxel_size)`` (≥ 2) voxels.
+    neck_mm : float, default :data:`WHOLE_HEAD_NECK_MM`
+        Procedural neck (mm) below the Zubal head.
+
+    Returns
+    -------
+    HeadPhantom
+        The phantom on the whole-head grid (:func:`make_head_phantom`).
+
+    Raises
+    ------
+    ValueError
+        An invalid ``voxel_size``.
+    """
     vs = physics.check_voxel_size(voxel_size)
     fov = np.asarray(fov_mm, float)
     shape = tuple(int(max(2, round(f / v))) for f, v in zip(fov, vs))
