@@ -103,10 +103,11 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
     Raises
     ------
     ValueError
-        An unknown ``enhanced``; frames of one enhanced file that differ in size or pixel format.
-    KeyError
-        An unknown ``vendor`` (the manufacturer lookup comes before the vendor ``ValueError``).
+        An unknown ``vendor`` or ``enhanced``; frames of one enhanced file that differ in size or
+        pixel format.
     """
+    if vendor not in ("siemens", "philips", "ge"):
+        raise ValueError(f"vendor {vendor!r}: use siemens, philips or ge")
     if enhanced not in (None, "series", "image"):
         raise ValueError(f"enhanced={enhanced!r}: use None, 'series' or 'image'")
     out = Path(out_dir)
@@ -151,7 +152,7 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
         stored_m = np.rint(mag / PHILIPS_MAG_SLOPE).astype(int)
         expected_mag = stored_m * PHILIPS_MAG_SLOPE
         data = {"mag": (stored_m, 12, False), "phase": (stored_p, 12, False)}
-    elif vendor == "ge":
+    else:  # ge
         mk = {"real": series("s", series_number, "QSM research", ["ORIGINAL", "PRIMARY", "OTHER"]),
               "imag": series("s", series_number, "QSM research", ["ORIGINAL", "PRIMARY", "OTHER"])}
         z = mag * np.exp(-1j * phs)  # GE: opposite phase sign
@@ -159,8 +160,6 @@ def write_gre_dicoms(out_dir, vendor: str, magnitude, phase_rad, te_ms, *, orien
         zq = re + 1j * im
         expected_mag, expected_phase = np.abs(zq), -np.angle(zq)
         data = {"real": (re, 16, True), "imag": (im, 16, True)}
-    else:
-        raise ValueError(f"vendor {vendor!r}: use siemens, philips or ge")
 
     inst = 0
     for part, make in mk.items():

@@ -105,7 +105,7 @@ def r2star_at_field(r2star_3t, b0_tesla):
     return np.asarray(r2star_3t) * max(ratio, 0.1)
 
 
-def receive_bias(shape, voxel_size, rng, amplitude=0.2):
+def receive_bias(shape, rng, amplitude=0.2):
     """Smooth multiplicative receive-coil sensitivity (mean 1 over the FOV): brighter towards
     the FOV's periphery (a head array) with a random linear tilt; ``amplitude`` ≈ the relative
     change from centre to edge.
@@ -114,8 +114,6 @@ def receive_bias(shape, voxel_size, rng, amplitude=0.2):
     ----------
     shape : tuple of int
         Grid size (voxels).
-    voxel_size : sequence of 3 float
-        Voxel size (mm); not used (the map is defined over the FOV in relative coordinates).
     rng : numpy.random.Generator
         Random generator (the tilt).
     amplitude : float, default 0.2
@@ -198,7 +196,7 @@ def simulate_megre(phantom: HeadPhantom, te_s=DEFAULT_TE_S, b0_tesla=3.0, b0_dir
     pha = np.empty(shape + (te.size,), np.float32)
     grads = dephasing_gradients(f_hz) if dephasing else [np.zeros(shape)]
     r2s = r2star_at_field(phantom.r2star, b0) if scale_r2star else phantom.r2star
-    m0 = phantom.m0 * receive_bias(shape, phantom.voxel_size, rng, bias) if bias else phantom.m0
+    m0 = phantom.m0 * receive_bias(shape, rng, bias) if bias else phantom.m0
     ff = phantom.fat_fraction if fat_shift and phantom.fat_fraction is not None else None
     f_fat = physics.ppm_to_hz(FAT_SHIFT_PPM, b0)
 
