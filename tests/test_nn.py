@@ -250,6 +250,31 @@ def test_training_smoke_resume_and_export(tmp_path, shared_data):
         assert torch.allclose(net(x, (1, 1, 1)), ref(x, (1, 1, 1)))
 
 
+def test_prefetching_batches_changes_nothing_but_the_time(tmp_path, shared_data):
+    """Batches made ahead in a background thread (``[train] prefetch``) are the same batches:
+    the trained weights equal those of a run without prefetching, bit for bit; a time budget
+    stops the run with the thread."""
+    import threading
+
+    def cfg(prefetch, **train):
+        return {"model": {"kind": "metaqsm", "width": 2, "hidden": 4, "n_basis": 2},
+                "data": {"crop": [16, 16, 16], "margin": 1.0, "sources": ["cosmos"],
+                         "shared_data": str(shared_data)},
+                "train": {"steps": 3, "batch_size": 2, "n_samples": 20, "n_val": 1,
+                          "val_every": 3, "checkpoint_every": 3, "num_threads": 1, "lr": 1e-3,
+                          "prefetch": prefetch, **train}}
+
+    weights = []
+    for prefetch in (0, 2):
+        training.train(cfg(prefetch), tmp_path / f"p{prefetch}", progress=False)
+        weights.append(torch.load(tmp_path / f"p{prefetch}" / "model.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    before = threading.active_count()
+    s = training.train(cfg(2, steps=1000, max_time_s=1e-6), tmp_path / "t", progress=False)
+    assert s["steps"] == 1 and threading.active_count() == before
+
+
 def test_training_init_from_weights_fine_tunes(tmp_path, shared_data):
     """``[train] init`` starts from a weights file: with lr 0 the result equals that file."""
     cfg = {

@@ -57,6 +57,8 @@ TRAIN_DEFAULTS = {
     "num_threads": 0,
     "max_time_s": 0,
     "init": "",
+    "prefetch": 2,
+    "cpu_amp": False,
 }
 
 
@@ -335,7 +337,7 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     synth = Synthesizer(cfg["data"], device=device, seed=int(tr["data_seed"]))
     train_idx, _ = split_indices(int(tr["n_samples"]), float(tr["val_fraction"]), int(tr["data_seed"]))
     val = validation_set(synth, cfg)
-    use_amp = bool(tr["amp"]) and device.type == "cuda"
+    use_amp = bool(tr["amp"]) and (device.type == "cuda" or bool(tr["cpu_amp"]))
     l2 = float(tr["l2"])
     total = int(tr["steps"]) if max_steps is None else min(int(tr["steps"]), step + int(max_steps))
     t0 = time.time() - wall0
@@ -349,12 +351,8 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
         os.replace(tmp, ckpt)
 
     bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True)
-    while step < total:
-        rng = np.random.default_rng([int(tr["seed"]), step])
-        idx = rng.choice(train_idx, size=int(tr["batch_size"]), replace=False)
-        seeds = [sample_seed(tr["data_seed"], int(i)) for i in idx]
-        vs = draw_voxel_size(torch.Generator().manual_seed(int(seeds[0]) ^ step), synth.cfg)
-        b = synth.batch(seeds, voxel_size=vs)
+    batches = _prefetch(_batches(synth, tr, train_idx, step, total), int(tr["prefetch"]))
+    for b in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = run_model(model, b["field"], b["mask"], b["voxel_size"])
         loss_fit = torch.nn.functional.l1_loss(pred.float(), b["chi"] * b["mask"])
@@ -370,6 +368,7 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
         out_of_time = float(tr["max_time_s"]) > 0 and time.time() - t0 > float(tr["max_time_s"])
         if out_of_time:
             total = step
+            batches.close()
         if step % int(tr["val_every"]) == 0 or step == total:
             last_val = evaluate(model, val, device)
             new = not csv_path.exists()
@@ -385,8 +384,79 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
         if step % int(tr["checkpoint_every"]) == 0 or step == total:
             save_checkpoint()
             _export_weights(model, out / "model.pt")
+        if step >= total:
+            break
+    batches.close()
     bar.close()
     return _write_summary(out, cfg, model, step, device, t0, val, last_val)
+
+
+def _batches(synth, tr: dict, train_idx, start: int, total: int):
+    """The training batches of steps ``start`` … ``total − 1`` in order; each is a function of
+    ``train.seed``, ``train.data_seed`` and its step only (so prefetching changes nothing)."""
+    for step in range(start, total):
+        rng = np.random.default_rng([int(tr["seed"]), step])
+        idx = rng.choice(train_idx, size=int(tr["batch_size"]), replace=False)
+        seeds = [sample_seed(tr["data_seed"], int(i)) for i in idx]
+        vs = draw_voxel_size(torch.Generator().manual_seed(int(seeds[0]) ^ step), synth.cfg)
+        yield synth.batch(seeds, voxel_size=vs)
+
+
+class _prefetch:
+    """Iterate over ``items`` with up to ``n`` of them made ahead in a background thread (the
+    synthesis of the next batches overlaps the network step: torch releases the GIL). ``n = 0``:
+    no thread. :meth:`close` stops the thread; an exception in it is raised in the caller."""
+
+    _END = object()
+
+    def __init__(self, items, n: int):
+        import queue
+        import threading
+
+        self._items, self._n = iter(items), int(n)
+        if self._n > 0:
+            self._queue = queue.Queue(maxsize=self._n)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._fill, daemon=True)
+            self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self):
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._n <= 0:
+            return next(self._items)
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        if self._n > 0 and not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
 
 
 def _write_summary(out, cfg, model, step, device, t0, val, last_val) -> dict:
