@@ -43,8 +43,7 @@ def run(figdir: Path, quick: bool) -> str:
     from qsmflow.nn.inference import load_state_dict
     from qsmflow.nn.models import build_model
     from qsmflow.nn.synthesis import Synthesizer, split_indices
-    from qsmflow.nn.training import _batches, _prefetch, evaluate, l2_penalty, load_config
-    from qsmflow.nn.models import run_model
+    from qsmflow.nn.training import _batches, _prefetch, evaluate, load_config, train_step
 
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "qsmflow/nn/configs/metaqsm_cpu.toml")
@@ -69,13 +68,7 @@ def run(figdir: Path, quick: bool) -> str:
     t0, step, running = time.perf_counter(), 0, []
     model.train()
     for b in _prefetch(_batches(synth, tr, train_idx, 0, steps), 2):
-        pred = run_model(model, b["field"], b["mask"], b["voxel_size"])
-        fit = torch.nn.functional.l1_loss(pred.float(), b["chi"] * b["mask"])
-        loss = fit + float(tr["l2"]) * l2_penalty(model)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running.append(fit.item())
+        running.append(train_step(model, opt, b, l2=float(tr["l2"])))
         step += 1
         if step % every == 0:
             curve.append([step, round(time.perf_counter() - t0), *_fmt(evaluate(model, on_val, "cpu"))])

@@ -23,22 +23,16 @@ CROPS = ((48, 48, 32), (64, 64, 32), (96, 96, 48), (128, 128, 64))
 
 
 def _step_fn(model, opt, batch, *, amp=False, channels_last=False):
-    """One optimiser step on ``batch`` (what qsmflow.nn.training.train does); → loss (float)."""
+    """One optimiser step of the training loop (:func:`qsmflow.nn.training.train_step`, L2 0.01
+    as in the config), optionally on channels_last_3d inputs; → the L1 data loss."""
     import torch
 
-    from qsmflow.nn.models import run_model
-    from qsmflow.nn.training import l2_penalty
+    from qsmflow.nn.training import train_step
 
-    field, mask, chi = batch["field"], batch["mask"], batch["chi"]
     if channels_last:
-        field, mask = (t.contiguous(memory_format=torch.channels_last_3d) for t in (field, mask))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        pred = run_model(model, field, mask, batch["voxel_size"])
-    loss = torch.nn.functional.l1_loss(pred.float(), chi * mask) + 0.01 * l2_penalty(model)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item()
+        batch = {**batch, **{k: batch[k].contiguous(memory_format=torch.channels_last_3d)
+                             for k in ("field", "mask")}}
+    return train_step(model, opt, batch, l2=0.01, amp=amp)
 
 
 def _median_s(fn, n=REPEAT, warmup=WARMUP) -> float:
@@ -162,7 +156,7 @@ def run(figdir: Path, quick: bool) -> str:
             f"{100 * share:.0f} % of a step when the two run one after the other. Medians of {n} "
             f"steps after {warm} warm-up steps.\n\n"
             "Network step only (forward + backward + RMSprop), same batch; *loss* is the first "
-            "step's loss of a fresh model (L1 + L2 term), so the last column is what a variant "
+            "step's L1 data loss of a fresh model, so the last column is what a variant "
             "changes in the arithmetic:\n\n")
     text += md_table(["variant", "s / step", "speed vs shipped", "loss", "loss vs fp32"], rows)
     text += (f"\n\nThe training loop ({n_loop} steps of `train`'s own batches, synthesis included; "

@@ -633,6 +633,22 @@ def _header(path: str):
 AFFINE_TOL_MM = 1e-3
 
 
+def affine_difference_mm(affine, ref_affine) -> float:
+    """Largest difference (mm) between two voxel-to-world affines.
+
+    Parameters
+    ----------
+    affine, ref_affine : array_like, shape (4, 4)
+        NIfTI affines (mm).
+
+    Returns
+    -------
+    float
+        max |affine − ref_affine| over the first three rows (the last row is (0, 0, 0, 1)).
+    """
+    return float(np.abs(np.asarray(affine, float)[:3] - np.asarray(ref_affine, float)[:3]).max())
+
+
 def check_image_data(path: str, img=None, *, finite: bool = True, signal: bool = False) -> None:
     """Read the whole data of ``path`` (catches truncated or corrupt files: a header alone does not).
 
@@ -689,7 +705,7 @@ def _check_phase_scaling(path: str, meta: dict) -> None:
 
 def _check_same_grid(path: str, affine, ref_path: str, ref_affine) -> None:
     """``path``'s affine equals the reference echo's within :data:`AFFINE_TOL_MM`."""
-    diff = float(np.abs(np.asarray(affine)[:3] - np.asarray(ref_affine)[:3]).max())
+    diff = affine_difference_mm(affine, ref_affine)
     if diff > AFFINE_TOL_MM:
         raise InputError(f"{path}: its affine (voxel-to-world geometry) differs from {ref_path} "
                          f"by up to {diff:.3g} mm; every echo and part of one run must share one "

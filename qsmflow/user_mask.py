@@ -21,12 +21,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .bids import Acquisition, InputError, parse_filename
+from .bids import AFFINE_TOL_MM, Acquisition, InputError, affine_difference_mm, parse_filename
 
 LOG = logging.getLogger("qsmflow")
 
 #: largest difference (mm) between any entry of the mask's and the echoes' affine
-GRID_ATOL_MM = 1e-3
 #: ``space-`` labels that name the acquisition's own grid (anything else is ignored)
 NATIVE_SPACES = ("orig", "native")
 #: entities of a mask's name that do not take part in matching it to an acquisition (every
@@ -99,7 +98,7 @@ def binary_mask(data) -> np.ndarray:
 def grid_mismatch_mm(shape, affine, ref_shape, ref_affine) -> float | None:
     """How far a mask's grid is from the echoes': ``inf`` when ``shape`` differs from
     ``ref_shape`` (3D; a 4D ``shape`` must hold one volume); with equal shapes, the largest
-    affine difference (mm) when it exceeds :data:`GRID_ATOL_MM`, else None.
+    affine difference (mm) when it exceeds :data:`AFFINE_TOL_MM`, else None.
 
     Parameters
     ----------
@@ -120,8 +119,8 @@ def grid_mismatch_mm(shape, affine, ref_shape, ref_affine) -> float | None:
     """
     if tuple(shape[:3]) != tuple(ref_shape[:3]) or (len(shape) == 4 and shape[3] != 1):
         return float("inf")
-    diff = float(np.max(np.abs(np.asarray(affine, float) - np.asarray(ref_affine, float))))
-    return diff if diff > GRID_ATOL_MM else None
+    diff = affine_difference_mm(affine, ref_affine)
+    return diff if diff > AFFINE_TOL_MM else None
 
 
 def load_user_mask(path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +146,7 @@ def load_user_mask(path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]
     ------
     ValueError
         (message without the file name) If the file cannot be read (also when it is missing),
-        its shape or affine differs from the echoes' (tolerance :data:`GRID_ATOL_MM`), or it
+        its shape or affine differs from the echoes' (tolerance :data:`AFFINE_TOL_MM`), or it
         is not a binary mask.
     """
     try:
@@ -162,7 +161,7 @@ def load_user_mask(path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]
                          f"{tuple(ref_shape[:3])}; {_FIX_GRID}")
     if off is not None:
         raise ValueError(f"the mask's affine differs from the echoes' by up to {off:.3g} mm "
-                         f"(tolerance {GRID_ATOL_MM:g} mm); {_FIX_GRID}")
+                         f"(tolerance {AFFINE_TOL_MM:g} mm); {_FIX_GRID}")
     try:
         return binary_mask(data), img.affine
     except ValueError as exc:

@@ -16,7 +16,8 @@ import pytest
 from scipy import ndimage
 
 from _robustness import run_app_inprocess
-from qsmflow.user_mask import GRID_ATOL_MM, binary_mask
+from qsmflow.bids import AFFINE_TOL_MM
+from qsmflow.user_mask import binary_mask
 
 ANAT = "sub-01/anat"
 MASK = "sub-01_desc-brain_mask.nii.gz"
@@ -217,7 +218,7 @@ def test_native_space_and_tolerance_are_accepted(demo_bids, truth_dir, tmp_path)
     a 0/255 uint8 image are fine; the first --derivatives folder with a mask wins."""
     img = _truth(truth_dir)
     a = img.affine.copy()
-    a[:3, 3] += GRID_ATOL_MM / 10
+    a[:3, 3] += AFFINE_TOL_MM / 10
     name = "sub-01_space-orig_desc-brain_mask.nii.gz"
     deriv = _mask_dataset(tmp_path / "fs", (np.asarray(img.dataobj) > 0).astype(np.uint8) * 255,
                           a, name=name)

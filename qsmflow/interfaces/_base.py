@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from nipype.interfaces.base import isdefined
 
-from ..bids import AFFINE_TOL_MM
+from ..bids import AFFINE_TOL_MM, affine_difference_mm
 from ..io import load_nifti
 from ..physics import b0_direction_from_affine, voxel_size_from_affine
 
@@ -37,7 +37,7 @@ def load_on_grid(path, ref_path, shape, affine, dtype=np.float64):
     """The data of ``path``, refused (``ValueError`` naming both files and the fix) unless it is
     on the grid of ``ref_path``: the same 3D shape and an affine within ``AFFINE_TOL_MM`` mm."""
     data, aff, _ = load_nifti(path, dtype=dtype)
-    diff = float(np.abs(np.asarray(aff)[:3] - np.asarray(affine)[:3]).max())
+    diff = affine_difference_mm(aff, affine)
     if tuple(data.shape[:3]) != tuple(shape[:3]) or diff > AFFINE_TOL_MM:
         raise ValueError(f"{path}: not on the grid of {ref_path} (shape {tuple(data.shape[:3])} "
                          f"vs {tuple(shape[:3])}, affines differ by up to {diff:.3g} mm); "

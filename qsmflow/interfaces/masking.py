@@ -9,7 +9,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import masking
 from ..user_mask import load_user_mask
-from ..io import load_nifti, save_nifti
+from ..io import save_nifti
 from ._base import jsonable, load_on_grid, opt, out_file
 
 MASK_METHODS = tuple(masking.MASK_METHODS)
@@ -48,8 +48,8 @@ class BrainMask(SimpleInterface):
         ref = opt(self.inputs.magnitude) or opt(self.inputs.phase) or opt(self.inputs.residual)
         if ref is None:
             raise ValueError("BrainMask needs a magnitude, a phase or a fit residual")
-        _, affine, _ = load_nifti(ref, dtype=None)
-        shape = nib.load(ref).shape
+        header = nib.load(ref)
+        affine, shape = header.affine, header.shape
         arrays = {}
         for name in ("magnitude", "phase", "residual"):
             if opt(getattr(self.inputs, name)):

@@ -353,16 +353,9 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True)
     batches = _prefetch(_batches(synth, tr, train_idx, step, total), int(tr["prefetch"]))
     for b in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = run_model(model, b["field"], b["mask"], b["voxel_size"])
-        loss_fit = torch.nn.functional.l1_loss(pred.float(), b["chi"] * b["mask"])
-        loss = loss_fit + l2 * l2_penalty(model) if l2 > 0 else loss_fit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        running.append(train_step(model, opt, b, l2=l2, amp=use_amp))
         sched.step()
         step += 1
-        running.append(loss_fit.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         out_of_time = float(tr["max_time_s"]) > 0 and time.time() - t0 > float(tr["max_time_s"])
@@ -389,6 +382,38 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     batches.close()
     bar.close()
     return _write_summary(out, cfg, model, step, device, t0, val, last_val)
+
+
+def train_step(model, opt, batch: dict, *, l2: float = 0.0, amp: bool = False) -> float:
+    """One optimiser step on ``batch``: L1 loss of the masked χ plus ``l2`` × :func:`l2_penalty`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model of :mod:`qsmflow.nn.models`, in training mode.
+    opt : torch.optim.Optimizer
+        Its optimiser.
+    batch : dict
+        ``field``, ``chi`` (ppm) and ``mask`` tensors (N, 1, X, Y, Z) on the model's device and
+        ``voxel_size`` (mm), as from :meth:`~qsmflow.nn.synthesis.Synthesizer.batch`.
+    l2 : float, default 0
+        Weight of the L2 penalty (0: none).
+    amp : bool, default False
+        bfloat16 autocast of the forward pass (on the field's device type).
+
+    Returns
+    -------
+    float
+        The L1 data loss (ppm) of this step, before the update.
+    """
+    with torch.autocast(batch["field"].device.type, dtype=torch.bfloat16, enabled=amp):
+        pred = run_model(model, batch["field"], batch["mask"], batch["voxel_size"])
+    loss_fit = torch.nn.functional.l1_loss(pred.float(), batch["chi"] * batch["mask"])
+    loss = loss_fit + l2 * l2_penalty(model) if l2 > 0 else loss_fit
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss_fit.item()
 
 
 def _batches(synth, tr: dict, train_idx, start: int, total: int):
