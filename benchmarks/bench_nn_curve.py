@@ -36,19 +36,19 @@ def _crops(synth, idx, data_seed):
     return out
 
 
-def run(figdir: Path, quick: bool) -> str:
+def shipped_setup():
+    """The shipped Meta-QSM and its training data, 1 torch thread: ``(train config, model,
+    synthesiser, training indices, validation indices)``."""
     import torch
 
-    from _util import md_table
     from qsmflow.nn.inference import load_state_dict
     from qsmflow.nn.models import build_model
     from qsmflow.nn.synthesis import Synthesizer, split_indices
-    from qsmflow.nn.training import _batches, _prefetch, evaluate, load_config, train_step
+    from qsmflow.nn.training import load_config
 
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "qsmflow/nn/configs/metaqsm_cpu.toml")
     tr = dict(cfg["train"])
-    n_eval, steps, every = (3, 20, 10) if quick else (N_EVAL, STEPS, EVERY)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model(**cfg["model"])
@@ -56,6 +56,17 @@ def run(figdir: Path, quick: bool) -> str:
     synth = Synthesizer(cfg["data"], seed=int(tr["data_seed"]))
     train_idx, val_idx = split_indices(int(tr["n_samples"]), float(tr["val_fraction"]),
                                        int(tr["data_seed"]))
+    return tr, model, synth, train_idx, val_idx
+
+
+def run(figdir: Path, quick: bool) -> str:
+    import torch
+
+    from _util import md_table
+    from qsmflow.nn.training import _batches, _prefetch, evaluate, train_step
+
+    n_eval, steps, every = (3, 20, 10) if quick else (N_EVAL, STEPS, EVERY)
+    tr, model, synth, train_idx, val_idx = shipped_setup()
     rng = np.random.default_rng(7)
     on_train = _crops(synth, rng.choice(train_idx, n_eval, replace=False), tr["data_seed"])
     on_val = _crops(synth, val_idx[-n_eval:], tr["data_seed"])  # not the fixed n_val ones

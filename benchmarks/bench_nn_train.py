@@ -78,17 +78,26 @@ def run(figdir: Path, quick: bool) -> str:
 
     rows, ref = [], None
     threads0 = torch.get_num_threads()
-    for label, threads, amp, cl in (("fp32, 1 thread (shipped config)", 1, False, False),
-                                    ("fp32, 2 threads", 2, False, False),
-                                    ("fp32, 2 threads, channels_last_3d", 2, False, True),
-                                    ("bf16 autocast, 2 threads", 2, True, False)):
+    compile_s = None
+    for label, threads, amp, cl, comp in (
+            ("fp32, 1 thread (shipped config)", 1, False, False, False),
+            ("fp32, 2 threads", 2, False, False, False),
+            ("fp32, 2 threads, channels_last_3d", 2, False, True, False),
+            ("bf16 autocast, 2 threads", 2, True, False, False),
+            ("fp32, 2 threads, torch.compile (inductor)", 2, False, False, True)):
         torch.set_num_threads(threads)
         model, opt = fresh()
-        t = _median_s(lambda m=model, o=opt, a=amp, c=cl: _step_fn(m, o, batch, amp=a, channels_last=c),
+        net = torch.compile(model) if comp else model
+        t0 = time.perf_counter()
+        _step_fn(net, opt, batch, amp=amp, channels_last=cl)  # compiles, for torch.compile
+        if comp:
+            compile_s = time.perf_counter() - t0
+        t = _median_s(lambda m=net, o=opt, a=amp, c=cl: _step_fn(m, o, batch, amp=a, channels_last=c),
                       n, warm)
         # accuracy of the variant: the first-step loss of a fresh model on the same batch
         model, opt = fresh()
-        loss = _step_fn(model, opt, batch, amp=amp, channels_last=cl)
+        loss = _step_fn(torch.compile(model) if comp else model, opt, batch, amp=amp,
+                        channels_last=cl)
         ref = ref if ref is not None else (t, loss)
         rows.append([label, round(t, 3), f"{ref[0] / t:.2f}×", f"{loss:.5f}",
                      f"{100 * (loss - ref[1]) / ref[1]:+.2f} %"])
@@ -159,6 +168,9 @@ def run(figdir: Path, quick: bool) -> str:
             "step's L1 data loss of a fresh model, so the last column is what a variant "
             "changes in the arithmetic:\n\n")
     text += md_table(["variant", "s / step", "speed vs shipped", "loss", "loss vs fp32"], rows)
+    text += (f"\n\n`torch.compile`: the first step took {compile_s:.0f} s (compilation); WP-Conv's "
+             "kernel cache breaks the graph and each layer shape recompiles (Dynamo's limit of 8 "
+             "is reached), so the compiled step is timed as it runs in training.\n")
     text += (f"\n\nThe training loop ({n_loop} steps of `train`'s own batches, synthesis included; "
              "the background thread is `[train] prefetch`, default 2, and gives the same weights "
              "bit for bit, `tests/test_nn.py`):\n\n")

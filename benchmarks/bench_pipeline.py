@@ -74,9 +74,9 @@ def run_app(bids: Path, out: Path, work: Path, nprocs: int = 2,
 def _coverage(bids: Path, out: Path, methods) -> dict:
     """Fraction of the true brain where each χ map is valid (non-zero)."""
     from qsmflow.io import load_nifti
+    from qsmflow.sims.megre import truth_file
 
-    t = bids / "derivatives" / "qsmflow-truth" / "sub-01" / "anat"
-    brain = load_nifti(t / "sub-01_desc-brain_mask.nii.gz")[0] > 0
+    brain = load_nifti(truth_file(bids, "01", "brain", "mask"))[0] > 0
     d = out / "sub-01" / "anat"
     return {m: round(float(np.mean(load_nifti(d / f"sub-01_desc-{m}_Chimap.nii.gz")[0][brain]
                                    != 0)), 3) for m in methods}

@@ -429,13 +429,8 @@ def vsharp(field, mask, voxel_size, b0_dir=None, *, radii_mm=None, max_radius_mm
 
     Parameters
     ----------
-    field : array_like, shape (X, Y, Z)
-        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
-        ignored.
-    mask : array_like of bool, shape (X, Y, Z)
-        Brain mask (not empty, not the whole field of view).
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
+    field, mask, voxel_size
+        Total field (any unit, kept), brain mask, voxel size (mm), as for :func:`resharp`.
     b0_dir : sequence of 3 float, optional
         Unused (the SMV is isotropic).
     radii_mm : sequence of float, optional
@@ -508,13 +503,8 @@ def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, weight=None, pad_mm=
 
     Parameters
     ----------
-    field : array_like, shape (X, Y, Z)
-        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
-        ignored.
-    mask : array_like of bool, shape (X, Y, Z)
-        Brain mask (not empty, not the whole field of view).
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
+    field, mask, voxel_size
+        Total field (any unit, kept), brain mask, voxel size (mm), as for :func:`resharp`.
     b0_dir : sequence of 3 float, default (0, 0, 1)
         B0 direction, a unit vector in voxel axes.
     weight : array_like, shape (X, Y, Z), optional
@@ -683,13 +673,8 @@ def lbv(field, mask, voxel_size, b0_dir=None, *, tol=1e-5, max_iter=200, peel_mm
 
     Parameters
     ----------
-    field : array_like, shape (X, Y, Z)
-        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
-        ignored.
-    mask : array_like of bool, shape (X, Y, Z)
-        Brain mask (not empty, not the whole field of view).
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
+    field, mask, voxel_size
+        Total field (any unit, kept), brain mask, voxel size (mm), as for :func:`resharp`.
     b0_dir : sequence of 3 float, optional
         Unused.
     tol : float, default 1e-5
@@ -811,13 +796,8 @@ def remove_background(method, field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     ----------
     method : {"resharp", "vsharp", "pdf", "lbv"}
         Method name (any case).
-    field : array_like, shape (X, Y, Z)
-        Total field (Hz, ppm or rad; the output has the same unit); values outside ``mask`` are
-        ignored.
-    mask : array_like of bool, shape (X, Y, Z)
-        Brain mask (not empty, not the whole field of view).
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
+    field, mask, voxel_size
+        Total field (any unit, kept), brain mask, voxel size (mm), as for :func:`resharp`.
     b0_dir : sequence of 3 float, default (0, 0, 1)
         B0 direction, a unit vector in voxel axes.
     workers : int, optional

@@ -69,22 +69,13 @@ def dilate_ball(mask, voxel_size, radius_mm):
 
     Parameters
     ----------
-    mask : array_like of bool, shape (X, Y, Z)
-        Mask to dilate.
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
-    radius_mm : float
-        Ball radius (mm); <= 0 returns a copy of ``mask``.
+    mask, voxel_size, radius_mm
+        Mask to dilate, voxel size (mm), ball radius (mm), as for :func:`erode_ball`.
 
     Returns
     -------
     dilated : ndarray of bool, shape (X, Y, Z)
         The voxels within ``radius_mm`` of a mask voxel.
-
-    Raises
-    ------
-    ValueError
-        If ``voxel_size`` is not three positive finite values (checked when ``radius_mm`` > 0).
     """
     m = np.asarray(mask, bool)
     if radius_mm <= 0:

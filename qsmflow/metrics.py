@@ -12,6 +12,8 @@ Formulas (x = reconstruction, y = reference, both restricted to the mask M):
   = max − min of y inside M; averaged over M.
 - ``xsim``: the challenge 2.0 XSIM: SSIM without rescaling, L = 1 ppm, K1 = 0.01, K2 = 0.001.
 - ``correlation``: Pearson r over M.
+
+Every metric raises ``ValueError`` if x, y and the mask differ in shape or the mask is empty.
 """
 
 from __future__ import annotations
@@ -62,20 +64,13 @@ def nrmse_demeaned(x, y, mask=None) -> float:
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
 
     Returns
     -------
     float
         NRMSE (%) after subtracting each map's mean inside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     x, y, m = _masked(x, y, mask)
     xm = x[m] - x[m].mean()
@@ -92,20 +87,13 @@ def nrmse_detrended(x, y, mask=None) -> float:
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
 
     Returns
     -------
     float
         100·‖(a·x + b) − y‖/‖y‖ (%) with a, b the least-squares fit inside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     x, y, m = _masked(x, y, mask)
     a = np.vstack([x[m], np.ones(m.sum())]).T
@@ -121,10 +109,8 @@ def hfen(x, y, mask=None, sigma=1.5) -> float:
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
     sigma : float, optional
         Standard deviation of the LoG filter (voxels); default 1.5.
 
@@ -132,11 +118,6 @@ def hfen(x, y, mask=None, sigma=1.5) -> float:
     -------
     float
         HFEN (%).
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     x, y, m = _masked(x, y, mask)
     lx = ndimage.gaussian_laplace(np.where(m, x, 0.0), sigma)
@@ -162,10 +143,8 @@ def ssim(x, y, mask=None, sigma=1.5, k1=0.01, k2=0.03, data_range=None) -> float
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
     sigma : float, optional
         Standard deviation of the Gaussian window (voxels); default 1.5.
     k1, k2 : float, optional
@@ -177,11 +156,6 @@ def ssim(x, y, mask=None, sigma=1.5, k1=0.01, k2=0.03, data_range=None) -> float
     -------
     float
         Mean SSIM over ``mask`` (dimensionless, at most 1).
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     x, y, m = _masked(x, y, mask)
     if data_range is None:
@@ -204,11 +178,6 @@ def xsim(x, y, mask=None) -> float:
     -------
     float
         XSIM (dimensionless, at most 1).
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     return ssim(x, y, mask, k1=0.01, k2=0.001, data_range=1.0)
 
@@ -218,20 +187,13 @@ def correlation(x, y, mask=None) -> float:
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape (any common unit, e.g. χ in ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
 
     Returns
     -------
     float
         Pearson r in [−1, 1] (NaN when one map is constant in ``mask``).
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     x, y, m = _masked(x, y, mask)
     return float(np.corrcoef(x[m], y[m])[0, 1])
@@ -244,21 +206,14 @@ def all_metrics(x, y, mask=None) -> dict[str, float]:
 
     Parameters
     ----------
-    x, y : array_like
-        Reconstruction and reference of the same shape, e.g. χ (ppm).
-    mask : array_like of bool, optional
-        Region of the metric, shape of ``x``; default all voxels.
+    x, y, mask
+        As for :func:`rmse_percent`.
 
     Returns
     -------
     dict of str to float
         ``rmse``, ``nrmse``, ``nrmse_detrended``, ``hfen`` (%); ``ssim``, ``xsim``, ``r``
         (dimensionless).
-
-    Raises
-    ------
-    ValueError
-        If ``x``, ``y`` and ``mask`` differ in shape or ``mask`` is empty.
     """
     return {
         "rmse": rmse_percent(x, y, mask),

@@ -275,17 +275,12 @@ def ppm_to_hz(field_ppm, b0_tesla):
     field_ppm : array_like
         Field perturbation (ppm).
     b0_tesla : float
-        Main field strength (T).
+        Main field strength (T); ``ValueError`` if implausible (:func:`check_field_strength`).
 
     Returns
     -------
     ndarray
         Frequency offset (Hz).
-
-    Raises
-    ------
-    ValueError
-        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
     """
     return np.asarray(field_ppm) * 1e-6 * GAMMA_BAR_HZ_PER_T * check_field_strength(b0_tesla)
 
@@ -300,17 +295,12 @@ def rad_to_ppm(phase_rad, te_s, b0_tesla):
     te_s : float or array_like
         Echo time (s), broadcastable against ``phase_rad``.
     b0_tesla : float
-        Main field strength (T).
+        Main field strength (T); ``ValueError`` if implausible (:func:`check_field_strength`).
 
     Returns
     -------
     ndarray
         Field perturbation (ppm).
-
-    Raises
-    ------
-    ValueError
-        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
     """
     return hz_to_ppm(rad_to_hz(phase_rad, te_s), b0_tesla)
 
@@ -325,17 +315,12 @@ def ppm_to_rad(field_ppm, te_s, b0_tesla):
     te_s : float or array_like
         Echo time (s), broadcastable against ``field_ppm``.
     b0_tesla : float
-        Main field strength (T).
+        Main field strength (T); ``ValueError`` if implausible (:func:`check_field_strength`).
 
     Returns
     -------
     ndarray
         Phase (rad), not wrapped (see :func:`wrap`).
-
-    Raises
-    ------
-    ValueError
-        If ``b0_tesla`` is implausible (see :func:`check_field_strength`).
     """
     return hz_to_rad(ppm_to_hz(field_ppm, b0_tesla), te_s)
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from qsmflow import bgremoval, physics
+from qsmflow import bgremoval, inversion, physics
 from qsmflow.interfaces import (BackgroundRemoval, DerivativesSink, DipoleInversion,
                                 MultiEchoFit, ReportFigures, ScalePhase)
 from qsmflow.io import load_nifti, save_nifti
@@ -119,6 +119,29 @@ def test_dipole_inversion_converts_hz_to_ppm_and_references(cwd):
     meta = res.outputs.out_meta
     assert meta["Method"] == "tkd" and meta["Parameters"]["threshold"] == 0.2
     assert "mean" in meta["Reference"] and meta["MagneticFieldStrength"] == 7.0
+
+
+def test_nonlinear_inversions_take_the_acquisitions_phase_scale(cwd):
+    """MEDI / FANSI get s = 2π·γ̄·B0·mean(TE) from the echo times and field strength (issue 17
+    item 4), not the fixed 3 T / 20 ms scale; the sidecar records it; a user's value wins."""
+    brain, _, local_hz, _ = _sphere_fields(b0=7.0)
+    f = save_nifti(cwd / "local.nii.gz", local_hz, _affine())
+    m = save_nifti(cwd / "brain.nii.gz", brain, _affine())
+    te = [0.003, 0.006, 0.009, 0.012, 0.015]
+    expected = 2 * np.pi * 42.57747892e6 * 7.0 * 0.009 * 1e-6    # rad per ppm at TE 9 ms, 7 T
+    assert abs(expected - 16.9) < 0.05 and abs(expected - 16.05) > 0.5
+
+    def scale(method, **params):
+        res = DipoleInversion(local_field=str(f), mask=str(m), b0_tesla=7.0, method=method,
+                              echo_times=te, params={"max_iter": 2, **params}).run()
+        return res.outputs.out_meta["Parameters"].get("rad_per_ppm")
+
+    assert scale("medi") == pytest.approx(expected, rel=1e-6)
+    assert scale("fansi") == pytest.approx(expected, rel=1e-6)
+    assert scale("fansi", rad_per_ppm=5.0) == 5.0
+    assert inversion.acquisition_parameters("tkd", 7.0, te) == {}
+    with pytest.raises(ValueError, match="milliseconds"):
+        inversion.acquisition_parameters("medi", 7.0, [3.0, 6.0])
 
 
 def test_derivatives_sink_writes_atomically_and_refuses_escapes(cwd):

@@ -1,5 +1,6 @@
 """Networks: WP-Conv, model shapes, synthesis physics, safe weight loading, training smoke test."""
 
+import copy
 import os
 import pickle
 
@@ -295,6 +296,67 @@ def test_training_init_from_weights_fine_tunes(tmp_path, shared_data):
     with pytest.raises(ValueError, match="does not exist"):
         training.train({**cfg, "train": {**cfg["train"], "init": str(tmp_path / "nope.pt")}},
                        tmp_path / "run2", progress=False)
+
+
+def test_dipole_misfit_is_zero_for_the_true_chi_and_sees_a_wrong_kernel():
+    """The physics term of ``[train] dc_loss``: 0 for the χ whose field the input is; a
+    transposed (anisotropic) voxel size or a sign flip is seen, at the size of the field."""
+    g = torch.Generator().manual_seed(0)
+    chi = torch.nn.functional.avg_pool3d(torch.randn(2, 1, 24, 24, 24, generator=g), 5, 1, 2)
+    vs = (1.0, 1.0, 3.0)
+    mask = torch.zeros_like(chi)
+    mask[..., 4:20, 4:20, 4:20] = 1
+    field = synthesis.forward_field_torch(chi, vs, pad_fraction=0.5)
+    scale = float(torch.mean(torch.abs(field * mask)))
+    assert float(training.dipole_misfit(chi, field, mask, vs)) < 1e-6 * scale
+    assert float(training.dipole_misfit(chi, field, mask, vs[::-1])) > 0.2 * scale
+    assert float(training.dipole_misfit(-chi, field, mask, vs)) > 1.5 * scale
+
+
+def test_consistency_blend_is_the_pipelines_step_in_torch():
+    """``[train] dc_step``'s blend equals the pipeline's closed-form data-consistency step
+    (:func:`qsmflow.inversion.consistency.data_consistency`, no CG) at the same λ and padding,
+    with λ from each sample's noise, and it repairs a prior of half the true contrast."""
+    from qsmflow.inversion.consistency import LAM_MIN, PRIOR_ERROR, data_consistency
+
+    g = torch.Generator().manual_seed(0)
+    chi = torch.nn.functional.avg_pool3d(torch.randn(2, 1, 24, 24, 24, generator=g), 5, 1, 2)
+    vs = (1.0, 1.0, 2.0)
+    mask = torch.zeros_like(chi)
+    mask[..., 3:21, 3:21, 3:21] = 1
+    field = synthesis.forward_field_torch(chi, vs, pad_fraction=0.5) * mask
+    prior, sigma = 0.5 * chi, torch.tensor([0.01, 0.0])
+    out = training.consistency_blend(prior, field, mask, vs, sigma).numpy()
+    for n in range(2):
+        m = mask[n, 0].numpy() > 0
+        rms = float(np.sqrt(np.mean(prior[n, 0].numpy()[m] ** 2)))
+        lam = max((float(sigma[n]) / (PRIOR_ERROR * rms)) ** 2, LAM_MIN)
+        ref, _ = data_consistency(prior[n, 0].numpy(), field[n, 0].numpy(), m, vs, lam=lam,
+                                  iterations=0, pad=12)
+        assert np.abs(out[n, 0] - ref)[m].max() < 1e-5 * np.abs(ref[m]).max()
+        truth = chi[n, 0].numpy()[m]
+        assert np.linalg.norm(out[n, 0][m] - truth) < 0.9 * np.linalg.norm(0.5 * truth)
+
+
+def test_dc_loss_enters_the_gradient():
+    """``dc`` or ``dc_step`` > 0 changes the update (the physics terms have a gradient); 0 is the
+    old step."""
+    torch.manual_seed(0)
+    base = models.build_model("metaqsm", width=2, hidden=4, n_basis=2)
+    g = torch.Generator().manual_seed(1)
+    chi = torch.randn(2, 1, 16, 16, 16, generator=g) * 0.05
+    batch = {"chi": chi, "mask": torch.ones_like(chi), "voxel_size": (1.0, 1.0, 1.0),
+             "field": synthesis.forward_field_torch(chi, (1.0, 1.0, 1.0), pad_fraction=0.5)}
+    after = []
+    batch["noise_ppm"] = torch.tensor([0.005, 0.0])
+    for dc, dc_step in ((0.0, 0.0), (0.0, 0.0), (10.0, 0.0), (0.0, 10.0)):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        training.train_step(model, opt, batch, dc=dc, dc_step=dc_step)
+        after.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
+    assert torch.equal(after[0], after[1])
+    for changed in after[2:]:
+        assert float(torch.linalg.norm(changed - after[0])) > 1e-4 * float(torch.linalg.norm(after[0]))
 
 
 def test_config_validation(tmp_path):

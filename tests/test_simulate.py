@@ -9,7 +9,8 @@ import pytest
 from qsmflow import physics
 from qsmflow.io import load_nifti, run_bids_validator
 from qsmflow.sims.phantom import make_head_phantom
-from qsmflow.sims.megre import make_demo_dataset, simulate_megre, write_bids_dataset
+from qsmflow.sims.megre import (make_demo_dataset, simulate_megre, truth_file,
+                                 write_bids_dataset)
 
 TE = (0.004, 0.009, 0.014)
 
@@ -149,6 +150,9 @@ def test_demo_dataset_small_and_valid(tmp_path):
     d = json.loads((root / "dataset_description.json").read_text())
     assert d["DatasetType"] == "raw"
     assert (root / "derivatives/qsmflow-truth/sub-01/anat/sub-01_desc-truth_Chimap.nii.gz").exists()
+    assert truth_file(root, "01", "truth", "Chimap") == (
+        root / "derivatives/qsmflow-truth/sub-01/anat/sub-01_desc-truth_Chimap.nii.gz")
+    assert truth_file(root, "01", "local", "fieldmap", "fmap").exists()
     if shutil.which("bids-validator-deno"):
         errors, _ = run_bids_validator(root)
         assert errors == []

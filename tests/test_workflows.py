@@ -128,6 +128,16 @@ def test_node_resources_scale_and_become_scheduler_args(tmp_path):
     assert "-l h_vmem=" in small.get_node("fit_field").plugin_args["qsub_args"]
 
 
+def test_every_inversion_gets_the_echo_times():
+    """The nonlinear data terms take the acquisition's phase scale: the echo times reach every
+    inversion node from the phase scaling step."""
+    wf = init_qsm_wf(inversions=["medi", "fansi", "tkd"])
+    src = wf.get_node("scale_phase")
+    for method in ("medi", "fansi", "tkd"):
+        edge = wf._graph.get_edge_data(src, wf.get_node(f"invert_{method}"))
+        assert ("echo_times", "echo_times") in edge["connect"]
+
+
 def test_unknown_session_and_participant_are_refused(tmp_path):
     root = make_skeleton(tmp_path / "ds", sessions=("1",))
     with pytest.raises(InputError, match="no participant sub-07"):

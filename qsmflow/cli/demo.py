@@ -40,12 +40,12 @@ def truth_errors(bids_dir: Path, out_dir: Path, subjects, inversions) -> list[tu
     from ..io import load_nifti
     from ..metrics import nrmse_demeaned
 
+    from ..sims.megre import truth_file
+
     rows = []
-    truth = bids_dir / "derivatives" / "qsmflow-truth"
     for sub in subjects:
-        t = truth / f"sub-{sub}" / "anat"
-        chi_true = load_nifti(t / f"sub-{sub}_desc-truth_Chimap.nii.gz")[0]
-        mask_true = load_nifti(t / f"sub-{sub}_desc-brain_mask.nii.gz")[0] > 0
+        chi_true = load_nifti(truth_file(bids_dir, sub, "truth", "Chimap"))[0]
+        mask_true = load_nifti(truth_file(bids_dir, sub, "brain", "mask"))[0] > 0
         d = out_dir / f"sub-{sub}" / "anat"
         mask = load_nifti(d / f"sub-{sub}_desc-brain_mask.nii.gz")[0] > 0
         m = mask & mask_true

@@ -19,6 +19,8 @@ class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True, desc="mask the field is valid in (the brain mask "
                 "for inversion.TOTAL_FIELD_METHODS)")
     b0_tesla = traits.Float(mandatory=True, desc="field strength (T)")
+    echo_times = traits.List(traits.Float, desc="echo times (s): the phase scale of the "
+                             "nonlinear data terms (inversion.acquisition_parameters)")
     method = traits.Enum(*inversion.METHODS, mandatory=True, desc="inversion method")
     params = traits.Dict(desc="method parameters (see qsmflow.inversion.method_parameters)")
     reference = traits.Enum("mean", "csf", "none", usedefault=True, desc="χ reference")
@@ -50,8 +52,11 @@ class DipoleInversion(SimpleInterface):
             mag, _, _ = load_nifti(self.inputs.magnitude)
         if opt(self.inputs.noise):
             noise = hz_to_ppm(load_nifti(self.inputs.noise)[0], b0)
-        params = dict(self.inputs.params or {})
         method = self.inputs.method
+        params = dict(self.inputs.params or {})
+        if opt(self.inputs.echo_times):
+            params = {**inversion.acquisition_parameters(method, b0, self.inputs.echo_times),
+                      **params}
         chi = inversion.invert(method, hz_to_ppm(field_hz, b0), mask > 0, vs, b0_dir,
                                magnitude=mag, noise=noise, reference_mode=self.inputs.reference,
                                workers=self.inputs.num_threads, **params)

@@ -5,6 +5,16 @@ Every method is a pure function with one signature::
     fn(field_ppm, mask, voxel_size, b0_dir=(0, 0, 1), *, magnitude=None, noise=None, **params)
         -> chi (ppm, float32, unreferenced, 0 outside the mask)
 
+The common arguments: ``field_ppm`` (X, Y, Z) the local field (ppm), finite inside ``mask``;
+``mask`` (X, Y, Z) bool, the mask of the local field (background-removed), χ is returned inside
+it; ``voxel_size`` 3 floats (mm) per array axis; ``b0_dir`` 3 floats, the B0 direction in voxel
+axes (normalised); ``magnitude`` (a.u.) and ``noise`` (per-voxel s.d. of the field, any unit)
+optional (X, Y, Z) maps, the data weight W = 1/noise (else magnitude) of the methods that weight
+their data term, unused by the others; ``pad`` (voxels per axis, default
+:data:`qsmflow.inversion._ops.DEFAULT_PAD`) zero padding before the FFT. Every method raises
+``ValueError`` on invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) and on
+non-positive parameters.
+
 ``METHODS`` maps method names to ``"module:function"`` (imported lazily, so the network methods
 pull in torch only when used). :func:`invert` validates the input, runs one method and applies
 the reference (:mod:`qsmflow.inversion.reference`) exactly once. :func:`method_parameters`
@@ -46,7 +56,7 @@ TOTAL_FIELD_METHODS = ("sstv",)
 _COMMON = ("field_ppm", "mask", "voxel_size", "b0_dir", "magnitude", "noise")
 
 __all__ = ["METHODS", "CONVENTIONAL", "TOTAL_FIELD_METHODS", "REFERENCE_MODES", "get_method",
-           "invert", "method_parameters", "resolved_parameters", "reference",
+           "invert", "method_parameters", "acquisition_parameters", "resolved_parameters", "reference",
            "total_field_radius_mm", "valid_mask"]
 
 
@@ -215,6 +225,40 @@ def resolved_parameters(method: str, **params) -> dict:
             v = v.item()
         out[k] = v
     return out
+
+
+def acquisition_parameters(method: str, b0_tesla, echo_times_s) -> dict:
+    """The parameters of ``method`` that come from the acquisition, not from a fixed default.
+
+    A method with a nonlinear data term e^{i·s·Dχ} (a ``rad_per_ppm`` parameter: MEDI, FANSI)
+    gets s = 2π·γ̄·B0·mean(TE), the phase per ppm of field at the mean echo time of this
+    acquisition, instead of the fixed 3 T / 20 ms default (``benchmarks/results/medi_scale.md``
+    compares it with the fixed scale and with the echo spacing ΔTE).
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    b0_tesla : float
+        Field strength (T).
+    echo_times_s : sequence of float
+        Echo times (s) of the acquisition.
+
+    Returns
+    -------
+    dict
+        ``{"rad_per_ppm": s}`` (rad/ppm) for such a method, else empty; a user's own value of a
+        parameter goes on top of it.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``; implausible ``b0_tesla`` or ``echo_times_s``.
+    """
+    if "rad_per_ppm" not in method_parameters(method):
+        return {}
+    te = physics.check_echo_times(echo_times_s)
+    return {"rad_per_ppm": float(physics.ppm_to_rad(1.0, float(np.mean(te)), b0_tesla))}
 
 
 def invert(method, field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,

@@ -73,14 +73,9 @@ def medi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm); finite inside ``mask``.
-    mask : array_like of bool, shape (X, Y, Z)
-        Mask of the local field (background-removed); χ is returned inside it.
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised here).
+    field_ppm, mask, voxel_size, b0_dir, pad
+        The common arguments of every method (:mod:`qsmflow.inversion`): local field (ppm), its
+        mask, voxel size (mm), B0 direction in voxel axes, zero padding (voxels).
     magnitude : array_like, shape (X, Y, Z), optional
         Magnitude (a.u.): the edge mask M_G, and the data weight W when ``noise`` is not given.
     noise : array_like, shape (X, Y, Z), optional
@@ -94,7 +89,9 @@ def medi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
         Smoothing of |∇χ| in the L1 weights ((ppm/mm)²).
     rad_per_ppm : float, default ≈ 16.0
         Phase per ppm of field (rad/ppm) in the nonlinear term
-        (:data:`qsmflow.inversion._ops.DEFAULT_RAD_PER_PPM`: TE = 20 ms at 3 T).
+        (:data:`qsmflow.inversion._ops.DEFAULT_RAD_PER_PPM`: TE = 20 ms at 3 T, for a field
+        without its acquisition); the pipeline passes the acquisition's own, 2π·γ̄·B0·mean(TE)
+        (:func:`qsmflow.inversion.acquisition_parameters`).
     tol : float, default 0.1
         Relative Gauss–Newton update ‖Δχ‖/‖χ‖ to stop.
     max_iter : int, default 10
@@ -107,18 +104,11 @@ def medi(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None,
         CSF region: switches on MEDI+0 (its overlap with ``mask`` is used).
     lambda_csf : float, default 100
         MEDI+0 weight on ‖M_CSF(χ − mean_CSF χ)‖² (unitless, χ in ppm).
-    pad : int, default 8
-        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
 
     Returns
     -------
-    ndarray, shape (X, Y, Z)
-        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters;
+    ndarray
+        χ (ppm) as for every method; ValueError on invalid inputs or non-positive parameters;
         ``edge_fraction`` outside [0, 1); a ``csf_mask`` of another shape or not overlapping ``mask``.
     """
     f, m, vs, b, mag, noi = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude,

@@ -24,34 +24,22 @@ def tikhonov(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=N
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm); finite inside ``mask``.
-    mask : array_like of bool, shape (X, Y, Z)
-        Mask of the local field (background-removed); χ is returned inside it.
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised here).
-    magnitude, noise : array_like, shape (X, Y, Z), optional
-        Accepted for the common signature (validated) and unused.
+    field_ppm, mask, voxel_size, b0_dir, pad
+        The common arguments of every method (:mod:`qsmflow.inversion`): local field (ppm), its
+        mask, voxel size (mm), B0 direction in voxel axes, zero padding (voxels).
+    magnitude, noise : optional
+        Unused.
     lam : float, default 0.05
         Weight λ of ½λ‖Gχ‖² (mm² for ``reg="gradient"``, unitless for ``"identity"``). The default
         0.05 mm² lies between the NRMSE optima on the noise-free head phantom, 0.03, and on the
         2016 challenge data, 0.1; larger λ → smoother, lower-contrast χ.
     reg : {"gradient", "identity"}, default "gradient"
         Penalty: forward-difference gradient (R = |E|²) or identity (R = 1).
-    pad : int, default 8
-        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
 
     Returns
     -------
-    ndarray, shape (X, Y, Z)
-        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters; an unknown ``reg``.
+    ndarray
+        χ (ppm) as for every method; ValueError on invalid inputs or non-positive parameters; an unknown ``reg``.
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude, noise)
     _ops.check_positive(lam=lam)

@@ -64,32 +64,20 @@ def tkd(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=None, 
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm); finite inside ``mask``.
-    mask : array_like of bool, shape (X, Y, Z)
-        Mask of the local field (background-removed); χ is returned inside it.
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised here).
-    magnitude, noise : array_like, shape (X, Y, Z), optional
-        Accepted for the common signature (validated) and unused.
+    field_ppm, mask, voxel_size, b0_dir, pad
+        The common arguments of every method (:mod:`qsmflow.inversion`): local field (ppm), its
+        mask, voxel size (mm), B0 direction in voxel axes, zero padding (voxels).
+    magnitude, noise : optional
+        Unused.
     threshold : float, default 0.2
         |D| cut-off (unitless; 0.2 as in the Meta-QSM / QSMInvNet papers).
     correct : bool, default False
         Compensate the known underestimation by dividing by :func:`tkd_gain`.
-    pad : int, default 8
-        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
 
     Returns
     -------
-    ndarray, shape (X, Y, Z)
-        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
+    ndarray
+        χ (ppm) as for every method; ValueError on invalid inputs or non-positive parameters.
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude, noise)
     _ops.check_positive(threshold=threshold)

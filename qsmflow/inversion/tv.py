@@ -29,17 +29,11 @@ def tv_admm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm); finite inside ``mask``.
-    mask : array_like of bool, shape (X, Y, Z)
-        Mask of the local field (background-removed); χ is returned inside it.
-    voxel_size : sequence of 3 float
-        Voxel size (mm) per array axis.
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised here).
-    magnitude, noise : array_like, shape (X, Y, Z), optional
-        Accepted for the common signature (validated) and unused (use ``fansi`` for a magnitude-
-        or noise-weighted data term).
+    field_ppm, mask, voxel_size, b0_dir, pad
+        The common arguments of every method (:mod:`qsmflow.inversion`): local field (ppm), its
+        mask, voxel size (mm), B0 direction in voxel axes, zero padding (voxels).
+    magnitude, noise : optional
+        Unused (use ``fansi`` for a magnitude- or noise-weighted data term).
     alpha : float, default 5e-4
         TV weight (ppm·mm; 5e-4 = MEDI's λ = 1000). The NRMSE optimum is 2e-4 on the noise-free
         phantom and ≥ 1e-3 on the 2016 challenge data; larger → smoother, flatter χ.
@@ -52,18 +46,11 @@ def tv_admm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
         Relative change of χ per iteration to stop.
     max_iter : int, default 100
         Maximum number of ADMM iterations.
-    pad : int, default 8
-        Zero padding (voxels per axis) before the FFT (:data:`qsmflow.inversion._ops.DEFAULT_PAD`).
 
     Returns
     -------
-    ndarray, shape (X, Y, Z)
-        Susceptibility χ (ppm, float32, unreferenced), 0 outside ``mask``.
-
-    Raises
-    ------
-    ValueError
-        Invalid inputs (:func:`qsmflow.inversion._ops.check_inputs`) or non-positive parameters.
+    ndarray
+        χ (ppm) as for every method; ValueError on invalid inputs or non-positive parameters.
     """
     f, m, vs, b, _, _ = _ops.check_inputs(field_ppm, mask, voxel_size, b0_dir, magnitude, noise)
     mu = 100.0 * alpha if mu is None else mu

@@ -396,47 +396,23 @@ def mesaqsm(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=No
             model: str | None = None, weights=None, device=None, consistency="off",
             b0_align="rotate", **params) -> np.ndarray:
     """Mesa-QSM (plain-conv U-Net trained at one voxel size): the shipped model whose voxel size
-    is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given;
-    ``consistency``, ``b0_align`` as for :func:`metaqsm`.
+    is nearest to ``voxel_size`` unless ``model=`` (name) or ``weights=`` (path) is given.
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm).
-    mask : array_like, shape (X, Y, Z)
-        Brain mask (non-zero inside).
+    field_ppm, mask, b0_dir, magnitude, noise, weights, device, consistency, b0_align, **params
+        As for :func:`metaqsm`.
     voxel_size : sequence of 3 float
         Voxel size (mm) per array axis; picks the model (:func:`nearest_mesa_model`) unless
         ``model`` or ``weights`` is given.
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised); see ``b0_align``.
-    magnitude, noise : ndarray, optional
-        Unused (plug-in signature).
     model : str, optional
         Shipped model name, e.g. ``"mesaqsm_0.5x0.5x2.0"``.
-    weights : str or Path, optional
-        A ``.pt`` state dict (with its ``.json`` beside it), used instead of ``model``.
-    device : str, optional
-        "cpu" or "cuda" (default: :func:`default_device`); on CUDA, cuDNN is set deterministic.
-    consistency : "off", "auto" or float > 0, default "off"
-        Data-consistency step, as for :func:`metaqsm`.
-    b0_align : {"rotate", "permute"}, default "rotate"
-        As for :func:`metaqsm`.
-    **params
-        Must be empty: any other keyword raises.
 
     Returns
     -------
     ndarray, shape (X, Y, Z), float32
-        Susceptibility chi (ppm), 0 outside ``mask``, not referenced.
-
-    Raises
-    ------
-    ValueError
-        On an unknown keyword, a bad ``consistency`` or ``b0_align``, a bad field/mask pair (not 3D,
-        shapes differ, empty mask, NaN/Inf inside the mask), an invalid ``voxel_size`` or ``b0_dir``,
-        weights that cannot be loaded (:func:`load_model`), or no shipped Mesa-QSM model when
-        neither ``model`` nor ``weights`` is given.
+        χ (ppm) as for :func:`metaqsm`; ``ValueError`` likewise, and when no shipped Mesa-QSM
+        model is found and neither ``model`` nor ``weights`` is given.
     """
     _no_params("mesaqsm", params)
     if model is None and weights is None:
@@ -448,45 +424,21 @@ def qsminvnet(field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *, magnitude=
               model: str = "qsminvnet", weights=None, device=None, consistency="off",
               b0_align="rotate", **params) -> np.ndarray:
     """QSMInvNet (gated convolutions + non-local block; inputs local field and brain mask);
-    ``consistency``, ``b0_align`` as for :func:`metaqsm`.
 
     Parameters
     ----------
-    field_ppm : array_like, shape (X, Y, Z)
-        Local field (ppm).
-    mask : array_like, shape (X, Y, Z)
-        Brain mask (non-zero inside).
+    field_ppm, mask, b0_dir, magnitude, noise, weights, device, consistency, b0_align, **params
+        As for :func:`metaqsm`.
     voxel_size : sequence of 3 float
         Voxel size (mm) per array axis; not a network input (used by the B0 rotation and the
         data-consistency step).
-    b0_dir : sequence of 3 float, default (0, 0, 1)
-        B0 direction in voxel axes (normalised); see ``b0_align``.
-    magnitude, noise : ndarray, optional
-        Unused (plug-in signature).
     model : str, default "qsminvnet"
         Shipped model name (:func:`available_models`).
-    weights : str or Path, optional
-        A ``.pt`` state dict (with its ``.json`` beside it), used instead of ``model``.
-    device : str, optional
-        "cpu" or "cuda" (default: :func:`default_device`); on CUDA, cuDNN is set deterministic.
-    consistency : "off", "auto" or float > 0, default "off"
-        Data-consistency step, as for :func:`metaqsm`.
-    b0_align : {"rotate", "permute"}, default "rotate"
-        As for :func:`metaqsm`.
-    **params
-        Must be empty: any other keyword raises.
 
     Returns
     -------
     ndarray, shape (X, Y, Z), float32
-        Susceptibility chi (ppm), 0 outside ``mask``, not referenced.
-
-    Raises
-    ------
-    ValueError
-        On an unknown keyword, a bad ``consistency`` or ``b0_align``, a bad field/mask pair (not 3D,
-        shapes differ, empty mask, NaN/Inf inside the mask), an invalid ``voxel_size`` or ``b0_dir``,
-        or weights that cannot be loaded (:func:`load_model`).
+        χ (ppm), raising ``ValueError``, as for :func:`metaqsm`.
     """
     _no_params("qsminvnet", params)
     return _run(model, field_ppm, mask, voxel_size, b0_dir, device, weights, consistency, b0_align)

@@ -466,7 +466,7 @@ class Synthesizer:
         -------
         dict
             ``field`` and ``chi`` (ppm) and ``mask`` (0/1), float32 tensors (1, X, Y, Z) on the
-            device, and ``voxel_size`` (tuple, mm).
+            device, ``voxel_size`` (tuple, mm) and ``noise_ppm`` (float, s.d. of the field noise).
 
         Raises
         ------
@@ -508,7 +508,8 @@ class Synthesizer:
         fld = (fld + sigma * noise) * mask
         sl = tuple(slice((r - c) // 2, (r - c) // 2 + c) for r, c in zip(region, crop))
         return {"field": fld[sl][None].float(), "chi": chi[sl][None].float(),
-                "mask": mask[sl][None].float(), "voxel_size": tuple(float(v) for v in vs)}
+                "mask": mask[sl][None].float(), "voxel_size": tuple(float(v) for v in vs),
+                "noise_ppm": float(sigma)}
 
     def batch(self, seeds, voxel_size=None, crop=None) -> dict:
         """Stack samples of ``seeds`` sharing one voxel size (drawn from the first seed).
@@ -525,8 +526,8 @@ class Synthesizer:
         Returns
         -------
         dict
-            ``field``, ``chi`` (ppm) and ``mask`` as tensors (N, 1, X, Y, Z), and ``voxel_size``
-            (tuple, mm).
+            ``field``, ``chi`` (ppm) and ``mask`` as tensors (N, 1, X, Y, Z), ``voxel_size``
+            (tuple, mm) and ``noise_ppm`` (tensor (N,), s.d. of each sample's field noise).
         """
         seeds = list(seeds)
         if voxel_size is None:
@@ -534,6 +535,7 @@ class Synthesizer:
         ss = [self.sample(s, voxel_size, crop) for s in seeds]
         out = {k: torch.stack([s[k] for s in ss]) for k in ("field", "chi", "mask")}
         out["voxel_size"] = ss[0]["voxel_size"]
+        out["noise_ppm"] = torch.tensor([s["noise_ppm"] for s in ss], device=self.device)
         return out
 
 

@@ -8,7 +8,10 @@ A config is a TOML file with three tables (see ``qsmflow/nn/configs/*.toml``):
   ``fixed_voxel`` for Mesa-QSM, sources, noise, ...);
 - ``[train]``: the keys of :data:`TRAIN_DEFAULTS` (paper defaults: L1 loss, L2 0.01 on the
   (WP-)convolution weights, RMSprop lr 1e-4 decayed ×``lr_decay`` every 200 steps, 30,000 samples
-  split 9:1 train/validation by ``data_seed``, batch size 4).
+  split 9:1 train/validation by ``data_seed``, batch size 4). ``dc_loss`` > 0 adds physics to
+  the loss (issue 13 item 3; not in the papers): ``dc_loss`` × the masked L1 misfit (ppm) between
+  the dipole field of the predicted χ (:func:`qsmflow.nn.synthesis.forward_field_torch`, the
+  batch's voxel size, B0 along axis 2) and the input field.
 
 L2 note: Keras' ``l2(0.01)`` adds 0.01·Σw² per layer; here the penalty is 0.01 × the *mean* w²
 over the regularised weights, so its strength does not grow with the channel width.
@@ -59,6 +62,8 @@ TRAIN_DEFAULTS = {
     "init": "",
     "prefetch": 2,
     "cpu_amp": False,
+    "dc_loss": 0.0,
+    "dc_step": 0.0,
 }
 
 
@@ -353,7 +358,8 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True)
     batches = _prefetch(_batches(synth, tr, train_idx, step, total), int(tr["prefetch"]))
     for b in batches:
-        running.append(train_step(model, opt, b, l2=l2, amp=use_amp))
+        running.append(train_step(model, opt, b, l2=l2, amp=use_amp, dc=float(tr["dc_loss"]),
+                                  dc_step=float(tr["dc_step"])))
         sched.step()
         step += 1
         bar.update(1)
@@ -384,8 +390,11 @@ def train(cfg: dict, out, resume: bool = False, progress: bool = True, max_steps
     return _write_summary(out, cfg, model, step, device, t0, val, last_val)
 
 
-def train_step(model, opt, batch: dict, *, l2: float = 0.0, amp: bool = False) -> float:
-    """One optimiser step on ``batch``: L1 loss of the masked χ plus ``l2`` × :func:`l2_penalty`.
+def train_step(model, opt, batch: dict, *, l2: float = 0.0, amp: bool = False,
+               dc: float = 0.0, dc_step: float = 0.0) -> float:
+    """One optimiser step on ``batch``: L1 loss of the masked χ, plus ``dc`` × the masked L1
+    misfit of its dipole field to the input field, plus ``dc_step`` × the L1 loss of χ after
+    :func:`consistency_blend`, plus ``l2`` × :func:`l2_penalty`.
 
     Parameters
     ----------
@@ -400,6 +409,11 @@ def train_step(model, opt, batch: dict, *, l2: float = 0.0, amp: bool = False) -
         Weight of the L2 penalty (0: none).
     amp : bool, default False
         bfloat16 autocast of the forward pass (on the field's device type).
+    dc : float, default 0
+        Weight of the data-consistency term (unitless; 0: none), :func:`dipole_misfit`.
+    dc_step : float, default 0
+        Weight of the L1 loss after the consistency blend (unitless; 0: none); needs the
+        batch's ``noise_ppm``.
 
     Returns
     -------
@@ -408,12 +422,84 @@ def train_step(model, opt, batch: dict, *, l2: float = 0.0, amp: bool = False) -
     """
     with torch.autocast(batch["field"].device.type, dtype=torch.bfloat16, enabled=amp):
         pred = run_model(model, batch["field"], batch["mask"], batch["voxel_size"])
-    loss_fit = torch.nn.functional.l1_loss(pred.float(), batch["chi"] * batch["mask"])
+    pred = pred.float()
+    loss_fit = torch.nn.functional.l1_loss(pred, batch["chi"] * batch["mask"])
     loss = loss_fit + l2 * l2_penalty(model) if l2 > 0 else loss_fit
+    if dc > 0:
+        loss = loss + dc * dipole_misfit(pred, batch["field"], batch["mask"], batch["voxel_size"])
+    if dc_step > 0:
+        blended = consistency_blend(pred, batch["field"], batch["mask"], batch["voxel_size"],
+                                    batch["noise_ppm"])
+        loss = loss + dc_step * torch.nn.functional.l1_loss(blended, batch["chi"] * batch["mask"])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss_fit.item()
+
+
+def consistency_blend(chi, field, mask, voxel_size, noise_ppm) -> torch.Tensor:
+    """The closed-form data-consistency blend of the pipeline, differentiable, per sample:
+    χ = F⁻¹[(D·F(M·f) + λ·F(χ₀)) / (D² + λ)]·M with λ = max((σ / (e·RMS_M χ₀))², λ_min).
+
+    e and λ_min are :data:`qsmflow.inversion.consistency.PRIOR_ERROR` and ``LAM_MIN``; σ is the
+    sample's known field noise (the pipeline estimates it); λ is not differentiated. Zero padding
+    0.5 × size, B0 along array axis 2. The pipeline's step adds masked CG iterations on top.
+
+    Parameters
+    ----------
+    chi, field, mask : torch.Tensor, shape (N, 1, X, Y, Z)
+        Prior χ₀ (ppm, the network's output), local field (ppm), mask (0/1).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis, shared by the batch.
+    noise_ppm : torch.Tensor, shape (N,)
+        Field noise s.d. σ (ppm) of each sample.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, 1, X, Y, Z)
+        Blended χ (ppm), 0 outside ``mask``.
+    """
+    from ..inversion.consistency import LAM_MIN, PRIOR_ERROR
+    from .. import physics
+    from .synthesis import dipole_kernel_torch
+
+    shape = chi.shape[-3:]
+    pshape = physics.padded_shape(shape, [int(math.ceil(0.5 * s)) for s in shape])
+    d = dipole_kernel_torch(pshape, voxel_size, device=chi.device, dtype=chi.dtype, half=True)
+    with torch.no_grad():
+        n_in = mask.sum(dim=(1, 2, 3, 4)).clamp(min=1)
+        rms = torch.sqrt(((chi * mask) ** 2).sum(dim=(1, 2, 3, 4)) / n_in).clamp(min=1e-6)
+        lam = torch.clamp((noise_ppm.to(chi.dtype) / (PRIOR_ERROR * rms)) ** 2, min=LAM_MIN)
+        lam = lam.view(-1, 1, 1, 1, 1)
+    dims = (-3, -2, -1)
+    num = d * torch.fft.rfftn(field * mask, s=pshape, dim=dims) + lam * torch.fft.rfftn(
+        chi, s=pshape, dim=dims)
+    out = torch.fft.irfftn(num / (d * d + lam), s=pshape, dim=dims)
+    return out[..., : shape[0], : shape[1], : shape[2]] * mask
+
+
+def dipole_misfit(chi, field, mask, voxel_size) -> torch.Tensor:
+    """Mean |M·(D∗χ − f)| (ppm): how far the dipole field of ``chi`` is from ``field`` in ``mask``.
+
+    The field of ``chi`` (B0 along array axis 2, as the networks see it) is computed with
+    :func:`qsmflow.nn.synthesis.forward_field_torch` (zero padding 0.5 × size); differentiable.
+
+    Parameters
+    ----------
+    chi, field, mask : torch.Tensor, shape (N, 1, X, Y, Z)
+        Predicted χ (ppm), input local field (ppm) and mask (0/1).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis, shared by the batch.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar misfit (ppm), averaged over every voxel of the batch (as the L1 loss of χ).
+    """
+    from .synthesis import forward_field_torch
+
+    return torch.mean(torch.abs((forward_field_torch(chi, voxel_size, pad_fraction=0.5) - field)
+                                * mask))
 
 
 def _batches(synth, tr: dict, train_idx, start: int, total: int):

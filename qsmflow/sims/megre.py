@@ -484,6 +484,29 @@ def _write_truth(truth: Path, ents, ph: HeadPhantom, sim: MEGRE):
                    sidecar=side)
 
 
+def truth_file(bids_dir, subject: str, desc: str, suffix: str, datatype: str = "anat") -> Path:
+    """Path of a ground-truth file that :func:`write_bids_dataset` wrote (one session and run).
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        The simulated raw dataset.
+    subject : str
+        Subject label without ``sub-``.
+    desc, suffix : str
+        E.g. ``("truth", "Chimap")`` (brain χ, ppm) or ``("brain", "mask")``.
+    datatype : str, default "anat"
+        ``"fmap"`` for the fields.
+
+    Returns
+    -------
+    Path
+        ``bids_dir/derivatives/qsmflow-truth/sub-<subject>/<datatype>/...`` (not checked).
+    """
+    return bids_path(Path(bids_dir) / "derivatives" / TRUTH_PIPELINE,
+                     {"sub": subject, "desc": desc}, suffix, datatype=datatype)
+
+
 def realistic_settings(b0_tesla) -> dict:
     """:func:`simulate_megre` options of a realistic scan at ``b0_tesla`` (T): R2* at that
     field, fat chemical shift, receive bias 0.3 (≤ 3 T) or 0.5 (7 T: stronger B1 effects).

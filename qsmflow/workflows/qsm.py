@@ -252,6 +252,7 @@ def init_qsm_wf(*, inversions, bgremoval="resharp", unwrapping="region-growing",
             (field_src, invert, [("out_field", "local_field")]),
             (mask_src, invert, [("out_mask", "mask")]),
             (fit_field, invert, [("out_noise", "noise")]),
+            (scale_phase, invert, [("echo_times", "echo_times")]),
             (invert, gather_chi, [("out_file", f"in{i}")]),
             (invert, gather_meta, [("out_meta", f"in{i}")]),
         ]
