@@ -181,6 +181,84 @@ def test_synth_config_rejects_unknown_option():
         synthesis.SynthConfig.from_dict({"crops": [64, 64, 32]})
 
 
+def _axis_coords(shape, h):
+    return [(torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * h for n in shape]
+
+
+def test_tube_occupancy_is_a_tube_of_the_right_volume_along_the_right_axis():
+    h, r = 0.5, 1.5
+    coords = _axis_coords((96, 32, 32), h)
+    pts = torch.tensor([[-10.0, 0, 0], [0.0, 0, 0], [10.0, 0, 0]])
+    occ = synthesis.tube_occupancy(coords, pts, r, soft_mm=h)
+    vol = float(occ.sum()) * h**3
+    expect = np.pi * r**2 * 20.0 + 4.0 / 3.0 * np.pi * r**3  # cylinder + two half balls (mm³)
+    assert abs(vol - expect) < 0.03 * expect
+    i0 = np.argmin(np.abs(coords[0].numpy()))  # voxel nearest the centre line's middle
+    assert float(occ[i0, 15:17, 15:17].min()) > 0.99
+    along = int((occ[:, 15, 15] > 0.5).sum())  # extent along axis 0 ≈ (20 + 2r) / h voxels
+    across = int((occ[i0, :, 15] > 0.5).sum())
+    assert abs(along - 46) <= 2 and abs(across - 6) <= 2
+    assert float(occ.amax()) <= 1.0 and float(occ.amin()) >= 0.0
+
+
+def test_harmonic_residual_has_the_rms_and_no_laplacian_inside_the_mask():
+    h = 1.0
+    coords = _axis_coords((48, 48, 40), h)
+    x = torch.stack(torch.meshgrid(*coords, indexing="ij"), -1)
+    mask = (x**2).sum(-1) <= 14.0**2  # a 14 mm ball: room for near-edge sources around it
+    g = torch.Generator().manual_seed(3)
+    res, src = synthesis.harmonic_residual(g, coords, mask, (h, h, h), 0.01, n_dipoles=4)
+    assert src.shape == (4, 3)
+    assert abs(float(res[mask].pow(2).mean().sqrt()) - 0.01) < 1e-6
+    dist = torch.cdist(x.reshape(-1, 3), src).amin(-1).reshape(mask.shape)
+    assert float(dist[mask].min()) >= 4.0 - 1e-9  # every source outside the mask
+    assert float(dist[mask].min()) < 20.0  # and some near its edge (the residual is edge-heavy)
+
+    def lap(f):
+        return sum(torch.roll(f, 1, a) + torch.roll(f, -1, a) - 2 * f for a in range(3)) / h**2
+    inner = (x**2).sum(-1) <= 11.0**2  # ≥ 7 mm from any source
+    rel = float(lap(res)[inner].abs().max()) * h**2 / float(res[inner].abs().max())
+    assert rel < 0.006  # measured 0.0035 (discretisation of the near-edge dipoles)
+    # a field that is not harmonic (x², Laplacian 2) fails the same measure
+    x2 = 0.01 * (x[..., 0] / 14.0) ** 2
+    assert float(lap(x2)[inner].abs().max()) * h**2 / float(x2[inner].abs().max()) > 0.015
+
+
+def test_realistic_options_add_only_their_part(synth):
+    base = synth.sample(11)
+    vs = base["voxel_size"]
+    m0 = base["mask"][0].numpy() > 0
+
+    def variant(**opts):
+        cfg = dict(synth.cfg.__dict__, **opts)
+        return synthesis.Synthesizer(cfg, bases=synth.bases).sample(11)
+
+    v = variant(n_veins=(4, 4), vein_chi=(0.5, 0.5), vein_radius_mm=(1.0, 1.5))
+    assert torch.equal(v["mask"], base["mask"])
+    dchi = (v["chi"] - base["chi"])[0].double().numpy()
+    assert np.count_nonzero(np.abs(dchi) > 1e-6) > 20 and not np.any(dchi[~m0])
+    assert 0.49 < float(v["chi"].max()) <= max(0.5, float(base["chi"].max())) + 1e-6
+    # the veins make exactly their dipole field (margin 1, no noise: the crop is the region)
+    dfield = (v["field"] - base["field"])[0].numpy()
+    assert np.allclose(dfield, physics.forward_field(dchi, vs) * m0, atol=2e-6)
+
+    r = variant(bg_residual_ppm=(0.008, 0.008))
+    assert torch.equal(r["chi"], base["chi"]) and torch.equal(r["mask"], base["mask"])
+    res = (r["field"] - base["field"])[0].numpy()
+    assert abs(np.sqrt(np.mean(res[m0] ** 2)) - 0.008) < 1e-5 and not np.any(res[~m0])
+
+    e = variant(erode_mm=(2.0, 2.0))
+    me = e["mask"][0].numpy() > 0
+    assert me.sum() < m0.sum() and not np.any(me & ~m0)
+    # the field inside the eroded mask is still that of the whole χ (sources outside it count)
+    assert torch.equal(e["field"], base["field"] * e["mask"])
+    assert torch.equal(e["chi"], base["chi"] * e["mask"])
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(np.pad(m0, 8, mode="edge"), sampling=vs)[8:-8, 8:-8, 8:-8]
+    assert np.array_equal(me, depth > 2.0)  # a ball of 2 mm; the crop's border is no brain edge
+
+
 def test_split_is_9_to_1_and_seeded():
     tr, va = synthesis.split_indices(1000, 0.1, seed=4)
     assert len(tr) == 900 and len(va) == 100 and not set(tr) & set(va)
@@ -379,3 +457,17 @@ def test_shipped_configs_parse(name):
     assert full["model"]["kind"] == cpu["model"]["kind"]
     assert full["data"]["crop"] == [128, 128, 64]  # the paper's crop
     models.build_model(**cpu["model"])
+
+
+def test_realistic_config_and_its_control_differ_only_in_the_realistic_options():
+    from pathlib import Path
+
+    d = Path(inference.__file__).parent / "configs"
+    real = training.load_config(d / "metaqsm_cpu_realistic.toml")
+    ctrl = training.load_config(d / "metaqsm_cpu_realistic_control.toml")
+    assert real["train"] == ctrl["train"] and real["model"] == ctrl["model"]
+    diff = {k for k in real["data"] if real["data"][k] != ctrl["data"].get(k)}
+    assert diff == {"n_veins", "bg_residual_ppm", "erode_mm"}
+    on, off = synthesis.SynthConfig.from_dict(real["data"]), synthesis.SynthConfig.from_dict(ctrl["data"])
+    assert on.n_veins[1] > 0 and on.bg_residual_ppm[1] > 0 and on.erode_mm[1] > 0
+    assert off.n_veins[1] == 0 and off.bg_residual_ppm[1] == 0 and off.erode_mm[1] == 0

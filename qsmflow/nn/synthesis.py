@@ -17,8 +17,20 @@ One sample = (local field in ppm, χ in ppm, brain mask) on a crop at a random v
 6. forward field with the dipole kernel *of that voxel size* (B0 along axis 2) on a region
    ``margin`` × the crop (zero-padded FFT), Gaussian noise, then the central crop.
 
-All random draws come from a ``torch.Generator`` seeded per sample on the CPU, so a sample is the
-same on CPU and GPU (up to float rounding).
+Options for what real local fields carry (issue 13 item 5), all off by default:
+
+- ``n_veins``: curved tubes (quadratic Bézier centre lines, radius ``vein_radius_mm``, a soft
+  partial-volume edge one voxel wide, χ ``vein_chi`` replacing the tissue) added before the
+  forward field (:func:`tube_occupancy`);
+- ``bg_residual_ppm``: a background-removal residual of that RMS in the mask, harmonic inside
+  it: solid harmonics of degree 1–2 plus the fields of point dipoles outside the mask (near its
+  edge where the region has room, else on a shell around the region) (:func:`harmonic_residual`);
+- ``erode_mm``: the mask eroded by a ball of that radius after the forward field, as the
+  pipeline's background removal erodes it (χ outside the eroded mask still makes field).
+
+All random draws come from ``torch.Generator`` objects seeded per sample on the CPU, so a sample
+is the same on CPU and GPU (up to float rounding). Each option above draws from its own generator
+(seeded from the sample's seed), so switching one on changes nothing else in the sample.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import physics
+from ..masking import erode_ball
 
 #: voxel size of the 2016 challenge data (the headers are wrong, see shared/data/README.md)
 COSMOS_VOXEL_MM = (1.06, 1.06, 1.06)
@@ -170,6 +183,12 @@ class SynthConfig:
     shape_size_mm: tuple = (1.0, 8.0)
     shape_chi: tuple = (0.05, 0.8)
     noise_ppm: tuple = (0.0, 0.01)
+    n_veins: tuple = (0, 0)
+    vein_radius_mm: tuple = (0.4, 1.5)
+    vein_length_mm: tuple = (10.0, 60.0)
+    vein_chi: tuple = (0.2, 0.6)
+    bg_residual_ppm: tuple = (0.0, 0.0)
+    erode_mm: tuple = (0.0, 0.0)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SynthConfig":
@@ -376,6 +395,125 @@ def draw_voxel_size(g: torch.Generator, cfg: SynthConfig) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
+# what real local fields carry: veins, background-removal residuals (issue 13 item 5)
+# --------------------------------------------------------------------------------------------
+def _sub_generator(seed: int, tag: int) -> torch.Generator:
+    """A CPU generator of its own for one optional part of sample ``seed``."""
+    return torch.Generator().manual_seed(sample_seed(int(seed), 1_000_003 * int(tag)))
+
+
+def tube_occupancy(coords, points, radius_mm: float, soft_mm: float) -> torch.Tensor:
+    """Share (0–1) of each voxel inside a tube of ``radius_mm`` around the polyline ``points``.
+
+    The edge is a linear ramp ``soft_mm`` wide centred on the tube surface (partial volume).
+
+    Parameters
+    ----------
+    coords : sequence of 3 1-D torch.Tensor
+        Voxel centre coordinates (mm) along each array axis (a regular grid).
+    points : torch.Tensor, shape (P, 3)
+        Vertices of the centre line (mm), P >= 2.
+    radius_mm : float
+        Tube radius (mm).
+    soft_mm : float
+        Width (mm) of the edge ramp (> 0).
+
+    Returns
+    -------
+    torch.Tensor, shape (X, Y, Z)
+        Occupancy in [0, 1], dtype and device of ``coords``.
+    """
+    dt, dev = coords[0].dtype, coords[0].device
+    pts = points.to(dev, dt)
+    out = torch.zeros(tuple(len(c) for c in coords), dtype=dt, device=dev)
+    reach = float(radius_mm) + 0.5 * float(soft_mm)
+    lo, hi = pts.amin(0) - reach, pts.amax(0) + reach
+    sl = []
+    for a, c in enumerate(coords):  # bounding box of the tube on the grid
+        i0 = int(torch.searchsorted(c, lo[a].reshape(1)))
+        i1 = int(torch.searchsorted(c, hi[a].reshape(1), right=True))
+        if i1 <= i0:
+            return out
+        sl.append(slice(i0, i1))
+    x = torch.stack(torch.meshgrid(*[c[s] for c, s in zip(coords, sl)], indexing="ij"), -1)
+    dist = torch.full(x.shape[:-1], float("inf"), dtype=dt, device=dev)
+    for a, b in zip(pts[:-1], pts[1:]):  # distance to each segment
+        ab = b - a
+        t = (((x - a) @ ab) / (ab @ ab).clamp(min=1e-12)).clamp(0.0, 1.0)
+        dist = torch.minimum(dist, (x - a - t[..., None] * ab).norm(dim=-1))
+    out[tuple(sl)] = ((float(radius_mm) - dist) / float(soft_mm) + 0.5).clamp(0.0, 1.0)
+    return out
+
+
+def harmonic_residual(g: torch.Generator, coords, mask: torch.Tensor, voxel_size,
+                      rms_ppm: float, n_dipoles: int = 4, min_dist_mm: float = 4.0):
+    """A background-removal residual: a field (ppm) harmonic inside ``mask`` with RMS ``rms_ppm``
+    there, B0 along array axis 2.
+
+    Random mix of the solid harmonics of degree 1 and 2 (x, y, z, x²−y², y²−z², xy, xz, yz, in
+    units of the region's half size) and of ``n_dipoles`` z-dipole fields (3cos²θ − 1)/r³ from
+    points outside the mask: half of them at voxels ≥ ``min_dist_mm`` from it when the region
+    has such voxels (residuals concentrate near the brain edge), the others on a shell 1.1–2 ×
+    the region's half diagonal from its centre.
+
+    Parameters
+    ----------
+    g : torch.Generator
+        Source of the random draws (CPU).
+    coords : sequence of 3 1-D torch.Tensor
+        Voxel centre coordinates (mm) along each array axis.
+    mask : torch.Tensor of bool, shape (X, Y, Z)
+        Region where the field must be harmonic and where its RMS is set.
+    voxel_size : sequence of 3 float
+        Voxel size (mm) per array axis.
+    rms_ppm : float
+        RMS of the result inside ``mask`` (ppm).
+    n_dipoles : int, default 4
+        Number of exterior point sources.
+    min_dist_mm : float, default 4.0
+        Smallest distance (mm) of a near-edge source from the mask.
+
+    Returns
+    -------
+    field : torch.Tensor, shape (X, Y, Z)
+        The residual (ppm), dtype and device of ``coords`` (not masked).
+    sources : torch.Tensor, shape (n_dipoles, 3)
+        The dipole positions (mm).
+    """
+    dt, dev = coords[0].dtype, coords[0].device
+    m = mask.bool()
+    if not bool(m.any()):
+        return (torch.zeros(tuple(len(c) for c in coords), dtype=dt, device=dev),
+                torch.zeros(0, 3, dtype=dt, device=dev))
+    x = torch.stack(torch.meshgrid(*coords, indexing="ij"), -1)
+    half = torch.tensor([float(c[-1] - c[0]) / 2.0 for c in coords], dtype=dt, device=dev)
+    centre = torch.stack([(c[0] + c[-1]) / 2.0 for c in coords])
+    u = (x - centre) / half.max()
+    ux, uy, uz = u.unbind(-1)
+    terms = [ux, uy, uz, ux**2 - uy**2, uy**2 - uz**2, ux * uy, ux * uz, uy * uz]
+    far = torch.from_numpy(np.argwhere(erode_ball(~m.cpu().numpy(), voxel_size, min_dist_mm)))
+    n_near = min(len(far), n_dipoles // 2)
+    src = []
+    for k in range(int(n_dipoles)):
+        if k < n_near:
+            src.append(x[tuple(far[int(torch.randint(len(far), (1,), generator=g))])])
+        else:
+            d = torch.randn(3, generator=g, dtype=torch.float64)
+            r = _u(g, 1.1, 2.0) * float(half.norm())
+            src.append(centre + (r * d / d.norm()).to(dev, dt))
+    for s in src:
+        rel = x - s
+        r2 = (rel**2).sum(-1).clamp(min=(0.5 * min_dist_mm) ** 2)  # finite outside the mask
+        terms.append((3.0 * rel[..., 2] ** 2 / r2 - 1.0) / r2**1.5)
+    w = torch.randn(len(terms), generator=g, dtype=torch.float64)
+    out = torch.zeros(x.shape[:-1], dtype=dt, device=dev)
+    for wi, t in zip(w, terms):
+        out = out + float(wi) * t / t[m].pow(2).mean().sqrt().clamp(min=1e-30)
+    scale = float(rms_ppm) / float(out[m].pow(2).mean().sqrt().clamp(min=1e-30))
+    return out * scale, (torch.stack(src) if src else torch.zeros(0, 3, dtype=dt, device=dev))
+
+
+# --------------------------------------------------------------------------------------------
 # the synthesiser
 # --------------------------------------------------------------------------------------------
 class Synthesizer:
@@ -447,6 +585,27 @@ class Synthesizer:
             chi = torch.where(sel & mask, torch.as_tensor(val, dtype=chi.dtype, device=chi.device), chi)
         return chi
 
+    def _veins(self, g, chi, mask, coords, vs):
+        """Replace χ by ``vein_chi`` inside random curved tubes starting in the mask."""
+        cfg = self.cfg
+        n = int(torch.randint(int(cfg.n_veins[0]), int(cfg.n_veins[1]) + 1, (1,), generator=g))
+        inside = torch.nonzero(mask)
+        if n == 0 or len(inside) == 0:
+            return chi
+        soft = math.sqrt(sum(v * v for v in vs) / 3.0)  # mm: about one voxel of partial volume
+        t = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)[:, None]
+        for _ in range(n):
+            i = inside[int(torch.randint(len(inside), (1,), generator=g))]
+            p0 = torch.stack([c[j] for c, j in zip(coords, i)]).double().cpu()
+            d = torch.randn(3, generator=g, dtype=torch.float64)
+            length = _u(g, *cfg.vein_length_mm)
+            p2 = p0 + length * d / d.norm()
+            p1 = (p0 + p2) / 2 + 0.25 * length * torch.randn(3, generator=g, dtype=torch.float64)
+            pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bézier
+            occ = tube_occupancy(coords, pts, _u(g, *cfg.vein_radius_mm), soft)
+            chi = chi + occ.to(chi.dtype) * (_u(g, *cfg.vein_chi) - chi)
+        return chi
+
     def sample(self, seed: int, voxel_size=None, crop=None, shapes: bool = True) -> dict:
         """One sample from ``seed``; ``voxel_size`` (mm) drawn from the config unless given.
 
@@ -502,10 +661,24 @@ class Synthesizer:
         if shapes:
             chi = self._shapes(g, chi, mask, p.to(chi.dtype))
         chi = chi * mask
+        coords = [((torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * d).to(self.device, chi.dtype)
+                  for n, d in zip(region, vs)]
+        if cfg.n_veins[1] > 0:
+            chi = self._veins(_sub_generator(seed, 1), chi, mask, coords, vs) * mask
         fld = forward_field_torch(chi, vs, pad_fraction=cfg.fft_pad)
         sigma = _u(g, *cfg.noise_ppm)
         noise = torch.randn(region, generator=g).to(self.device, chi.dtype)
         fld = (fld + sigma * noise) * mask
+        if cfg.bg_residual_ppm[1] > 0:
+            g2 = _sub_generator(seed, 2)
+            res, _ = harmonic_residual(g2, coords, mask, vs, _u(g2, *cfg.bg_residual_ppm))
+            fld = fld + res.to(fld.dtype) * mask
+        if cfg.erode_mm[1] > 0:  # χ outside the eroded mask keeps its field, as in vivo
+            radius = _u(_sub_generator(seed, 3), *cfg.erode_mm)
+            k = int(math.ceil(radius / min(vs))) + 1  # the region's border is not a brain edge
+            m_np = np.pad(mask.cpu().numpy(), k, mode="edge")
+            eroded = torch.from_numpy(erode_ball(m_np, vs, radius)[k:-k, k:-k, k:-k]).to(self.device)
+            fld, chi, mask = fld * eroded, chi * eroded, mask & eroded
         sl = tuple(slice((r - c) // 2, (r - c) // 2 + c) for r, c in zip(region, crop))
         return {"field": fld[sl][None].float(), "chi": chi[sl][None].float(),
                 "mask": mask[sl][None].float(), "voxel_size": tuple(float(v) for v in vs),
